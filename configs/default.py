@@ -1,0 +1,95 @@
+"""Default configuration: CIFAR-10 ResNet-20, the benchmark's training protocol.
+
+Every field is documented here; the experiment configs import this one and
+override only what differs. Any field can be overridden on the command line:
+
+  python main.py --config configs/default.py --config.model.block=preact
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default configuration."""
+  config = ml_collections.ConfigDict()
+
+  # Dataset: 'cifar10' or 'cifar100' (fine labels), read with TFDS.
+  config.dataset = 'cifar10'
+  # TFDS data directory; '' uses TFDS's own (TFDS_DATA_DIR or
+  # ~/tensorflow_datasets).
+  config.data_dir = ''
+
+  config.data = ml_collections.ConfigDict()
+  # Normalisation preset: 'dataset' (the dataset's own mean/std), 'cifar10',
+  # 'cifar100', 'imagenet' or 'none'.
+  config.data.normalization = 'dataset'
+  # Train on the first N training examples only (0 = all), for quick runs.
+  config.data.train_examples = 0
+  # Zero padding (pixels) before the random 32x32 crop; 0 disables cropping.
+  config.data.crop_padding = 4
+  # Random horizontal flip in training.
+  config.data.random_flip = True
+  # Let TFDS try to download and prepare a missing dataset.
+  config.data.download = True
+
+  config.model = ml_collections.ConfigDict()
+  # Residual block: a registry name (basic, preact, gated, stochastic_depth,
+  # bottleneck, custom) or 'module:ClassName' for a block in your own module.
+  config.model.block = 'basic'
+  # Network depth, 6n+2 (20, 32, 44, 56, 110, 1202, ...).
+  config.model.depth = 20
+  # Shortcut when shape changes: 'A' (subsample + zero channels, no
+  # parameters), 'B' (1x1 conv + BN) or 'auto' (the block's default: A for
+  # basic blocks, B for bottleneck).
+  config.model.shortcut = 'auto'
+  # Stochastic depth: survival probability of the last block, p_L; block l of
+  # L keeps its branch with p_l = 1 - (l/L)(1 - p_L). None = the block's
+  # default (0.5 for stochastic_depth, 1.0 = off for the others).
+  config.model.final_survival_probability = config_dict.placeholder(float)
+  # Stochastic depth draw: 'batch' (one per mini-batch, as in the paper) or
+  # 'example' (one per example).
+  config.model.stochastic_depth_mode = 'batch'
+  # BatchNorm momentum in PyTorch terms (weight of the current batch).
+  config.model.bn_momentum = 0.1
+  # BatchNorm epsilon.
+  config.model.bn_epsilon = 1e-5
+  # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  config.model.dtype = 'float32'
+
+  config.optimizer = ml_collections.ConfigDict()
+  # Peak learning rate of SGD.
+  config.optimizer.learning_rate = 0.1
+  # SGD momentum.
+  config.optimizer.momentum = 0.9
+  # Nesterov momentum.
+  config.optimizer.nesterov = False
+  # L2 weight decay added to the gradient before momentum (PyTorch SGD).
+  config.optimizer.weight_decay = 5e-4
+  # Which parameters are decayed: 'all' (PyTorch default) or 'conv_dense'
+  # (kernels only; no decay on BatchNorm scale/bias, biases and gates).
+  config.optimizer.weight_decay_on = 'all'
+  # Linear warmup epochs before the cosine decay (0 = none).
+  config.optimizer.warmup_epochs = 0
+  # Cosine annealing granularity: 'epoch' (constant within an epoch, like
+  # PyTorch's CosineAnnealingLR stepped per epoch) or 'step'.
+  config.optimizer.schedule_granularity = 'epoch'
+  # Label smoothing of the cross-entropy targets (0 = none).
+  config.optimizer.label_smoothing = 0.0
+
+  # Training epochs; the cosine schedule spans them.
+  config.num_epochs = 200
+  # Global training batch size (split over all local devices). The last
+  # incomplete batch of an epoch is dropped.
+  config.batch_size = 128
+  # Global evaluation batch size; the last batch is padded and masked.
+  config.eval_batch_size = 500
+  # Seed of initialisation, data order, augmentation and stochastic depth.
+  config.seed = 0
+  # Host syncs for the NaN check and the progress bar, every N steps.
+  config.log_every_steps = 50
+  # Latest checkpoints kept (the best one is kept separately).
+  config.checkpoints_to_keep = 3
+  # Checkpoint restored by --mode eval: 'best' or 'latest'.
+  config.eval_checkpoint = 'best'
+  return config

@@ -1,0 +1,148 @@
+"""CIFAR from TFDS into device memory; augmentation inside compiled code.
+
+A split is read once into a uint8 array. Batches are gathered on the device
+from a per-epoch permutation, and the random crop, flip and normalisation run
+inside the jitted train step, so the host does no work per step.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DATASETS = {'cifar10': 10, 'cifar100': 100}
+
+# Per-channel mean and std of the training images, on the 0-1 scale.
+NORMALIZATIONS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'none': ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+class DatasetNotFoundError(RuntimeError):
+  """The dataset is not prepared in data_dir and could not be downloaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A whole split in host memory: uint8 images [N, 32, 32, 3], int32 labels."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.labels)
+
+
+def num_classes(dataset: str) -> int:
+  """Number of classes of a supported dataset."""
+  if dataset not in DATASETS:
+    raise ValueError(f'Unknown dataset {dataset!r}; valid datasets: '
+                     f'{", ".join(DATASETS)}.')
+  return DATASETS[dataset]
+
+
+def normalization_stats(name: str, dataset: str) -> tuple[np.ndarray,
+                                                          np.ndarray]:
+  """Mean and std (0-255 scale) for a preset; 'dataset' picks the dataset's."""
+  key = dataset if name == 'dataset' else name
+  if key not in NORMALIZATIONS:
+    raise ValueError(f'Unknown data.normalization {name!r}; valid: dataset, '
+                     f'{", ".join(NORMALIZATIONS)}.')
+  mean, std = NORMALIZATIONS[key]
+  return (np.asarray(mean, np.float32) * 255.0,
+          np.asarray(std, np.float32) * 255.0)
+
+
+def _resolved_data_dir(data_dir: Optional[str]) -> str:
+  if data_dir:
+    return os.path.abspath(os.path.expanduser(data_dir))
+  return os.environ.get('TFDS_DATA_DIR',
+                        os.path.expanduser('~/tensorflow_datasets'))
+
+
+def load_split(dataset: str, split: str, data_dir: Optional[str] = None,
+               download: bool = True,
+               max_examples: Optional[int] = None) -> Split:
+  """Reads a CIFAR split from TFDS into numpy, in the dataset's order.
+
+  Args:
+    dataset: 'cifar10' or 'cifar100' (fine labels).
+    split: 'train' or 'test'.
+    data_dir: TFDS data directory; None uses TFDS_DATA_DIR or
+      ~/tensorflow_datasets.
+    download: whether TFDS may try to download and prepare a missing dataset.
+    max_examples: keep only the first N examples.
+
+  Returns:
+    The split as uint8 images and int32 labels.
+
+  Raises:
+    DatasetNotFoundError: the dataset is missing and could not be prepared.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # TFDS only reads the files; keep TensorFlow off any accelerator.
+  tf.config.set_visible_devices([], 'GPU')
+  num_classes(dataset)
+  searched = _resolved_data_dir(data_dir)
+  try:
+    ds = tfds.load(dataset, split=split, data_dir=data_dir,
+                   download=download, shuffle_files=False)
+  except Exception as e:  # TFDS raises several types for a missing dataset.
+    raise DatasetNotFoundError(
+        f'Dataset {dataset!r} is not prepared in {searched}'
+        f'{" and could not be downloaded" if download else ""} '
+        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}).\n'
+        f'Prepare it offline on a machine with network access with\n'
+        f'  python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{dataset}', data_dir='DIR').download_and_prepare()\"\n"
+        f'then copy DIR/{dataset} here and pass --config.data_dir=DIR '
+        f'(or set TFDS_DATA_DIR).') from e
+  if max_examples is not None:
+    ds = ds.take(max_examples)
+  images, labels = [], []
+  for batch in tfds.as_numpy(ds.batch(10_000)):
+    images.append(batch['image'])
+    labels.append(batch['label'])
+  if not images:
+    raise DatasetNotFoundError(f'Split {split!r} of {dataset!r} in '
+                               f'{searched} is empty.')
+  return Split(images=np.concatenate(images).astype(np.uint8),
+               labels=np.concatenate(labels).astype(np.int32))
+
+
+def random_crop_and_flip(rng: jax.Array, images: jax.Array,
+                         padding: int = 4, flip: bool = True) -> jax.Array:
+  """Random crop of the zero-padded image, then random horizontal flip.
+
+  Works on any dtype; pads with zeros before normalisation, as torchvision's
+  RandomCrop(32, padding=4) does on the raw image.
+  """
+  batch, height, width, _ = images.shape
+  crop_rng, flip_rng = jax.random.split(rng)
+  if padding:
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding),
+                              (0, 0)))
+    offsets = jax.random.randint(crop_rng, (batch, 2), 0, 2 * padding + 1)
+
+    def crop(image, offset):
+      return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0),
+                                   (height, width, image.shape[-1]))
+
+    images = jax.vmap(crop)(padded, offsets)
+  if flip:
+    do_flip = jax.random.bernoulli(flip_rng, 0.5, (batch, 1, 1, 1))
+    images = jnp.where(do_flip, images[:, :, ::-1, :], images)
+  return images
+
+
+def normalize(images: jax.Array, mean: np.ndarray, std: np.ndarray,
+              dtype=jnp.float32) -> jax.Array:
+  """uint8 (0-255) images to normalised floats."""
+  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)

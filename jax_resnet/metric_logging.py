@@ -1,0 +1,67 @@
+"""Per-epoch metrics: a readable line, metrics.jsonl and TensorBoard events."""
+
+import json
+import os
+from typing import Any
+
+METRICS_FILE = 'metrics.jsonl'
+EPOCH_KEYS = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss',
+              'test_accuracy', 'best_test_accuracy', 'learning_rate',
+              'images_per_sec', 'epoch_seconds')
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The epoch records of a workdir's metrics.jsonl, in order."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
+  """One readable line for an epoch record."""
+  return (f'epoch {record["epoch"]:>3d}/{num_epochs} | '
+          f'train loss {record["train_loss"]:.4f} '
+          f'acc {record["train_accuracy"]:6.2f}% | '
+          f'test loss {record["test_loss"]:.4f} '
+          f'acc {record["test_accuracy"]:6.2f}% '
+          f'(best {record["best_test_accuracy"]:6.2f}%) | '
+          f'lr {record["learning_rate"]:.5f} | '
+          f'{record["images_per_sec"]:7.1f} img/s | '
+          f'{record["epoch_seconds"]:6.1f} s')
+
+
+class MetricLogger:
+  """Writes epoch records; on resume, drops records past the checkpoint."""
+
+  def __init__(self, workdir: str, resumed_epoch: int):
+    self._path = os.path.join(workdir, METRICS_FILE)
+    # Records of epochs after the restored checkpoint come from a run that was
+    # killed before it saved them; that epoch runs again and is rewritten.
+    kept = [r for r in read_metrics(workdir) if r['epoch'] <= resumed_epoch]
+    tmp = self._path + '.tmp'
+    with open(tmp, 'w') as f:
+      for record in kept:
+        f.write(json.dumps(record) + '\n')
+    os.replace(tmp, self._path)
+    from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
+    self._summary_writer = tensorboard.SummaryWriter(workdir)
+
+  def write(self, record: dict[str, Any], num_epochs: int):
+    """Logs one epoch: readable line, JSON line, TensorBoard scalars."""
+    missing = set(EPOCH_KEYS) - set(record)
+    if missing:
+      raise ValueError(f'Epoch record lacks {sorted(missing)}.')
+    print(format_epoch(record, num_epochs), flush=True)
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    for key, value in record.items():
+      if key not in ('epoch', 'step'):
+        self._summary_writer.scalar(key, value, record['step'])
+    self._summary_writer.flush()
+
+  def close(self):
+    self._summary_writer.close()

@@ -1,0 +1,426 @@
+"""TrainState, the train and eval steps, and the training loop."""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from jax_resnet import checkpoints
+from jax_resnet import input_pipeline
+from jax_resnet import metric_logging
+from jax_resnet import models
+from jax_resnet import validation
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm statistics and the run's base RNG key."""
+  batch_stats: Any
+  rng: jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the compiled train and eval steps."""
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  crop_padding: int
+  random_flip: bool
+  label_smoothing: float
+  dtype: Any
+
+
+def step_config(config: ml_collections.ConfigDict) -> StepConfig:
+  """The static step settings of a config."""
+  mean, std = input_pipeline.normalization_stats(config.data.normalization,
+                                                 config.dataset)
+  return StepConfig(mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+                    crop_padding=config.data.crop_padding,
+                    random_flip=config.data.random_flip,
+                    label_smoothing=config.optimizer.label_smoothing,
+                    dtype=models.DTYPES[config.model.dtype])
+
+
+def learning_rate_fn(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
+  """Linear warmup, then cosine annealing to 0 at ``num_epochs``.
+
+  With granularity 'epoch' the rate is constant within an epoch and equals
+  PyTorch's CosineAnnealingLR(T_max=num_epochs - warmup) stepped once per
+  epoch; warmup epoch e (0-based) uses base * (e + 1) / warmup_epochs.
+  """
+  opt = config.optimizer
+  base, warmup = opt.learning_rate, opt.warmup_epochs
+  decay_epochs = config.num_epochs - warmup
+  per_epoch = opt.schedule_granularity == 'epoch'
+
+  def schedule(step):
+    epoch = step / steps_per_epoch
+    if per_epoch:
+      epoch = jnp.floor(epoch)
+    warm = base * (epoch + 1 if per_epoch else epoch) / max(warmup, 1)
+    progress = (epoch - warmup) / decay_epochs
+    cosine = 0.5 * base * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0, 1)))
+    return jnp.where(epoch < warmup, warm, cosine)
+
+  return schedule
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD with PyTorch-style L2 weight decay (added before momentum)."""
+  opt = config.optimizer
+  mask = None
+  if opt.weight_decay_on == 'conv_dense':
+    mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.add_decayed_weights(opt.weight_decay, mask=mask),
+      optax.sgd(learning_rate=learning_rate_fn(config, steps_per_epoch),
+                momentum=opt.momentum or None, nesterov=opt.nesterov))
+
+
+def shuffle_key(seed: int) -> jax.Array:
+  """Key of the per-epoch data order, independent of the step keys."""
+  return jax.random.split(jax.random.PRNGKey(seed), 3)[2]
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: Any,
+                       steps_per_epoch: int) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimiser state."""
+  init_rng, state_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  dtype = models.DTYPES[config.model.dtype]
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      init_rng, jnp.zeros((2, 32, 32, 3), dtype))
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      tx=create_optimizer(config, steps_per_epoch), rng=state_rng)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross-entropy with optional label smoothing."""
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array],
+               cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on a uint8 batch: augment, normalise, forward, update.
+
+  The step's randomness is ``fold_in(state.rng, state.step)``, so a resumed
+  run draws exactly what an uninterrupted one would.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  augment_rng, depth_rng = jax.random.split(rng)
+  images = input_pipeline.random_crop_and_flip(
+      augment_rng, batch['image'], cfg.crop_padding, cfg.random_flip)
+  images = input_pipeline.normalize(images, np.asarray(cfg.mean),
+                                    np.asarray(cfg.std), cfg.dtype)
+  labels = batch['label']
+
+  def loss_fn(params):
+    logits, new_variables = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, mutable=['batch_stats'],
+        rngs={'stochastic_depth': depth_rng})
+    loss = cross_entropy(logits, labels, logits.shape[-1],
+                         cfg.label_smoothing).mean()
+    return loss, (logits, new_variables['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {
+      'train_loss': loss,
+      'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels) * 100.0,
+  }
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array],
+              cfg: StepConfig) -> dict[str, jax.Array]:
+  """Sums of loss and correct predictions over the unmasked examples."""
+  images = input_pipeline.normalize(batch['image'], np.asarray(cfg.mean),
+                                    np.asarray(cfg.std), cfg.dtype)
+  logits = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images,
+      train=False)
+  mask = batch['mask']
+  loss = cross_entropy(logits, batch['label'], logits.shape[-1])
+  correct = jnp.argmax(logits, -1) == batch['label']
+  return {'loss_sum': jnp.sum(loss * mask),
+          'correct_sum': jnp.sum(correct * mask),
+          'count': jnp.sum(mask)}
+
+
+class Trainer:
+  """Holds the device mesh, the device-resident data and compiled steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               train_split: Optional[input_pipeline.Split],
+               test_split: input_pipeline.Split):
+    self.config = config
+    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.model = models.create_model(
+        config.model, input_pipeline.num_classes(config.dataset))
+    self.step_cfg = step_config(config)
+    self.num_train = train_split.num_examples if train_split else 0
+    self.steps_per_epoch = self.num_train // config.batch_size
+    if train_split is not None:
+      self.train_images = jax.device_put(train_split.images, self.replicated)
+      self.train_labels = jax.device_put(train_split.labels, self.replicated)
+    self._load_test(test_split)
+
+    batch_size = config.batch_size
+
+    def gather(images, labels, order, index):
+      idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+      return {'image': images[idx], 'label': labels[idx]}
+
+    self._gather = jax.jit(gather, out_shardings=self.data_sharding)
+    self._permutation = jax.jit(
+        lambda epoch: jax.random.permutation(
+            jax.random.fold_in(shuffle_key(config.seed), epoch),
+            self.num_train),
+        out_shardings=self.replicated)
+    self.train_step = jax.jit(
+        functools.partial(train_step, cfg=self.step_cfg),
+        donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+    self.eval_step = jax.jit(functools.partial(eval_step, cfg=self.step_cfg),
+                             out_shardings=self.replicated)
+    self.learning_rate = learning_rate_fn(config, max(self.steps_per_epoch, 1))
+
+  def _load_test(self, test_split: input_pipeline.Split):
+    """Pads the test set to whole eval batches; padding is masked out."""
+    n = test_split.num_examples
+    batch = self.config.eval_batch_size
+    self.num_eval_batches = math.ceil(n / batch)
+    pad = self.num_eval_batches * batch - n
+    images = np.concatenate(
+        [test_split.images, np.zeros((pad, 32, 32, 3), np.uint8)])
+    labels = np.concatenate([test_split.labels, np.zeros((pad,), np.int32)])
+    mask = np.concatenate([np.ones((n,), np.float32),
+                           np.zeros((pad,), np.float32)])
+    shape = (self.num_eval_batches, batch)
+    self.test_batches = jax.device_put(
+        {'image': images.reshape(shape + images.shape[1:]),
+         'label': labels.reshape(shape), 'mask': mask.reshape(shape)},
+        NamedSharding(self.mesh, P(None, 'data')))
+    self.num_test = n
+
+  def init_state(self) -> TrainState:
+    """A fresh, replicated train state."""
+    state = create_train_state(self.config, self.model,
+                               max(self.steps_per_epoch, 1))
+    return jax.device_put(state, self.replicated)
+
+  def evaluate(self, state: TrainState) -> dict[str, float]:
+    """Test loss and accuracy (percent) over the whole test set."""
+    totals = None
+    for i in range(self.num_eval_batches):
+      batch = jax.tree.map(lambda x, i=i: x[i], self.test_batches)
+      sums = self.eval_step(state, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals['count'])
+    if count != self.num_test:
+      raise AssertionError(f'Evaluated {count} of {self.num_test} examples.')
+    return {'test_loss': float(totals['loss_sum']) / count,
+            'test_accuracy': 100.0 * float(totals['correct_sum']) / count}
+
+  def train_epoch(self, state: TrainState, epoch: int
+                  ) -> tuple[TrainState, dict[str, float]]:
+    """One pass over the shuffled training set (0-based ``epoch``)."""
+    order = self._permutation(epoch)
+    log_every = max(1, self.config.log_every_steps)
+    loss_sum = acc_sum = 0.0
+    pending = []
+    progress = _progress_bar(self.steps_per_epoch, epoch + 1)
+    for i in range(self.steps_per_epoch):
+      batch = self._gather(self.train_images, self.train_labels, order, i)
+      state, metrics = self.train_step(state, batch)
+      pending.append(metrics)
+      if len(pending) == log_every or i == self.steps_per_epoch - 1:
+        fetched = jax.device_get(pending)
+        first = i + 1 - len(fetched)
+        for j, m in enumerate(fetched):
+          if not np.isfinite(m['train_loss']):
+            raise NonFiniteLossError(
+                f'Training loss is {m["train_loss"]} at epoch {epoch + 1}, '
+                f'step {epoch * self.steps_per_epoch + first + j + 1} '
+                f'(step {first + j + 1} of the epoch). Stopped; the last '
+                'checkpoint is from before this epoch.')
+          loss_sum += float(m['train_loss'])
+          acc_sum += float(m['train_accuracy'])
+        if progress is not None:
+          progress.update(len(fetched))
+          progress.set_postfix(loss=f'{fetched[-1]["train_loss"]:.3f}')
+        pending = []
+    if progress is not None:
+      progress.close()
+    return state, {'train_loss': loss_sum / self.steps_per_epoch,
+                   'train_accuracy': acc_sum / self.steps_per_epoch}
+
+
+def _progress_bar(total: int, epoch: int):
+  if not sys.stderr.isatty():
+    return None
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, desc=f'epoch {epoch}', leave=False,
+                   file=sys.stderr)
+
+
+def run_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Settings a checkpoint must share with the run that restores it."""
+  model = models.create_model(config.model,
+                              input_pipeline.num_classes(config.dataset))
+  return {
+      'dataset': config.dataset,
+      'block': config.model.block,
+      'depth': config.model.depth,
+      'shortcut': model.shortcut_type,
+      'final_survival_probability': model.final_survival_probability,
+  }
+
+
+def load_data(config: ml_collections.ConfigDict, train: bool = True):
+  """Reads the train (optional) and test splits of the configured dataset."""
+  kwargs = dict(data_dir=config.data_dir or None,
+                download=config.data.download)
+  train_split = None
+  if train:
+    train_split = input_pipeline.load_split(
+        config.dataset, 'train',
+        max_examples=config.data.train_examples or None, **kwargs)
+    if train_split.num_examples < config.batch_size:
+      raise ValueError(
+          f'{train_split.num_examples} training examples make no batch of '
+          f'{config.batch_size}; lower batch_size or raise '
+          'data.train_examples.')
+  test_split = input_pipeline.load_split(config.dataset, 'test', **kwargs)
+  return train_split, test_split
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the workdir's latest checkpoint) and evaluates.
+
+  Args:
+    config: the run configuration (see configs/default.py).
+    workdir: where checkpoints, metrics.jsonl and TensorBoard events go.
+
+  Returns:
+    The last epoch's record plus 'final_test_accuracy'.
+  """
+  validation.validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  train_split, test_split = load_data(config)
+  trainer = Trainer(config, train_split, test_split)
+  signature = run_signature(config)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2))
+
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
+  state = trainer.init_state()
+  start_epoch, best_accuracy = 0, 0.0
+  if ckpt.steps('latest'):
+    state, meta = ckpt.restore('latest', checkpoints.abstract(state),
+                               signature)
+    if meta['steps_per_epoch'] != trainer.steps_per_epoch:
+      raise checkpoints.CheckpointMismatchError(
+          f'The checkpoint in {workdir} was written with '
+          f'{meta["steps_per_epoch"]} steps per epoch; this command has '
+          f'{trainer.steps_per_epoch} (batch_size or data.train_examples '
+          'differ). Use another --workdir, or the command that wrote it.')
+    start_epoch, best_accuracy = meta['epoch'], meta['best_test_accuracy']
+    print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
+          f'{workdir}.', flush=True)
+  logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch)
+  print(f'{config.dataset} {config.model.block}-{config.model.depth}: '
+        f'{trainer.num_train} train / {trainer.num_test} test images, '
+        f'{trainer.steps_per_epoch} steps per epoch, '
+        f'{jax.device_count()} device(s).', flush=True)
+
+  record = None
+  try:
+    for epoch in range(start_epoch, config.num_epochs):
+      start = time.perf_counter()
+      learning_rate = float(trainer.learning_rate(
+          epoch * trainer.steps_per_epoch))
+      state, train_metrics = trainer.train_epoch(state, epoch)
+      train_seconds = time.perf_counter() - start
+      test_metrics = trainer.evaluate(state)
+      best_accuracy = max(best_accuracy, test_metrics['test_accuracy'])
+      record = {
+          'epoch': epoch + 1, 'step': int(state.step), **train_metrics,
+          **test_metrics, 'best_test_accuracy': best_accuracy,
+          'learning_rate': learning_rate,
+          'images_per_sec': trainer.steps_per_epoch * config.batch_size /
+                            train_seconds,
+          'epoch_seconds': time.perf_counter() - start,
+      }
+      logger.write(record, config.num_epochs)
+      meta = {'epoch': epoch + 1, 'best_test_accuracy': best_accuracy,
+              'test_accuracy': test_metrics['test_accuracy'],
+              'steps_per_epoch': trainer.steps_per_epoch,
+              'signature': signature}
+      # Best before latest: a kill between the two repeats this epoch, which
+      # then finds its best checkpoint already written.
+      if test_metrics['test_accuracy'] >= best_accuracy:
+        ckpt.save('best', int(state.step), state, meta)
+      ckpt.save('latest', int(state.step), state, meta)
+  finally:
+    logger.close()
+    ckpt.close()
+
+  history = metric_logging.read_metrics(workdir)
+  if not history:
+    raise RuntimeError(f'No epochs recorded in {workdir}.')
+  final = dict(history[-1])
+  final['final_test_accuracy'] = final['test_accuracy']
+  print(f'Final test accuracy {final["test_accuracy"]:.2f}%, best '
+        f'{final["best_test_accuracy"]:.2f}% '
+        f'({config.num_epochs} epochs).', flush=True)
+  logging.info('Finished: %s', json.dumps(final))
+  return final
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str
+             ) -> dict[str, Any]:
+  """Restores the best (or latest) checkpoint and evaluates the test set."""
+  validation.validate_config(config)
+  _, test_split = load_data(config, train=False)
+  trainer = Trainer(config, None, test_split)
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  signature = run_signature(config)
+  try:
+    state, meta = ckpt.restore(config.eval_checkpoint,
+                               checkpoints.abstract(trainer.init_state()),
+                               signature)
+  finally:
+    ckpt.close()
+  result = trainer.evaluate(state)
+  result['checkpoint_step'] = int(state.step)
+  result['checkpoint_epoch'] = meta['epoch']
+  return result

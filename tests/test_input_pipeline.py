@@ -1,0 +1,101 @@
+"""Data loading, augmentation and normalisation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_resnet import input_pipeline
+
+
+def known_image():
+  """A 32x32x3 image whose pixel values encode their row, column, channel."""
+  rows, cols, chans = np.meshgrid(np.arange(32), np.arange(32), np.arange(3),
+                                  indexing='ij')
+  return (rows * 7 + cols * 3 + chans + 1).astype(np.uint8)  # never 0
+
+
+def test_crop_is_a_window_of_the_zero_padded_image():
+  image = known_image()
+  batch = jnp.asarray(np.stack([image] * 64))
+  out = np.asarray(input_pipeline.random_crop_and_flip(
+      jax.random.PRNGKey(0), batch, padding=4, flip=False))
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  offsets = set()
+  for crop in out:
+    matches = [(dy, dx) for dy in range(9) for dx in range(9)
+               if np.array_equal(crop, padded[dy:dy + 32, dx:dx + 32])]
+    assert len(matches) == 1
+    offsets.add(matches[0])
+  # 64 draws over 81 offsets: many distinct, including shifted ones.
+  assert len(offsets) > 20
+  assert any(dy != 4 or dx != 4 for dy, dx in offsets)
+
+
+def test_flip_mirrors_columns_about_half_the_time():
+  image = known_image()
+  batch = jnp.asarray(np.stack([image] * 200))
+  out = np.asarray(input_pipeline.random_crop_and_flip(
+      jax.random.PRNGKey(1), batch, padding=0, flip=True))
+  flipped = np.array([np.array_equal(o, image[:, ::-1]) for o in out])
+  unchanged = np.array([np.array_equal(o, image) for o in out])
+  assert np.all(flipped ^ unchanged)
+  assert 70 < flipped.sum() < 130
+
+
+def test_no_augmentation_is_identity():
+  batch = jnp.asarray(np.stack([known_image()] * 4))
+  out = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(0), batch,
+                                            padding=0, flip=False)
+  np.testing.assert_array_equal(out, batch)
+
+
+def test_augmentation_is_per_example_and_rng_dependent():
+  batch = jnp.asarray(np.stack([known_image()] * 16))
+  a = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(0), batch)
+  b = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(0), batch)
+  c = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(1), batch)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert len({np.asarray(x).tobytes() for x in a}) > 1
+
+
+def test_normalization_presets():
+  mean, std = input_pipeline.normalization_stats('dataset', 'cifar10')
+  np.testing.assert_allclose(mean / 255, [0.4914, 0.4822, 0.4465])
+  mean, std = input_pipeline.normalization_stats('imagenet', 'cifar100')
+  np.testing.assert_allclose(std / 255, [0.229, 0.224, 0.225])
+  image = jnp.full((1, 2, 2, 3), 255, jnp.uint8)
+  out = input_pipeline.normalize(image, mean, std)
+  np.testing.assert_allclose(out[0, 0, 0], (255 - mean) / std, rtol=1e-6)
+  with pytest.raises(ValueError, match='dataset, cifar10, cifar100, imagenet'):
+    input_pipeline.normalization_stats('zca', 'cifar10')
+
+
+@pytest.mark.parametrize('dataset,classes', [('cifar10', 10),
+                                             ('cifar100', 100)])
+def test_load_split_on_mock_data(mock_cifar, dataset, classes, tmp_path):
+  del mock_cifar
+  split = input_pipeline.load_split(dataset, 'train', data_dir=str(tmp_path),
+                                    download=False)
+  assert split.images.shape == (40, 32, 32, 3)
+  assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+  assert split.labels.max() < classes
+  first = input_pipeline.load_split(dataset, 'train', data_dir=str(tmp_path),
+                                    download=False, max_examples=24)
+  assert first.num_examples == 24
+  np.testing.assert_array_equal(first.images, split.images[:24])
+
+
+def test_missing_dataset_names_dataset_and_directory(tmp_path):
+  with pytest.raises(input_pipeline.DatasetNotFoundError) as info:
+    input_pipeline.load_split('cifar100', 'test', data_dir=str(tmp_path),
+                              download=False)
+  message = str(info.value)
+  assert 'cifar100' in message and str(tmp_path) in message
+  assert 'download_and_prepare' in message
+
+
+def test_unknown_dataset():
+  with pytest.raises(ValueError, match='valid datasets: cifar10, cifar100'):
+    input_pipeline.num_classes('mnist')

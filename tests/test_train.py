@@ -1,0 +1,239 @@
+"""Training loop: schedule, optimiser, evaluation, checkpoints and resume."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import MOCK_EXAMPLES, tiny_config
+from jax_resnet import checkpoints
+from jax_resnet import input_pipeline
+from jax_resnet import metric_logging
+from jax_resnet import train
+
+TIMING_KEYS = ('images_per_sec', 'epoch_seconds')
+
+
+def without_timing(records):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+          for r in records]
+
+
+def restore_latest(config, workdir):
+  train_split, test_split = train.load_data(config)
+  trainer = train.Trainer(config, train_split, test_split)
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    return ckpt.restore('latest', checkpoints.abstract(trainer.init_state()),
+                        train.run_signature(config))
+  finally:
+    ckpt.close()
+
+
+class TestSchedule:
+  """Cosine annealing, per epoch or per step, with optional warmup."""
+
+  def test_per_epoch_cosine_matches_pytorch_formula(self):
+    config = tiny_config(num_epochs=10)
+    lr = train.learning_rate_fn(config, steps_per_epoch=7)
+    for epoch in range(10):
+      expected = 0.05 * (1 + np.cos(np.pi * epoch / 10))
+      for step in (epoch * 7, epoch * 7 + 6):  # Constant within the epoch.
+        assert float(lr(step)) == pytest.approx(expected, abs=1e-7)
+
+  def test_per_step_cosine(self):
+    config = tiny_config(num_epochs=4)
+    config.optimizer.schedule_granularity = 'step'
+    lr = train.learning_rate_fn(config, steps_per_epoch=10)
+    assert float(lr(0)) == pytest.approx(0.1)
+    assert float(lr(5)) == pytest.approx(0.05 * (1 + np.cos(np.pi * 5 / 40)))
+    assert float(lr(40)) == pytest.approx(0.0, abs=1e-8)
+
+  def test_warmup_then_cosine(self):
+    config = tiny_config(num_epochs=12)
+    config.optimizer.warmup_epochs = 2
+    lr = train.learning_rate_fn(config, steps_per_epoch=5)
+    assert [float(lr(s)) for s in (0, 5, 10)] == pytest.approx(
+        [0.05, 0.1, 0.1])
+    assert float(lr(15)) == pytest.approx(0.05 * (1 + np.cos(np.pi / 10)))
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_sgd_is_pytorch_sgd_with_l2_before_momentum(nesterov):
+  config = tiny_config(num_epochs=3)
+  config.optimizer.nesterov = nesterov
+  tx = train.create_optimizer(config, steps_per_epoch=1)
+  rng = np.random.default_rng(0)
+  params = {'w': rng.normal(size=(3, 3)).astype(np.float32)}
+  grads = [{'w': rng.normal(size=(3, 3)).astype(np.float32)} for _ in range(3)]
+  state = tx.init(params)
+  p, buf = params['w'].astype(np.float64), None
+  for step, g in enumerate(grads):
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+    # torch.optim.SGD(lr, momentum=0.9, weight_decay=5e-4, nesterov):
+    d = g['w'] + 5e-4 * p
+    buf = d if buf is None else 0.9 * buf + d
+    lr = 0.05 * (1 + np.cos(np.pi * step / 3))
+    p = p - lr * (d + 0.9 * buf if nesterov else buf)
+    np.testing.assert_allclose(params['w'], p, rtol=1e-5)
+
+
+def test_weight_decay_on_kernels_only():
+  config = tiny_config()
+  config.optimizer.weight_decay_on = 'conv_dense'
+  config.optimizer.momentum = 0.0
+  tx = train.create_optimizer(config, steps_per_epoch=1)
+  params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  assert float(jnp.abs(updates['bias']).sum()) == 0.0
+  np.testing.assert_allclose(updates['kernel'], -0.1 * 5e-4, rtol=1e-6)
+
+
+def test_evaluation_covers_a_partial_last_batch(mock_cifar):
+  del mock_cifar
+  config = tiny_config(eval_batch_size=16)  # 40 = 16 + 16 + 8 (padded).
+  _, test_split = train.load_data(config, train=False)
+  trainer = train.Trainer(config, None, test_split)
+  assert trainer.num_eval_batches == 3
+  state = trainer.init_state()
+  result = trainer.evaluate(state)
+  mean, std = input_pipeline.normalization_stats('dataset', 'cifar10')
+  images = input_pipeline.normalize(jnp.asarray(test_split.images), mean, std)
+  logits = trainer.model.apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images)
+  labels = test_split.labels
+  expected_acc = 100.0 * np.mean(np.argmax(logits, -1) == labels)
+  expected_loss = float(train.cross_entropy(logits, labels, 10).mean())
+  assert result['test_accuracy'] == pytest.approx(expected_acc)
+  assert result['test_loss'] == pytest.approx(expected_loss, rel=1e-5)
+  assert MOCK_EXAMPLES % 16 != 0
+
+
+@pytest.mark.parametrize('dataset', ['cifar10', 'cifar100'])
+def test_training_writes_metrics_and_checkpoints(mock_cifar, tmp_path,
+                                                 dataset):
+  del mock_cifar
+  config = tiny_config(dataset)
+  final = train.train_and_evaluate(config, str(tmp_path))
+  records = metric_logging.read_metrics(str(tmp_path))
+  assert [r['epoch'] for r in records] == [1, 2]
+  assert [r['step'] for r in records] == [2, 4]  # 40 // 16 = 2 steps.
+  for r in records:
+    assert set(r) == set(metric_logging.EPOCH_KEYS)
+    assert all(np.isfinite(v) for v in r.values())
+    assert 0 <= r['test_accuracy'] <= 100
+  assert records[1]['best_test_accuracy'] == max(
+      r['test_accuracy'] for r in records)
+  assert records[0]['learning_rate'] == pytest.approx(0.1)
+  assert records[1]['learning_rate'] == pytest.approx(0.05)
+  assert final['final_test_accuracy'] == records[-1]['test_accuracy']
+  ckpt = checkpoints.Checkpointer(str(tmp_path), read_only=True)
+  assert ckpt.steps('latest') == [2, 4]
+  assert len(ckpt.steps('best')) == 1
+  ckpt.close()
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['dataset'] == dataset
+
+
+def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
+                                                        monkeypatch):
+  del mock_cifar
+  config = tiny_config(num_epochs=3)
+  config.model.block = 'stochastic_depth'  # RNG-dependent training too.
+  full_dir, resumed_dir = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(config, full_dir)
+
+  original_init = train.Trainer.__init__
+
+  class Interrupt(Exception):
+    pass
+
+  calls = {'n': 0}
+
+  def init_with_interrupting_step(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    step = self.train_step
+
+    def interrupting_step(state, batch):
+      calls['n'] += 1
+      if calls['n'] == 4:  # Second step of epoch 2.
+        raise Interrupt()
+      return step(state, batch)
+
+    self.train_step = interrupting_step
+
+  with monkeypatch.context() as m:
+    m.setattr(train.Trainer, '__init__', init_with_interrupting_step)
+    with pytest.raises(Interrupt):
+      train.train_and_evaluate(config, resumed_dir)
+  assert calls['n'] == 4
+  assert len(metric_logging.read_metrics(resumed_dir)) == 1
+  train.train_and_evaluate(config, resumed_dir)
+
+  assert without_timing(metric_logging.read_metrics(full_dir)) == \
+      without_timing(metric_logging.read_metrics(resumed_dir))
+  full_state, _ = restore_latest(config, full_dir)
+  resumed_state, _ = restore_latest(config, resumed_dir)
+  for a, b in zip(jax.tree.leaves(full_state), jax.tree.leaves(resumed_state)):
+    np.testing.assert_array_equal(a, b)  # Bitwise.
+
+
+def test_checkpoint_of_another_setting_is_refused(mock_cifar, tmp_path):
+  del mock_cifar
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  other = tiny_config(num_epochs=2)
+  other.model.depth = 14
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match="depth: checkpoint 8, command 14"):
+    train.train_and_evaluate(other, str(tmp_path))
+  other = tiny_config(num_epochs=2)
+  other.model.block = 'preact'
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='block'):
+    train.evaluate(other, str(tmp_path))
+  other = tiny_config(num_epochs=2, batch_size=8)
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match='steps per epoch'):
+    train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_corrupted_latest_falls_back_to_previous(mock_cifar, tmp_path,
+                                                 caplog):
+  del mock_cifar
+  config = tiny_config(num_epochs=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  latest = tmp_path / checkpoints.LATEST_DIR / '4' / 'state'
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'corrupt')
+  state, meta = restore_latest(config, str(tmp_path))
+  assert int(state.step) == 2 and meta['epoch'] == 1
+  assert 'unreadable' in caplog.text
+
+
+def test_nan_loss_stops_with_epoch_and_step(mock_cifar, tmp_path,
+                                            monkeypatch):
+  del mock_cifar
+  schedule = train.learning_rate_fn
+
+  def exploding_after_first_epoch(config, steps_per_epoch):
+    base = schedule(config, steps_per_epoch)
+    return lambda step: jnp.where(step >= steps_per_epoch, jnp.inf,
+                                  base(step))
+
+  monkeypatch.setattr(train, 'learning_rate_fn', exploding_after_first_epoch)
+  config = tiny_config(num_epochs=2)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'at epoch 2, step 4 \(step 2 of the epoch\)'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert len(metric_logging.read_metrics(str(tmp_path))) == 1
+  state, meta = restore_latest(config, str(tmp_path))
+  assert meta['epoch'] == 1 and int(state.step) == 2
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
