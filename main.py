@@ -5,8 +5,6 @@
   python main.py --config configs/resnet110_cifar100.py --mode summary
 """
 
-import difflib
-import importlib.util
 import json
 import os
 import sys
@@ -16,6 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from jax_resnet import config_overrides
 from jax_resnet import platform
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -64,38 +63,6 @@ def main(argv):
     sys.exit(1)
 
 
-def check_overrides(argv: list[str]) -> None:
-  """Exits with the valid field names if a --config.X override is unknown."""
-  config_path = next((a.split('=', 1)[1] for a in argv
-                      if a.startswith('--config=')), None)
-  if config_path is None and '--config' in argv[:-1]:
-    config_path = argv[argv.index('--config') + 1]
-  if not config_path or not os.path.exists(config_path):
-    return
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location('_run_config', config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  valid = set(_flatten(module.get_config()))
-  for arg in argv:
-    if arg.startswith('--config.'):
-      field = arg[len('--config.'):].split('=', 1)[0]
-      if field not in valid:
-        close = difflib.get_close_matches(field, valid, n=3)
-        hint = f' Did you mean {", ".join(close)}?' if close else ''
-        print(f'error: unknown config field {field!r}.{hint} Valid fields: '
-              f'{", ".join(sorted(valid))}.', file=sys.stderr)
-        sys.exit(2)
-
-
-def _flatten(config, prefix=''):
-  for key, value in config.items():
-    if hasattr(value, 'items'):
-      yield from _flatten(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}'
-
-
 if __name__ == '__main__':
-  check_overrides(sys.argv)
+  config_overrides.check_command_line(sys.argv)
   app.run(main)

@@ -34,14 +34,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.download = True
 
   config.model = ml_collections.ConfigDict()
-  # Residual block: a registry name (basic, preact, gated, stochastic_depth,
-  # bottleneck, custom) or 'module:ClassName' for a block in your own module.
+  # Network (docs/zoo.md): cifar_resnet (He et al. CIFAR ResNet), resnet
+  # (ResNet-18..152 layout), resnext (ResNeXt-29 layout), wide_resnet,
+  # pyramidnet or densenet.
+  config.model.name = 'cifar_resnet'
+  # Block: a registry name (basic, preact, gated, stochastic_depth, bottleneck,
+  # custom, plain, se, se_bottleneck, resnext, res2net, split_attention) or
+  # 'module:ClassName' for a block in your own module. pyramidnet and densenet
+  # take basic or bottleneck (their own kinds); wide_resnet only basic.
   config.model.block = 'basic'
-  # Network depth, 6n+2 (20, 32, 44, 56, 110, 1202, ...).
+  # Depth: 6n+2 for cifar_resnet (20, 56, 110, 1202, ...) and basic
+  # pyramidnet, 9n+2 for resnext and bottleneck pyramidnet, 18/34/50/101/152
+  # for resnet, 6n+4 for wide_resnet and bottleneck densenet, 3n+4 for basic
+  # densenet.
   config.model.depth = 20
   # Shortcut when shape changes: 'A' (subsample + zero channels, no
-  # parameters), 'B' (1x1 conv + BN) or 'auto' (the block's default: A for
-  # basic blocks, B for bottleneck).
+  # parameters), 'B' (1x1 conv + BN), 'conv' (1x1 conv, no BN) or 'auto' (the
+  # network's or block's default: A for basic blocks in cifar_resnet, B for
+  # bottlenecks and in resnet / resnext, conv for pre-activation blocks in
+  # resnet and in wide_resnet). pyramidnet and densenet need 'auto'.
   config.model.shortcut = 'auto'
   # Stochastic depth: survival probability of the last block, p_L; block l of
   # L keeps its branch with p_l = 1 - (l/L)(1 - p_L). None = the block's
@@ -56,6 +67,37 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.bn_epsilon = 1e-5
   # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
   config.model.dtype = 'float32'
+  # Scan over the identical blocks of a stage (nn.scan, parameters stacked on a
+  # leading axis under stage{s}_blocks): compile time independent of depth.
+  # Off by default: XLA:CPU runs convolutions inside loops 5-50x slower (see
+  # README, Performance); worth it on GPU/TPU for very deep networks.
+  config.model.scan_blocks = False
+  # Block hyper-parameters: None keeps the block's default (in brackets);
+  # setting one the block does not take is an error.
+  # Groups of the 3x3 stage (resnext 8, split_attention 1).
+  config.model.cardinality = config_dict.placeholder(int)
+  # Channels per group for 64 planes (resnext 64, res2net 26, split_attention
+  # 64).
+  config.model.base_width = config_dict.placeholder(int)
+  # Res2Net splits of the 3x3 stage (4).
+  config.model.scale = config_dict.placeholder(int)
+  # Squeeze-and-excitation channel reduction of se / se_bottleneck (16).
+  config.model.se_reduction = config_dict.placeholder(int)
+  # Split-attention radix (2).
+  config.model.radix = config_dict.placeholder(int)
+  # Network hyper-parameters: None keeps the network's default (in brackets);
+  # setting one the network does not take is an error.
+  # wide_resnet width multiplier k of WRN-d-k (10).
+  config.model.widen_factor = config_dict.placeholder(int)
+  # Dropout rate: between the convolutions of wide_resnet blocks, after every
+  # densenet convolution (0.0).
+  config.model.dropout_rate = config_dict.placeholder(float)
+  # pyramidnet widening alpha, summed over all blocks (48).
+  config.model.pyramid_alpha = config_dict.placeholder(float)
+  # densenet growth rate k, channels added per layer (12).
+  config.model.growth_rate = config_dict.placeholder(int)
+  # densenet compression: fraction of channels a transition keeps (0.5).
+  config.model.compression = config_dict.placeholder(float)
 
   config.optimizer = ml_collections.ConfigDict()
   # Peak learning rate of SGD.

@@ -1,29 +1,33 @@
-"""CIFAR ResNet backbone built from any registered residual block."""
+"""The residual backbone, the network registry and ``create_model``.
 
-import functools
-import math
-from typing import Any, Sequence
+``CifarResNet`` (stem, stages of any registered block, pool, head) is the
+backbone of every residual network here: the CIFAR ResNets, the ImageNet
+ResNet layouts, ResNeXt-29 and the wide ResNets differ only in layout
+(``resnet.py``, ``resnext.py``, ``wide_resnet.py``). PyramidNet and DenseNet
+have backbones of their own. ``config.model.name`` picks one from NETWORKS.
+"""
 
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jax_resnet import blocks
+from jax_resnet import densenet
+from jax_resnet import layers
+from jax_resnet import pyramidnet
+from jax_resnet import resnet
+from jax_resnet import resnext
+from jax_resnet import wide_resnet
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-# PyTorch's kaiming_normal_(fan_in, relu), as the reference CIFAR ResNets use.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
-
-
-def torch_linear_bias_init(fan_in: int):
-  """PyTorch's nn.Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+# Shared with every network (layers.py); kept under their old names here.
+DTYPES = layers.DTYPES
+conv_kernel_init = layers.conv_kernel_init
+torch_linear_bias_init = layers.torch_linear_bias_init
+survival_probabilities = blocks.survival_probabilities
 
 
 def cifar_stage_sizes(depth: int) -> tuple[int, int, int]:
@@ -35,111 +39,292 @@ def cifar_stage_sizes(depth: int) -> tuple[int, int, int]:
   return (n, n, n)
 
 
-def survival_probabilities(num_blocks: int,
-                           final_survival_probability: float) -> list[float]:
-  """Linear decay rule p_l = 1 - (l / L) (1 - p_L) for blocks l = 1..L."""
-  return [1.0 - (l / num_blocks) * (1.0 - final_survival_probability)
-          for l in range(1, num_blocks + 1)]
+class _ScannedBlock(nn.Module):
+  """One block as an ``nn.scan`` body: (x, survival probability) -> x."""
+
+  block_cls: Any
+  block_kwargs: dict[str, Any]
+  train: bool
+  stochastic: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, survival_probability: jax.Array):
+    block = self.block_cls(
+        survival_probability=survival_probability if self.stochastic else 1.0,
+        name='block', **self.block_kwargs)
+    return block(x, self.train), None
 
 
 class CifarResNet(nn.Module):
-  """3x3 stem, three stages of blocks (16/32/64 planes), pool, dense head.
+  """3x3 stem, stages of blocks, pool, dense head.
+
+  The CIFAR ResNet is three stages of 16/32/64 planes; the other residual
+  networks (``NETWORKS``) change the stage sizes and planes, the stem width and
+  the block. Every stage after the first starts with a stride-2 block.
+
+  The first block of a stage (which may change stride and width) is
+  ``stage{s}_block1``; with ``scan_blocks`` the stage's remaining identical
+  blocks are one ``nn.scan`` over ``stage{s}_blocks`` whose parameters carry a
+  leading block axis, so compile time does not grow with depth.
 
   Attributes:
     block_cls: a ``blocks.ResidualBlock`` subclass.
     stage_sizes: blocks per stage.
     num_classes: outputs of the dense head.
     stage_planes: base planes per stage.
-    shortcut_type: 'A' or 'B' (see blocks.ResidualBlock).
+    stem_planes: stem output channels; None uses ``stage_planes[0]``.
+    block_options: block hyper-parameters, e.g. ``{'cardinality': 8}``.
+    shortcut_type: 'A', 'B' or 'conv' (see blocks.ResidualBlock).
     final_survival_probability: stochastic depth p_L; 1.0 disables it.
     stochastic_depth_mode: 'batch' or 'example'.
     bn_momentum: BatchNorm momentum in PyTorch terms (weight of the new batch).
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
+    scan_blocks: scan over blocks 2..n of each stage instead of unrolling.
+    weight_init: initialisers of the convolutions and the head.
   """
 
   block_cls: Any
   stage_sizes: Sequence[int]
   num_classes: int
   stage_planes: Sequence[int] = (16, 32, 64)
+  stem_planes: Optional[int] = None
+  block_options: Mapping[str, Any] = flax.core.FrozenDict()
   shortcut_type: str = 'A'
   final_survival_probability: float = 1.0
   stochastic_depth_mode: str = 'batch'
   bn_momentum: float = 0.1
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  scan_blocks: bool = False
+  weight_init: layers.Init = layers.CIFAR_RESNET_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, padding=1,
-                             kernel_init=conv_kernel_init, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=1.0 - self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype)
+    conv = layers.conv_partial(self.dtype, self.weight_init)
+    norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
+                               self.dtype)
     preact = self.block_cls.preactivation
+    stem_planes = self.stem_planes or self.stage_planes[0]
 
-    x = conv(self.stage_planes[0], (3, 3), name='stem_conv')(x)
+    x = conv(stem_planes, (3, 3), name='stem_conv')(x)
     if not preact:
       x = nn.relu(norm(name='stem_bn')(x))
 
     num_blocks = sum(self.stage_sizes)
     survival = survival_probabilities(num_blocks,
                                       self.final_survival_probability)
-    in_planes = self.stage_planes[0]
+    stochastic = self.final_survival_probability < 1.0
+    in_planes = stem_planes
     index = 0
     for stage, (size, planes) in enumerate(
         zip(self.stage_sizes, self.stage_planes)):
-      for b in range(size):
-        stride = 2 if stage > 0 and b == 0 else 1
-        block = self.block_cls(
-            in_planes=in_planes, planes=planes, stride=stride, conv=conv,
-            norm=norm, shortcut_type=self.shortcut_type,
-            survival_probability=survival[index],
-            stochastic_depth_mode=self.stochastic_depth_mode,
-            name=f'stage{stage + 1}_block{b + 1}')
-        x = block(x, train)
-        in_planes = block.out_planes
-        index += 1
+      common = dict(planes=planes, conv=conv, norm=norm,
+                    shortcut_type=self.shortcut_type,
+                    stochastic_depth_mode=self.stochastic_depth_mode,
+                    **self.block_options)
+      first = self.block_cls(
+          in_planes=in_planes, stride=2 if stage > 0 else 1,
+          survival_probability=survival[index],
+          name=f'stage{stage + 1}_block1', **common)
+      x = first(x, train)
+      in_planes = first.out_planes
+      index += 1
+      rest = survival[index:index + size - 1]
+      if rest and self.scan_blocks:
+        scanned = nn.scan(
+            _ScannedBlock, variable_axes={'params': 0, 'batch_stats': 0},
+            split_rngs={'params': True, layers.TRAINING_RNG: True},
+            in_axes=0, length=len(rest))
+        x, _ = scanned(
+            block_cls=self.block_cls,
+            block_kwargs=dict(in_planes=in_planes, stride=1, **common),
+            train=train, stochastic=stochastic,
+            name=f'stage{stage + 1}_blocks')(x, jnp.asarray(rest, jnp.float32))
+      else:
+        for b, p in enumerate(rest, start=2):
+          x = self.block_cls(in_planes=in_planes, stride=1,
+                             survival_probability=p,
+                             name=f'stage{stage + 1}_block{b}', **common)(
+                                 x, train)
+      index += len(rest)
 
     if preact:
       x = nn.relu(norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, kernel_init=conv_kernel_init,
-                 bias_init=torch_linear_bias_init(x.shape[-1]),
-                 dtype=self.dtype, name='head')(x)
-    return x.astype(jnp.float32)
+    return layers.classifier(x, self.num_classes, self.dtype,
+                             self.weight_init)
 
 
-def create_model(model_config, num_classes: int) -> CifarResNet:
-  """Builds the backbone described by ``config.model``."""
+def cifar_resnet_layout(model_config) -> dict[str, Any]:
+  """He et al.'s CIFAR ResNet: 6n+2 layers, stages of 16/32/64 planes."""
   block_cls = blocks.get_block(model_config.block)
+  return dict(block_cls=block_cls,
+              stage_sizes=cifar_stage_sizes(model_config.depth),
+              stage_planes=(16, 32, 64),
+              block_options=blocks.block_options(block_cls, model_config))
+
+
+def create_residual_network(model_config, num_classes: int, *,
+                            block_cls: type[blocks.ResidualBlock],
+                            stage_sizes: Sequence[int],
+                            stage_planes: Sequence[int],
+                            stem_planes: Optional[int] = None,
+                            block_options: Optional[Mapping[str, Any]] = None,
+                            default_shortcut: Optional[str] = None,
+                            weight_init: layers.Init = layers.CIFAR_RESNET_INIT
+                            ) -> CifarResNet:
+  """A CifarResNet with the given layout and ``config.model``'s settings.
+
+  Args:
+    model_config: ``config.model`` (shortcut, stochastic depth, BatchNorm,
+      dtype, scan_blocks).
+    num_classes: outputs of the head.
+    block_cls: the block class.
+    stage_sizes: blocks per stage.
+    stage_planes: base planes per stage.
+    stem_planes: stem channels; None = ``stage_planes[0]``.
+    block_options: the block's hyper-parameters.
+    default_shortcut: what shortcut 'auto' means; None = the block's default.
+    weight_init: initialisers of the convolutions and the head.
+
+  Returns:
+    The (unbound) network.
+  """
   shortcut = model_config.shortcut
   if shortcut == 'auto':
-    shortcut = block_cls.default_shortcut
+    shortcut = default_shortcut or block_cls.default_shortcut
   if shortcut not in blocks.SHORTCUT_TYPES:
     raise ValueError(f'Unknown shortcut {shortcut!r}; valid: auto, '
                      f'{", ".join(blocks.SHORTCUT_TYPES)}.')
-  final_survival = model_config.final_survival_probability
-  if final_survival is None:
-    final_survival = block_cls.default_final_survival_probability
-  if not 0.0 < final_survival <= 1.0:
-    raise ValueError('model.final_survival_probability must be in (0, 1]; '
-                     f'got {final_survival}.')
-  if model_config.stochastic_depth_mode not in blocks.STOCHASTIC_DEPTH_MODES:
-    raise ValueError(
-        f'Unknown model.stochastic_depth_mode '
-        f'{model_config.stochastic_depth_mode!r}; valid: '
-        f'{", ".join(blocks.STOCHASTIC_DEPTH_MODES)}.')
-  if model_config.dtype not in DTYPES:
-    raise ValueError(f'Unknown model.dtype {model_config.dtype!r}; valid: '
-                     f'{", ".join(DTYPES)}.')
+  final_survival = blocks.final_survival_probability(block_cls, model_config)
   return CifarResNet(
       block_cls=block_cls,
-      stage_sizes=cifar_stage_sizes(model_config.depth),
+      stage_sizes=tuple(stage_sizes),
       num_classes=num_classes,
+      stage_planes=tuple(stage_planes),
+      stem_planes=stem_planes,
+      block_options=flax.core.FrozenDict(block_options or {}),
       shortcut_type=shortcut,
       final_survival_probability=final_survival,
       stochastic_depth_mode=model_config.stochastic_depth_mode,
       bn_momentum=model_config.bn_momentum,
       bn_epsilon=model_config.bn_epsilon,
-      dtype=DTYPES[model_config.dtype])
+      dtype=layers.dtype_of(model_config),
+      scan_blocks=model_config.scan_blocks,
+      weight_init=weight_init)
+
+
+def residual_network(layout: Callable[[Any], dict[str, Any]]
+                     ) -> Callable[[Any, int], CifarResNet]:
+  """A network builder: ``layout(config.model)`` -> create_residual_network."""
+
+  def create(model_config, num_classes: int) -> CifarResNet:
+    return create_residual_network(model_config, num_classes,
+                                   **layout(model_config))
+
+  return create
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A registered network: its builder, a display name and its own fields.
+
+  Attributes:
+    create: ``(config.model, num_classes) -> nn.Module`` with
+      ``__call__(x, train)``, ``shortcut_type`` and
+      ``final_survival_probability`` (read by the run signature).
+    describe: ``config.model -> str``, e.g. 'WRN-28-10'.
+    fields: the NETWORK_FIELDS it reads; setting any other one is an error.
+  """
+
+  create: Callable[[Any, int], nn.Module]
+  describe: Callable[[Any], str]
+  fields: tuple[str, ...] = ()
+
+
+def _describe_cifar_resnet(model_config) -> str:
+  return f'ResNet-{model_config.depth} ({model_config.block} blocks)'
+
+
+NETWORKS: dict[str, Network] = {
+    'cifar_resnet': Network(residual_network(cifar_resnet_layout),
+                            _describe_cifar_resnet),
+    'resnet': Network(residual_network(resnet.layout), resnet.describe),
+    'resnext': Network(residual_network(resnext.layout), resnext.describe),
+    'wide_resnet': Network(residual_network(wide_resnet.layout),
+                           wide_resnet.describe, wide_resnet.FIELDS),
+    'pyramidnet': Network(pyramidnet.create, pyramidnet.describe,
+                          pyramidnet.FIELDS),
+    'densenet': Network(densenet.create, densenet.describe, densenet.FIELDS),
+}
+
+# Network hyper-parameters in config.model; None there keeps the network's
+# default.
+NETWORK_FIELDS = ('widen_factor', 'dropout_rate', 'pyramid_alpha',
+                  'growth_rate', 'compression')
+
+
+def get_network(name: str) -> Network:
+  """The registered network ``name``; unknown names list the valid ones."""
+  if name not in NETWORKS:
+    raise ValueError(f'Unknown model.name {name!r}; valid networks: '
+                     f'{", ".join(sorted(NETWORKS))}.')
+  return NETWORKS[name]
+
+
+def describe(model_config) -> str:
+  """A human name of the configured network, e.g. 'WRN-28-10'."""
+  return get_network(model_config.get('name', 'cifar_resnet')).describe(
+      model_config)
+
+
+def create_model(model_config, num_classes: int) -> nn.Module:
+  """Builds the network ``config.model.name`` (default 'cifar_resnet')."""
+  name = model_config.get('name', 'cifar_resnet')
+  network = get_network(name)
+  for field in NETWORK_FIELDS:
+    if model_config.get(field) is not None and field not in network.fields:
+      takers = sorted(n for n, net in NETWORKS.items() if field in net.fields)
+      raise ValueError(
+          f'model.{field} does not apply to network {name!r}; networks that '
+          f'take it: {", ".join(takers)}. Leave it unset (None) otherwise.')
+  return network.create(model_config, num_classes)
+
+
+def stack_scanned_blocks(tree: dict[str, Any]) -> dict[str, Any]:
+  """Unrolled layout (``stage{s}_block{b}``, b >= 2) -> scanned layout.
+
+  Works on any variable collection (params or batch_stats) of a CifarResNet;
+  the scanned layout keeps ``stage{s}_block1`` and stacks blocks 2..n of each
+  stage on a leading axis under ``stage{s}_blocks/block``.
+  """
+  out, stacks = {}, {}
+  for name, value in tree.items():
+    stage, _, index = name.partition('_block')
+    if name.startswith('stage') and index.isdigit() and int(index) >= 2:
+      stacks.setdefault(stage, {})[int(index)] = value
+    else:
+      out[name] = value
+  for stage, members in stacks.items():
+    ordered = [members[i] for i in sorted(members)]
+    if sorted(members) != list(range(2, len(members) + 2)):
+      raise ValueError(f'{stage}: blocks {sorted(members)} are not 2..n.')
+    out[f'{stage}_blocks'] = {
+        'block': jax.tree.map(lambda *xs: jnp.stack(xs), *ordered)}
+  return out
+
+
+def unstack_scanned_blocks(tree: dict[str, Any]) -> dict[str, Any]:
+  """Scanned layout -> unrolled layout; the inverse of stack_scanned_blocks."""
+  out = {}
+  for name, value in tree.items():
+    if name.startswith('stage') and name.endswith('_blocks'):
+      stage = name[:-len('_blocks')]
+      stacked = value['block']
+      length = jax.tree.leaves(stacked)[0].shape[0]
+      for i in range(length):
+        out[f'{stage}_block{i + 2}'] = jax.tree.map(lambda x, i=i: x[i],
+                                                    stacked)
+    else:
+      out[name] = value
+  return out

@@ -18,3 +18,5 @@ def configure() -> None:
     if name not in flags:
       flags = f'{flags} {flag}'.strip()
   os.environ['XLA_FLAGS'] = flags
+  # TensorFlow only reads TFDS files here; its start-up notices are noise.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

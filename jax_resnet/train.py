@@ -291,17 +291,23 @@ def _progress_bar(total: int, epoch: int):
                    file=sys.stderr)
 
 
+# Model fields that change the parameter tree or what the network computes.
+_SIGNATURE_MODEL_FIELDS = (
+    'name', 'block', 'depth', 'scan_blocks', 'cardinality', 'base_width',
+    'scale', 'se_reduction', 'radix') + models.NETWORK_FIELDS
+
+
 def run_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Settings a checkpoint must share with the run that restores it."""
   model = models.create_model(config.model,
                               input_pipeline.num_classes(config.dataset))
-  return {
-      'dataset': config.dataset,
-      'block': config.model.block,
-      'depth': config.model.depth,
-      'shortcut': model.shortcut_type,
-      'final_survival_probability': model.final_survival_probability,
-  }
+  signature = {'dataset': config.dataset}
+  for field in _SIGNATURE_MODEL_FIELDS:
+    signature[field] = config.model.get(field)
+  signature['shortcut'] = getattr(model, 'shortcut_type', None)
+  signature['final_survival_probability'] = getattr(
+      model, 'final_survival_probability', None)
+  return signature
 
 
 def load_data(config: ml_collections.ConfigDict, train: bool = True):
@@ -357,7 +363,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
           f'{workdir}.', flush=True)
   logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch)
-  print(f'{config.dataset} {config.model.block}-{config.model.depth}: '
+  print(f'{config.dataset} {models.describe(config.model)} '
+        f'(block {config.model.block}): '
         f'{trainer.num_train} train / {trainer.num_test} test images, '
         f'{trainer.steps_per_epoch} steps per epoch, '
         f'{jax.device_count()} device(s).', flush=True)

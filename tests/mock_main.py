@@ -9,10 +9,11 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 import main
+from jax_resnet import config_overrides
 import tensorflow_datasets as tfds
 
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
   with tfds.testing.mock_data(num_examples=num_examples):
-    main.check_overrides(sys.argv)
+    config_overrides.check_command_line(sys.argv)
     app.run(main.main)

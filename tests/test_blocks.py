@@ -77,7 +77,9 @@ def test_gradients_reach_the_stem(name):
   model = models.create_model(config, 10)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
   labels = jnp.arange(4)
-  variables = model.init(jax.random.PRNGKey(1), x, train=False)
+  # Compiled once: faster than op-by-op dispatch for the larger blocks.
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(1), x)
 
   def loss(params):
     logits, _ = model.apply(
@@ -86,7 +88,7 @@ def test_gradients_reach_the_stem(name):
         rngs={'stochastic_depth': jax.random.PRNGKey(2)})
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])
   assert float(jnp.abs(grads['stem_conv']['kernel']).sum()) > 0
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert bool(jnp.all(jnp.isfinite(g))), path

@@ -87,21 +87,76 @@ def test_preact_network_has_final_bn_and_no_stem_bn():
   assert 'stem_bn' in params and 'final_bn' not in params
 
 
+def _init(model, train=False):
+  return model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)),
+                    train=train)
+
+
 def test_parameter_paths_are_stable():
-  model = models.create_model(model_config(depth=8), 10)
-  params = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.PRNGKey(0),
-                          jnp.zeros((1, 32, 32, 3)))['params']
-  assert sorted(params) == ['head', 'stage1_block1', 'stage2_block1',
-                            'stage3_block1', 'stem_bn', 'stem_conv']
+  model = models.create_model(model_config(depth=20, scan_blocks=True), 10)
+  params = jax.eval_shape(lambda: _init(model))['params']
+  assert sorted(params) == [
+      'head', 'stage1_block1', 'stage1_blocks', 'stage2_block1',
+      'stage2_blocks', 'stage3_block1', 'stage3_blocks', 'stem_bn',
+      'stem_conv']
   assert sorted(params['stage2_block1']) == ['bn1', 'bn2', 'conv1', 'conv2']
+  assert params['stage2_blocks']['block']['conv2']['kernel'].shape == (
+      2, 3, 3, 32, 32)
+  unrolled = models.create_model(model_config(depth=20, scan_blocks=False), 10)
+  names = sorted(jax.eval_shape(lambda: _init(unrolled))['params'])
+  assert names == sorted(['head', 'stem_bn', 'stem_conv'] + [
+      f'stage{s}_block{b}' for s in (1, 2, 3) for b in (1, 2, 3)])
+
+
+@pytest.mark.parametrize('block', ['basic', 'preact', 'stochastic_depth'])
+def test_scanned_network_equals_unrolled(block):
+  """Same weights give the same outputs and BatchNorm updates either way."""
+  config = model_config(depth=20, block=block, scan_blocks=True)
+  scanned = models.create_model(config, 10)
+  config.scan_blocks = False
+  unrolled = models.create_model(config, 10)
+  variables = _init(unrolled)
+  x = jax.random.normal(jax.random.PRNGKey(3), (4, 32, 32, 3))
+  stacked = {k: models.stack_scanned_blocks(v) for k, v in variables.items()}
+  assert jax.tree.structure(stacked) == jax.tree.structure(
+      jax.eval_shape(lambda: _init(scanned)))
+  np.testing.assert_allclose(scanned.apply(stacked, x),
+                             unrolled.apply(variables, x), atol=1e-5)
+  if block != 'stochastic_depth':  # Training draws differ between layouts.
+    y_s, new_s = scanned.apply(stacked, x, train=True, mutable=['batch_stats'])
+    y_u, new_u = unrolled.apply(variables, x, train=True,
+                                mutable=['batch_stats'])
+    np.testing.assert_allclose(y_s, y_u, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(new_s),
+                    jax.tree.leaves(models.stack_scanned_blocks(
+                        new_u['batch_stats']))):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+  round_trip = models.unstack_scanned_blocks(stacked['params'])
+  for a, b in zip(jax.tree.leaves(round_trip),
+                  jax.tree.leaves(variables['params'])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_scanned_stochastic_depth_draws_differ_per_block():
+  """Each scanned block draws its own keep/drop, at its own rate."""
+  config = model_config(depth=56, block='stochastic_depth',
+                        final_survival_probability=0.5, scan_blocks=True)
+  model = models.create_model(config, 10)
+  variables = _init(model)
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
+  outputs = {np.asarray(model.apply(
+      variables, x, train=True, mutable=['batch_stats'],
+      rngs={'stochastic_depth': jax.random.PRNGKey(seed)})[0]).tobytes()
+             for seed in range(6)}
+  assert len(outputs) == 6
 
 
 def test_init_matches_pytorch_kaiming_normal_statistics():
-  model = models.create_model(model_config(depth=20), 10)
+  model = models.create_model(model_config(depth=20, scan_blocks=True), 10)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
                       train=False)['params']
-  kernel = np.asarray(params['stage3_block2']['conv1']['kernel'])
+  kernel = np.asarray(params['stage3_blocks']['block']['conv1']['kernel'])
+  assert kernel.shape == (2, 3, 3, 64, 64)  # Blocks 2 and 3, stacked.
   fan_in = 3 * 3 * 64
   assert kernel.std() == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.03)
   # Plain (untruncated) normal, like torch.nn.init.kaiming_normal_.

@@ -1,0 +1,15 @@
+"""Plain-20 on CIFAR-10: ResNet-20 without shortcuts (He et al. 2015).
+
+  python main.py --config configs/plain20_cifar10.py
+"""
+
+from configs import default
+
+
+def get_config():
+  """Plain-20, CIFAR-10."""
+  config = default.get_config()
+  config.dataset = 'cifar10'
+  config.model.block = 'plain'
+  config.model.depth = 20
+  return config

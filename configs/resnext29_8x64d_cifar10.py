@@ -1,0 +1,18 @@
+"""ResNeXt-29 8x64d on CIFAR-10 (Xie et al. 2017).
+
+  python main.py --config configs/resnext29_8x64d_cifar10.py
+"""
+
+from configs import default
+
+
+def get_config():
+  """ResNeXt-29, cardinality 8, base width 64, CIFAR-10."""
+  config = default.get_config()
+  config.dataset = 'cifar10'
+  config.model.name = 'resnext'
+  config.model.block = 'resnext'
+  config.model.depth = 29
+  config.model.cardinality = 8
+  config.model.base_width = 64
+  return config

@@ -1,0 +1,186 @@
+"""DenseNet and DenseNet-BC for CIFAR (Huang et al., 2017).
+
+Three dense blocks of n layers; each layer adds ``growth_rate`` (k) channels,
+concatenated to all before it. A layer is BN-ReLU-conv3x3, or with
+'bottleneck' blocks BN-ReLU-conv1x1(4k)-BN-ReLU-conv3x3 (DenseNet-B). Between
+dense blocks a transition BN-ReLU-conv1x1-avgpool2 keeps
+``floor(compression * channels)`` channels (compression < 1: DenseNet-C).
+The stem is a 3x3 convolution to 2k channels with bottlenecks, 16 without;
+the end is BN-ReLU, pool and head. Depth counts the convolutions plus stem,
+transitions and head: 3n+4, or 6n+4 with bottlenecks. With dropout, every
+convolution after the stem is followed by it.
+"""
+
+from typing import Any, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_resnet import blocks
+from jax_resnet import layers
+
+ModuleDef = Any
+
+# Network hyper-parameters of config.model this network reads.
+FIELDS = ('growth_rate', 'compression', 'dropout_rate')
+DEFAULT_GROWTH_RATE = 12
+DEFAULT_COMPRESSION = 0.5
+DEFAULT_DROPOUT_RATE = 0.0
+# Values of config.model.block: plain or bottleneck dense layers.
+BLOCK_NAMES = ('basic', 'bottleneck')
+# Bottleneck width in multiples of the growth rate.
+BOTTLENECK_FACTOR = 4
+
+
+class DenseLayer(nn.Module):
+  """Computes ``growth_rate`` new channels and appends them to its input."""
+
+  conv: ModuleDef
+  norm: ModuleDef
+  growth_rate: int
+  bottleneck: bool
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    dropout = nn.Dropout(self.dropout_rate, deterministic=not train,
+                         rng_collection=layers.TRAINING_RNG)
+    y = nn.relu(self.norm(name='bn1')(x))
+    if self.bottleneck:
+      y = self.conv(BOTTLENECK_FACTOR * self.growth_rate, (1, 1), padding=0,
+                    name='conv1')(y)
+      y = nn.relu(self.norm(name='bn2')(dropout(y)))
+      y = self.conv(self.growth_rate, (3, 3), name='conv2')(y)
+    else:
+      y = self.conv(self.growth_rate, (3, 3), name='conv1')(y)
+    return jnp.concatenate([x, dropout(y)], axis=-1)
+
+
+class Transition(nn.Module):
+  """BN-ReLU-conv1x1 to ``features`` channels, then a 2x2 average pool."""
+
+  conv: ModuleDef
+  norm: ModuleDef
+  features: int
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = nn.relu(self.norm(name='bn')(x))
+    y = self.conv(self.features, (1, 1), padding=0, name='conv')(y)
+    y = nn.Dropout(self.dropout_rate, rng_collection=layers.TRAINING_RNG)(
+        y, deterministic=not train)
+    return nn.avg_pool(y, (2, 2), strides=(2, 2))
+
+
+class DenseNet(nn.Module):
+  """Stem, dense blocks joined by transitions, BN-ReLU, pool, head.
+
+  Stage s holds ``stage{s}_layer{l}`` and, except the last,
+  ``stage{s}_transition``.
+
+  Attributes:
+    stage_sizes: layers per dense block.
+    growth_rate: channels each layer adds (k).
+    num_classes: outputs of the head.
+    bottleneck: 1x1 bottleneck layers (DenseNet-B).
+    compression: fraction of channels a transition keeps.
+    dropout_rate: dropout after every convolution but the stem.
+    bn_momentum: BatchNorm momentum in PyTorch terms.
+    bn_epsilon: BatchNorm epsilon.
+    dtype: computation dtype; parameters stay float32.
+  """
+
+  stage_sizes: Sequence[int]
+  growth_rate: int
+  num_classes: int
+  bottleneck: bool = True
+  compression: float = 0.5
+  dropout_rate: float = 0.0
+  bn_momentum: float = 0.1
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  # No residual branches: no shortcut and no stochastic depth (the run
+  # signature reads both).
+  shortcut_type: ClassVar[str] = 'none'
+  final_survival_probability: ClassVar[float] = 1.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = layers.conv_partial(self.dtype, layers.DENSENET_INIT)
+    norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
+                               self.dtype)
+    stem = 2 * self.growth_rate if self.bottleneck else 16
+    x = conv(stem, (3, 3), name='stem_conv')(x)
+    for stage, size in enumerate(self.stage_sizes, start=1):
+      for layer in range(1, size + 1):
+        x = DenseLayer(conv, norm, self.growth_rate, self.bottleneck,
+                       self.dropout_rate,
+                       name=f'stage{stage}_layer{layer}')(x, train)
+      if stage < len(self.stage_sizes):
+        features = int(self.compression * x.shape[-1])
+        x = Transition(conv, norm, features, self.dropout_rate,
+                       name=f'stage{stage}_transition')(x, train)
+    x = nn.relu(norm(name='final_bn')(x))
+    return layers.classifier(x, self.num_classes, self.dtype,
+                             layers.DENSENET_INIT)
+
+
+def _field(model_config, field: str, default: Any) -> Any:
+  value = model_config.get(field)
+  return default if value is None else value
+
+
+def create(model_config, num_classes: int) -> DenseNet:
+  """DenseNet of ``config.model`` (depth, block, growth_rate, ...)."""
+  if model_config.block not in BLOCK_NAMES:
+    raise ValueError(f'Network densenet takes model.block '
+                     f'{" or ".join(BLOCK_NAMES)} (plain or bottleneck dense '
+                     f'layers); got {model_config.block!r}.')
+  bottleneck = model_config.block == 'bottleneck'
+  per_layer, rule = (2, '6n+4') if bottleneck else (1, '3n+4')
+  depth = model_config.depth
+  if depth < 3 * per_layer + 4 or (depth - 4) % (3 * per_layer):
+    raise ValueError(f'DenseNet with {model_config.block} layers needs depth '
+                     f'{rule} with n >= 1 (100, 190, 250 for DenseNet-BC); '
+                     f'got {depth}.')
+  if model_config.shortcut != 'auto':
+    raise ValueError('Network densenet has no shortcuts; leave model.shortcut '
+                     f"at 'auto' (got {model_config.shortcut!r}).")
+  if model_config.final_survival_probability is not None:
+    raise ValueError('Network densenet has no residual branches for '
+                     'stochastic depth; leave model.final_survival_probability'
+                     ' unset.')
+  for field in blocks.BLOCK_FIELDS:
+    if model_config.get(field) is not None:
+      raise ValueError(f'model.{field} does not apply to network densenet; '
+                       'leave it unset (None).')
+  growth = _field(model_config, 'growth_rate', DEFAULT_GROWTH_RATE)
+  compression = _field(model_config, 'compression', DEFAULT_COMPRESSION)
+  dropout = _field(model_config, 'dropout_rate', DEFAULT_DROPOUT_RATE)
+  if growth < 1:
+    raise ValueError(f'model.growth_rate must be at least 1; got {growth}.')
+  if not 0.0 < compression <= 1.0:
+    raise ValueError(f'model.compression must be in (0, 1]; got '
+                     f'{compression}.')
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f'model.dropout_rate must be in [0, 1); got {dropout}.')
+  n = (depth - 4) // (3 * per_layer)
+  return DenseNet(stage_sizes=(n, n, n), growth_rate=growth,
+                  num_classes=num_classes, bottleneck=bottleneck,
+                  compression=compression, dropout_rate=dropout,
+                  bn_momentum=model_config.bn_momentum,
+                  bn_epsilon=model_config.bn_epsilon,
+                  dtype=layers.dtype_of(model_config))
+
+
+def describe(model_config) -> str:
+  """E.g. 'DenseNet-BC-100 (k=12)'."""
+  bottleneck = model_config.block == 'bottleneck'
+  compressed = _field(model_config, 'compression', DEFAULT_COMPRESSION) < 1
+  suffix = ('B' if bottleneck else '') + ('C' if compressed else '')
+  kind = f'DenseNet-{suffix}' if suffix else 'DenseNet'
+  growth = _field(model_config, 'growth_rate', DEFAULT_GROWTH_RATE)
+  return f'{kind}-{model_config.depth} (k={growth})'

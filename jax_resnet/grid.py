@@ -1,0 +1,500 @@
+"""A grid of ordinary training runs: every (block, setting, seed), resumable.
+
+  python -m jax_resnet.grid \
+      --blocks basic,preact,gated,stochastic_depth,custom \
+      --settings resnet20-cifar10,resnet56-cifar100,resnet110-cifar100 \
+      --seeds 0,1,2 --root runs/grid
+
+A setting names a config file (``resnet56-cifar100`` is
+configs/resnet56_cifar100.py). A run is that config with ``model.block`` and
+``seed`` set, plus the grid's ``--epochs`` and ``--config.FIELD=VALUE``
+overrides, trained by ``train.train_and_evaluate`` in
+``<root>/<setting>/<block>/seed<k>``. Without --blocks each setting trains its
+own config's block.
+
+Each workdir gets ``status.json``: the run's state (running, done, failed or
+interrupted), its parameter count, and for a failure the error. The same
+command again skips finished runs, resumes interrupted ones from their
+checkpoint, and leaves failed ones alone unless --retry-failed. A workdir
+started with other settings (another ``--epochs``, say) is reported as a
+conflict and left untouched. ``--dry-run`` lists every run and its state.
+
+Runs are ordered seed by seed (all settings and blocks of seed 0 first), so a
+partial grid already gives a complete table for one seed. ``--shard i/k``
+(0 <= i < k) takes runs i, i+k, i+2k, ... of that order: k machines given the
+same grid flags and one shared root each write only their own workdirs.
+``<root>/grid.json`` records the grid's axes for the report.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import socket
+import sys
+import traceback
+from typing import Any, Callable, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+from jax_resnet import config_overrides
+from jax_resnet import metric_logging
+from jax_resnet import platform
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs')
+STATUS_FILE = 'status.json'
+GRID_FILE = 'grid.json'
+# The grid sets these per run; overriding them for all runs makes no sense.
+GRID_FIELDS = {'seed': '--seeds', 'model.block': '--blocks'}
+# Fields that may differ when a run is resumed (another machine's data path,
+# logging): they do not change what is trained.
+RESUMABLE_DIFFERENCES = ('data_dir', 'data.download', 'log_every_steps',
+                         'checkpoints_to_keep', 'eval_checkpoint')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """configs/default.py's config: the fields every setting has."""
+  return config_overrides.load_config_file(
+      os.path.join(CONFIG_DIR, 'default.py'))
+
+
+def define_flags() -> None:
+  """Defines the command-line flags of the grid command."""
+  # Called by the entry point only: other commands define --config too, and
+  # a process (the tests) may import several of them.
+  flags.DEFINE_list('blocks', [], 'Blocks (registry names or module:Class); '
+                    "default: each setting's own config block.")
+  flags.DEFINE_list('settings', None, 'Settings: config file names with - '
+                    'for _, e.g. resnet20-cifar10 for '
+                    'configs/resnet20_cifar10.py.')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds, e.g. 0,1,2.')
+  flags.DEFINE_string('root', os.path.join('runs', 'grid'),
+                      'Root directory of the grid.')
+  flags.DEFINE_integer('epochs', None, "num_epochs of every run (default: "
+                       "the setting's).")
+  flags.DEFINE_string('shard', '0/1', 'i/k: run only runs i, i+k, i+2k, ... '
+                      'of the grid (0 <= i < k).')
+  flags.DEFINE_bool('dry-run', False,
+                    'List the runs and their states; train nothing.')
+  flags.DEFINE_bool('retry-failed', False, 'Run failed runs again (they '
+                    'resume from their last checkpoint).')
+  # Typed parsing of --config.FIELD=VALUE by ml_collections, against the
+  # defaults that every setting's config starts from.
+  config_flags.DEFINE_config_dict(
+      'config', default_config(), 'Overrides for every run, e.g. '
+      '--config.data_dir=DIR.')
+
+
+@dataclasses.dataclass
+class Run:
+  """One training run of the grid."""
+  index: int
+  setting: str
+  block: str
+  seed: int
+  workdir: str
+  config: ml_collections.ConfigDict
+
+  @property
+  def name(self) -> str:
+    return f'{self.setting} {self.block} seed{self.seed}'
+
+
+@dataclasses.dataclass
+class RunState:
+  """What a workdir says about its run."""
+  state: str  # pending, running, interrupted, done, failed or conflict.
+  detail: str = ''
+  epochs: int = 0
+
+
+def setting_config_path(setting: str) -> str:
+  """configs/<setting with - as _>.py."""
+  return os.path.join(CONFIG_DIR, setting.replace('-', '_') + '.py')
+
+
+def load_setting(setting: str) -> ml_collections.ConfigDict:
+  """The config of a setting name; unknown names list the config files."""
+  path = setting_config_path(setting)
+  if not os.path.exists(path):
+    names = sorted(f[:-3].replace('_', '-') for f in os.listdir(CONFIG_DIR)
+                   if f.endswith('.py') and f not in ('__init__.py',
+                                                      'default.py'))
+    raise ValueError(f'Unknown setting {setting!r} (no {path}); valid '
+                     f'settings: {", ".join(names)}.')
+  return config_overrides.load_config_file(path)
+
+
+def _path_part(name: str) -> str:
+  # module:Class blocks become directory names too.
+  return name.replace(':', '.').replace(os.sep, '_')
+
+
+def plan_runs(settings: Sequence[str], blocks: Sequence[str],
+              seeds: Sequence[int], root: str,
+              overrides: Optional[dict[str, Any]] = None) -> list[Run]:
+  """Every run of the grid in its fixed order: seed, then setting, then block.
+
+  Args:
+    settings: setting names (config files, see ``load_setting``).
+    blocks: block names; empty = each setting's own block.
+    seeds: seeds.
+    root: the grid's root directory.
+    overrides: flat ``{'num_epochs': 2, 'data.train_examples': 512}`` set in
+      every run's config.
+
+  Returns:
+    The runs, with their configs and workdirs.
+
+  Raises:
+    ValueError: an unknown setting or field, a duplicate, or an override of
+      a field the grid sets itself.
+  """
+  overrides = dict(overrides or {})
+  for field, flag in GRID_FIELDS.items():
+    if field in overrides:
+      raise ValueError(f'--config.{field} would be the same for every run; '
+                       f'use {flag}.')
+  for axis, values in (('settings', settings), ('blocks', blocks),
+                       ('seeds', seeds)):
+    if len(set(values)) != len(values):
+      raise ValueError(f'--{axis} lists a value twice: {list(values)}.')
+  if not settings or not seeds:
+    raise ValueError('A grid needs at least one setting and one seed.')
+  bases = {s: config_overrides.apply(load_setting(s), overrides)
+           for s in settings}
+  runs = []
+  for seed in seeds:
+    for setting in settings:
+      base = bases[setting]
+      for block in blocks or [base.model.block]:
+        config = config_overrides.apply(base, {'model.block': block,
+                                               'seed': seed})
+        workdir = os.path.join(root, setting, _path_part(block), f'seed{seed}')
+        runs.append(Run(len(runs), setting, block, seed, workdir, config))
+  return runs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """'i/k' -> (i, k), with 0 <= i < k."""
+  try:
+    index, count = (int(part) for part in text.split('/'))
+  except ValueError:
+    index, count = -1, 0
+  if not 0 <= index < count:
+    raise ValueError(f'--shard must be i/k with 0 <= i < k, e.g. 0/4; got '
+                     f'{text!r}.')
+  return index, count
+
+
+def shard_runs(runs: Sequence[Run], index: int, count: int) -> list[Run]:
+  """Runs index, index + count, ... of the grid's order."""
+  return list(runs[index::count])
+
+
+def _now() -> str:
+  return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+
+
+def read_status(workdir: str) -> Optional[dict[str, Any]]:
+  """A workdir's status.json, or None."""
+  path = os.path.join(workdir, STATUS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_status(workdir: str, status: dict[str, Any]) -> None:
+  """Replaces status.json atomically: a reader never sees half a file."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, STATUS_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(status, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def _process_alive(pid: Any) -> bool:
+  if not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _flat_config(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flat_config(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(run: Run) -> list[str]:
+  """How the workdir's config.json differs from the run's config."""
+  path = os.path.join(run.workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = _flat_config(json.load(f))
+  current = _flat_config(json.loads(run.config.to_json()))
+  return [f'{k}: workdir {saved.get(k)!r}, grid {current.get(k)!r}'
+          for k in sorted(set(saved) | set(current))
+          if k not in RESUMABLE_DIFFERENCES and saved.get(k) != current.get(k)]
+
+
+def run_state(run: Run) -> RunState:
+  """The state of a run from its workdir (status.json, metrics, config)."""
+  status = read_status(run.workdir)
+  epochs = len(metric_logging.read_metrics(run.workdir))
+  num_epochs = run.config.num_epochs
+  progress = f'{epochs}/{num_epochs} epochs'
+  differences = config_differences(run)
+  if differences:
+    return RunState('conflict', 'the workdir was started with other '
+                    f'settings ({"; ".join(differences)}); use another '
+                    '--root or the grid that started it', epochs)
+  if status is None:
+    if epochs:
+      return RunState('interrupted', f'{progress}, no status file', epochs)
+    return RunState('pending', '', 0)
+  state = status.get('state')
+  if state == 'done' and epochs >= num_epochs:
+    best = status.get('best_test_accuracy')
+    best = f', best {best:.2f}%' if best is not None else ''
+    return RunState('done', progress + best, epochs)
+  if state == 'failed':
+    # The first line: a listing shows one line per run; status.json has all.
+    message = (str(status.get('message')).splitlines() or [''])[0]
+    return RunState('failed', f'{status.get("error_type")}: {message}',
+                    epochs)
+  if state == 'running':
+    where = f'host {status.get("host")}, pid {status.get("pid")}'
+    if (status.get('host') == socket.gethostname() and
+        not _process_alive(status.get('pid'))):
+      return RunState('interrupted', f'{progress}; its process ({where}) '
+                      'is gone', epochs)
+    return RunState('running', f'{progress} ({where}, since '
+                    f'{status.get("started")})', epochs)
+  return RunState('interrupted', progress, epochs)
+
+
+def count_parameters(config: ml_collections.ConfigDict) -> int:
+  """Parameters of the configured network (shapes only, nothing computed)."""
+  # pylint: disable=g-import-not-at-top
+  from jax_resnet import input_pipeline
+  from jax_resnet import models
+  from jax_resnet import summary
+  model = models.create_model(config.model,
+                              input_pipeline.num_classes(config.dataset))
+  return summary.count_params(summary.abstract_variables(model)['params'])
+
+
+def _base_status(run: Run) -> dict[str, Any]:
+  return {'setting': run.setting, 'block': run.block, 'seed': run.seed,
+          'dataset': run.config.dataset, 'depth': run.config.model.depth,
+          'network': run.config.model.get('name', 'cifar_resnet'),
+          'num_epochs': run.config.num_epochs}
+
+
+def execute(run: Run, train_fn: Optional[Callable[..., Any]] = None) -> bool:
+  """Trains one run (resuming its checkpoint) and records its status.
+
+  Args:
+    run: the run.
+    train_fn: ``(config, workdir) -> final record``; default
+      ``train.train_and_evaluate``.
+
+  Returns:
+    True if it finished, False if it failed (the error is in status.json).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax_resnet import train  # pylint: disable=g-import-not-at-top
+  train_fn = train_fn or train.train_and_evaluate
+  status = _base_status(run)
+  status.update(state='running', host=socket.gethostname(), pid=os.getpid(),
+                started=_now())
+  try:
+    status['parameters'] = count_parameters(run.config)
+    write_status(run.workdir, status)
+    final = train_fn(run.config, run.workdir)
+  except KeyboardInterrupt:
+    status.update(state='interrupted', stopped=_now())
+    write_status(run.workdir, status)
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # Any error ends this run only; the grid goes on with the next one.
+    status.update(state='failed', error_type=type(e).__name__,
+                  message=str(e), traceback=traceback.format_exc(),
+                  finished=_now(),
+                  epochs=len(metric_logging.read_metrics(run.workdir)))
+    write_status(run.workdir, status)
+    return False
+  finally:
+    # Each run compiles its own steps; drop them so a long grid's memory
+    # stays that of one run.
+    jax.clear_caches()
+  status.update(state='done', finished=_now(), epochs=final['epoch'],
+                best_test_accuracy=final['best_test_accuracy'],
+                final_test_accuracy=final['test_accuracy'])
+  write_status(run.workdir, status)
+  return True
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What a grid invocation did."""
+  finished: list[Run] = dataclasses.field(default_factory=list)
+  already_done: list[Run] = dataclasses.field(default_factory=list)
+  failed: list[tuple[Run, str]] = dataclasses.field(default_factory=list)
+  elsewhere: list[Run] = dataclasses.field(default_factory=list)
+
+
+def run_grid(runs: Sequence[Run], retry_failed: bool = False,
+             train_fn: Optional[Callable[..., Any]] = None) -> Outcome:
+  """Runs what is not done yet; a failing run does not stop the others."""
+  outcome = Outcome()
+  for position, run in enumerate(runs, start=1):
+    state = run_state(run)
+    header = f'[{position}/{len(runs)}] {run.name} ({run.workdir})'
+    if state.state == 'done':
+      print(f'{header}: done, skipped.', flush=True)
+      outcome.already_done.append(run)
+      continue
+    if state.state == 'conflict' or (state.state == 'failed' and
+                                     not retry_failed):
+      print(f'{header}: {state.state}, skipped: {state.detail}', flush=True)
+      outcome.failed.append((run, state.detail))
+      continue
+    if state.state == 'running':
+      status = read_status(run.workdir)
+      if status.get('host') == socket.gethostname():
+        print(f'{header}: running in another process ({state.detail}), '
+              'skipped.', flush=True)
+        outcome.elsewhere.append(run)
+        continue
+      # The run belongs to this shard: the status is from an earlier
+      # incarnation of this machine (hostnames change on restart).
+      print(f'{header}: status says running ({state.detail}); taking it '
+            'over.', flush=True)
+    print(f'{header}: {"resuming" if state.epochs else "starting"}.',
+          flush=True)
+    if execute(run, train_fn):
+      outcome.finished.append(run)
+    else:
+      detail = run_state(run).detail
+      print(f'{header}: FAILED: {detail}', flush=True)
+      outcome.failed.append((run, detail))
+  return outcome
+
+
+def format_plan(runs: Sequence[Run], total: int, shard: tuple[int, int]
+                ) -> str:
+  """The dry-run listing: every run of the shard and its state."""
+  states = [run_state(run) for run in runs]
+  width = max([len(r.setting) for r in runs] + [7])
+  block_width = max([len(r.block) for r in runs] + [5])
+  lines = [f'{total} runs in the grid; shard {shard[0]}/{shard[1]} has '
+           f'{len(runs)}.',
+           f'{"#":>4}  {"setting":<{width}}  {"block":<{block_width}}  seed  '
+           f'{"state":<11}  detail']
+  for run, state in zip(runs, states):
+    lines.append(f'{run.index:>4}  {run.setting:<{width}}  '
+                 f'{run.block:<{block_width}}  {run.seed:>4}  '
+                 f'{state.state:<11}  {state.detail}'.rstrip())
+  counts = {}
+  for state in states:
+    counts[state.state] = counts.get(state.state, 0) + 1
+  would_run = counts.get('pending', 0) + counts.get('interrupted', 0)
+  lines.append(
+      f'Would run {would_run} (pending {counts.get("pending", 0)}, '
+      f'interrupted {counts.get("interrupted", 0)}); done '
+      f'{counts.get("done", 0)}; failed {counts.get("failed", 0)} '
+      '(--retry-failed reruns them); running '
+      f'{counts.get("running", 0)}; conflict {counts.get("conflict", 0)}.')
+  return '\n'.join(lines)
+
+
+def record_grid(root: str, runs: Sequence[Run]) -> None:
+  """Adds the grid's axes to <root>/grid.json (the report's row order)."""
+  path = os.path.join(root, GRID_FILE)
+  grid = {'settings': [], 'blocks': [], 'seeds': []}
+  if os.path.exists(path):
+    with open(path) as f:
+      grid.update(json.load(f))
+  for run in runs:
+    for axis, value in (('settings', run.setting), ('blocks', run.block),
+                        ('seeds', run.seed)):
+      if value not in grid[axis]:
+        grid[axis].append(value)
+  os.makedirs(root, exist_ok=True)
+  with open(path + f'.{os.getpid()}.tmp', 'w') as f:
+    json.dump(grid, f, indent=2)
+  os.replace(path + f'.{os.getpid()}.tmp', path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  platform.configure()
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  from jax_resnet import validation  # pylint: disable=g-import-not-at-top
+
+  args = flags.FLAGS
+  overrides = dict(config_flags.get_override_values(args['config']))
+  try:
+    if not args.settings:
+      raise ValueError('--settings is required, e.g. '
+                       '--settings resnet20-cifar10.')
+    if args.epochs is not None:
+      if overrides.get('num_epochs', args.epochs) != args.epochs:
+        raise ValueError('--epochs and --config.num_epochs disagree.')
+      overrides['num_epochs'] = args.epochs
+    try:
+      seeds = [int(s) for s in args.seeds]
+    except ValueError:
+      raise ValueError(f'--seeds must be integers; got {args.seeds}.'
+                       ) from None
+    shard = parse_shard(args.shard)
+    runs = plan_runs(args.settings, args.blocks, seeds, args.root, overrides)
+    # Stop on a typo before hours of training, not when its run comes up.
+    for run in runs:
+      validation.validate_config(run.config)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+  mine = shard_runs(runs, *shard)
+  if args['dry-run'].value:
+    print(format_plan(mine, len(runs), shard))
+    return
+  record_grid(args.root, runs)
+  outcome = run_grid(mine, retry_failed=args['retry-failed'].value)
+  print(f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} '
+        f'finished now, {len(outcome.already_done)} already done, '
+        f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
+        'elsewhere.')
+  for run, detail in outcome.failed:
+    print(f'  failed: {run.name} ({run.workdir}): {detail}')
+  if outcome.failed:
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  # Before the flags: ml_collections reads the overrides when --config is
+  # defined, and its error for an unknown field is a traceback.
+  config_overrides.exit_on_unknown_fields(sys.argv, default_config())
+  define_flags()
+  app.run(main)

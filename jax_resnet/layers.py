@@ -1,0 +1,117 @@
+"""Layer settings every network shares: init, dtypes, conv / norm partials.
+
+Networks build their ``conv`` and ``norm`` partials here so that PyTorch's
+initialisation and BatchNorm conventions are written down once.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# The trainer hands every training step one random stream, named after its
+# first user; dropout draws from it too, so no network needs a second stream.
+TRAINING_RNG = 'stochastic_depth'
+
+# PyTorch's kaiming_normal_(fan_in, relu), as the reference CIFAR networks use.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+def torch_linear_bias_init(fan_in: int):
+  """PyTorch's nn.Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def dtype_of(model_config) -> Any:
+  """The computation dtype named by ``model.dtype``."""
+  if model_config.dtype not in DTYPES:
+    raise ValueError(f'Unknown model.dtype {model_config.dtype!r}; valid: '
+                     f'{", ".join(DTYPES)}.')
+  return DTYPES[model_config.dtype]
+
+
+# PyTorch's kaiming_normal_(fan_out, relu): the WRN, PyramidNet and DenseNet
+# reference code.
+conv_kernel_init_fan_out = nn.initializers.variance_scaling(
+    2.0, 'fan_out', 'normal')
+
+# PyTorch's default nn.Linear weight: kaiming_uniform_(a=sqrt(5)), i.e.
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_linear_kernel_init = nn.initializers.variance_scaling(
+    1.0 / 3.0, 'fan_in', 'uniform')
+
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+  """How a network initialises its convolutions and its dense head.
+
+  Attributes:
+    conv: kernel initialiser of every convolution.
+    head_kernel: kernel initialiser of the dense head.
+    zero_head_bias: zeros for the head bias; otherwise PyTorch's default
+      U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  """
+  conv: Callable[..., Any] = conv_kernel_init
+  head_kernel: Callable[..., Any] = conv_kernel_init
+  zero_head_bias: bool = False
+
+
+# The CIFAR ResNet code re-initialises convolutions and the head with
+# kaiming_normal_(fan_in) and keeps the default head bias.
+CIFAR_RESNET_INIT = Init()
+# WRN: kaiming_normal_(fan_out) convolutions, default fc weight, zero fc bias.
+WIDE_RESNET_INIT = Init(conv=conv_kernel_init_fan_out,
+                        head_kernel=torch_linear_kernel_init,
+                        zero_head_bias=True)
+# PyramidNet: N(0, 2/fan_out) convolutions, PyTorch's default fc.
+PYRAMIDNET_INIT = Init(conv=conv_kernel_init_fan_out,
+                       head_kernel=torch_linear_kernel_init)
+# DenseNet: N(0, 2/fan_out) convolutions, default fc weight, zero fc bias.
+DENSENET_INIT = Init(conv=conv_kernel_init_fan_out,
+                     head_kernel=torch_linear_kernel_init,
+                     zero_head_bias=True)
+
+
+def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT) -> Any:
+  """Bias-free, 3x3-padded ``nn.Conv`` in ``dtype`` with the network's init."""
+  return functools.partial(nn.Conv, use_bias=False, padding=1,
+                           kernel_init=init.conv, dtype=dtype)
+
+
+def norm_partial(train: bool, momentum: float, epsilon: float,
+                 dtype: Any) -> Any:
+  """``nn.BatchNorm`` with PyTorch's momentum convention (new-batch weight).
+
+  The batch variance is computed as E[(x - mean)^2], as PyTorch does, not as
+  E[x^2] - mean^2, which cancels badly on small or offset inputs.
+  """
+  return functools.partial(nn.BatchNorm, use_running_average=not train,
+                           momentum=1.0 - momentum, epsilon=epsilon,
+                           dtype=dtype, use_fast_variance=False)
+
+
+def classifier(x: jax.Array, num_classes: int, dtype: Any,
+               init: Optional[Init] = None) -> jax.Array:
+  """Global average pool and the dense head ``head``; float32 logits.
+
+  Call it inside a compact ``__call__``: the head becomes the caller's
+  submodule.
+  """
+  init = init or CIFAR_RESNET_INIT
+  x = jnp.mean(x, axis=(1, 2))
+  bias_init = (nn.initializers.zeros if init.zero_head_bias
+               else torch_linear_bias_init(x.shape[-1]))
+  x = nn.Dense(num_classes, kernel_init=init.head_kernel,
+               bias_init=bias_init, dtype=dtype, name='head')(x)
+  return x.astype(jnp.float32)

@@ -1,0 +1,186 @@
+"""The grid report: statistics, unfinished-run marking, CSV and curves."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from jax_resnet import baselines
+from jax_resnet import blocks
+from jax_resnet import grid
+from jax_resnet import metric_logging
+from jax_resnet import report
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+NUM_EPOCHS = 3
+
+
+def write_run(root, setting, block, seed, test_accuracies, state='done',
+              dataset='cifar10', depth=20, parameters=272474,
+              epoch_seconds=10.0, message=''):
+  """A grid workdir with status.json and one metrics record per accuracy."""
+  workdir = os.path.join(str(root), setting, block, f'seed{seed}')
+  os.makedirs(workdir)
+  best = 0.0
+  with open(os.path.join(workdir, metric_logging.METRICS_FILE), 'w') as f:
+    for epoch, accuracy in enumerate(test_accuracies, start=1):
+      best = max(best, accuracy)
+      f.write(json.dumps({
+          'epoch': epoch, 'step': 10 * epoch, 'train_loss': 1.0 / epoch,
+          'train_accuracy': accuracy + 5.0, 'test_loss': 1.2 / epoch,
+          'test_accuracy': accuracy, 'best_test_accuracy': best,
+          'learning_rate': 0.1, 'images_per_sec': 100.0,
+          'epoch_seconds': epoch_seconds}) + '\n')
+  status = {'setting': setting, 'block': block, 'seed': seed,
+            'dataset': dataset, 'depth': depth, 'num_epochs': NUM_EPOCHS,
+            'parameters': parameters, 'state': state}
+  if state == 'failed':
+    status.update(error_type='NonFiniteLossError', message=message)
+  grid.write_status(workdir, status)
+  return workdir
+
+
+@pytest.fixture
+def synthetic_grid(tmp_path):
+  """Two settings, two blocks; finished, failed and unfinished runs."""
+  root = tmp_path / 'grid'
+  # Best 90, 91, 93 (mean 91.333, sample std 1.5275); final 89, 90.5, 92.5
+  # (mean 90.667, sample std 1.7559).
+  write_run(root, 'resnet20-cifar10', 'basic', 0, [85.0, 90.0, 89.0])
+  write_run(root, 'resnet20-cifar10', 'basic', 1, [88.0, 91.0, 90.5])
+  write_run(root, 'resnet20-cifar10', 'basic', 2, [90.0, 93.0, 92.5])
+  write_run(root, 'resnet20-cifar10', 'gated', 0, [80.0, 84.0, 86.0],
+            parameters=272483)
+  write_run(root, 'resnet20-cifar10', 'gated', 1, [70.0], state='failed',
+            parameters=272483,
+            message='Training loss is nan at epoch 2, step 11.')
+  write_run(root, 'resnet20-cifar10', 'gated', 2, [75.0, 80.0],
+            state='running', parameters=272483)
+  write_run(root, 'resnet56-cifar100', 'basic', 0, [40.0], state='running',
+            dataset='cifar100', depth=56, parameters=861620)
+  with open(root / grid.GRID_FILE, 'w') as f:
+    json.dump({'settings': ['resnet20-cifar10', 'resnet56-cifar100'],
+               'blocks': ['gated', 'basic'], 'seeds': [0, 1, 2]}, f)
+  return root
+
+
+def read_csv(path):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def test_mean_and_sample_std():
+  assert report.mean_std([90.0, 91.0, 93.0]) == pytest.approx(
+      (91.3333333, 1.5275252))
+  assert report.mean_std([84.0]) == (84.0, None)
+
+
+def test_markdown_statistics_and_unfinished_runs(synthetic_grid):
+  written = report.write_report(str(synthetic_grid))
+  with open(written['markdown']) as f:
+    text = f.read()
+  rows = {line.split(' | ')[0][2:]: line.split(' | ')[1:]
+          for line in text.splitlines() if line.startswith('| ')}
+  # grid.json orders the rows: gated before basic.
+  assert list(rows) == ['block', 'gated', 'basic']
+  basic_r20, basic_r56 = rows['basic'][0], rows['basic'][1]
+  assert basic_r20.startswith('**91.33 ± 1.53** (n=3)')
+  assert 'final 90.67 ± 1.76' in basic_r20
+  assert '0.27M params, 30 s/run' in basic_r20
+  assert 'failed' not in basic_r20 and 'in progress' not in basic_r20
+  gated = rows['gated'][0]
+  assert gated.startswith('**86.00** (n=1)')  # One finished seed: no ±.
+  assert '1 failed' in gated and '1 in progress (2/3 epochs)' in gated
+  assert basic_r56.startswith('—')
+  assert '1 in progress (1/3 epochs)' in basic_r56
+  assert rows['gated'][1].strip(' |') == ''  # No runs there.
+  assert 'ddof=1' in text
+  assert '## Failed runs' in text and 'Training loss is nan' in text
+  assert '## In progress' in text and 'published' not in text
+
+
+def test_csv_holds_the_same_numbers(synthetic_grid):
+  written = report.write_report(str(synthetic_grid))
+  rows = {r['block']: r for r in read_csv(written['csv'])}
+  basic = rows['basic']
+  assert basic['kind'] == 'measured'
+  assert float(basic['resnet20-cifar10/best_mean']) == pytest.approx(
+      91.3333, abs=1e-4)
+  assert float(basic['resnet20-cifar10/best_std']) == pytest.approx(
+      1.5275, abs=1e-4)
+  assert float(basic['resnet20-cifar10/final_std']) == pytest.approx(
+      1.7559, abs=1e-4)
+  assert basic['resnet20-cifar10/n'] == '3'
+  assert basic['resnet20-cifar10/parameters'] == '272474'
+  assert float(basic['resnet20-cifar10/train_seconds_mean']) == 30.0
+  assert basic['resnet56-cifar100/n'] == '0'
+  assert basic['resnet56-cifar100/best_mean'] == ''
+  assert basic['resnet56-cifar100/in_progress'] == '1'
+  gated = rows['gated']
+  assert gated['resnet20-cifar10/best_std'] == ''
+  assert (gated['resnet20-cifar10/failed'],
+          gated['resnet20-cifar10/in_progress']) == ('1', '1')
+  runs = read_csv(written['runs'])
+  assert len(runs) == 7
+  assert sorted(r['state'] for r in runs).count('failed') == 1
+
+
+def test_curves_are_pngs(synthetic_grid):
+  written = report.write_report(str(synthetic_grid),
+                                metrics=('test_accuracy', 'train_error'),
+                                layout='single')
+  for metric in ('test_accuracy', 'train_error'):
+    with open(written[metric], 'rb') as f:
+      assert f.read(8) == PNG_MAGIC
+  with open(written['markdown']) as f:
+    assert '(curves_train_error.png)' in f.read()
+
+
+def test_seed_band_is_mean_min_max_over_runs_at_each_epoch(synthetic_grid):
+  runs = [r for r in report.collect(str(synthetic_grid))
+          if r.block == 'gated' and r.setting == 'resnet20-cifar10']
+  epochs, mean, low, high = report.seed_band(runs, 'test_error')
+  assert epochs == [1, 2, 3]
+  assert mean == pytest.approx([25.0, 18.0, 14.0])  # (20+30+25)/3, ...
+  assert low == pytest.approx([20.0, 16.0, 14.0])
+  assert high == pytest.approx([30.0, 20.0, 14.0])
+
+
+def test_baselines_beside_measured_rows(synthetic_grid):
+  written = report.write_report(str(synthetic_grid), with_baselines=True)
+  with open(written['markdown']) as f:
+    text = f.read()
+  row = next(line for line in text.splitlines()
+             if line.startswith('| *published:* ResNet-20 '))
+  assert '(He et al. 2015, Table 6)' in row
+  assert row.split(' | ')[1] == '91.25'  # 100 - 8.75, resnet20-cifar10.
+  assert 'pre-act ResNet-164, cifar100: 75.67' in text  # No column for it.
+  published = [r for r in read_csv(written['csv'])
+               if r['kind'] == 'published']
+  assert [r['resnet20-cifar10/best_mean'] for r in published] == ['91.25']
+
+
+def test_every_baseline_names_a_registered_block_and_a_source():
+  for b in baselines.BASELINES:
+    assert b.block in blocks.BLOCKS, b
+    assert b.paper in baselines.PAPERS and b.table, b
+    assert 0.0 < b.test_error < 100.0
+
+
+def test_command_line(synthetic_grid):
+  env = dict(os.environ, MPLBACKEND='Agg')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jax_resnet.report', str(synthetic_grid),
+       '--baselines', '--metric=test_accuracy,train_loss'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert os.path.exists(synthetic_grid / 'curves_train_loss.png')
+  bad = subprocess.run(
+      [sys.executable, '-m', 'jax_resnet.report', str(synthetic_grid),
+       '--metric=accuracy'], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert bad.returncode == 2 and 'valid: test_accuracy' in bad.stderr
