@@ -46,8 +46,8 @@ def dtype_of(model_config) -> Any:
 conv_kernel_init_fan_out = nn.initializers.variance_scaling(
     2.0, 'fan_out', 'normal')
 
-# PyTorch's default nn.Linear weight: kaiming_uniform_(a=sqrt(5)), i.e.
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+# PyTorch's default nn.Linear and nn.Conv2d weight: kaiming_uniform_(a=sqrt(5)),
+# i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_linear_kernel_init = nn.initializers.variance_scaling(
     1.0 / 3.0, 'fan_in', 'uniform')
 
@@ -70,6 +70,10 @@ class Init:
 # The CIFAR ResNet code re-initialises convolutions and the head with
 # kaiming_normal_(fan_in) and keeps the default head bias.
 CIFAR_RESNET_INIT = Init()
+# ResNet-18..152 and PreAct-ResNet-18 (the widely used CIFAR code): PyTorch's
+# default init everywhere, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+TORCH_DEFAULT_INIT = Init(conv=torch_linear_kernel_init,
+                          head_kernel=torch_linear_kernel_init)
 # WRN: kaiming_normal_(fan_out) convolutions, default fc weight, zero fc bias.
 WIDE_RESNET_INIT = Init(conv=conv_kernel_init_fan_out,
                         head_kernel=torch_linear_kernel_init,

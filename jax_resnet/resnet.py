@@ -11,6 +11,7 @@ projections are a bare 1x1 convolution, on the pre-activated input).
 from typing import Any
 
 from jax_resnet import blocks
+from jax_resnet import layers
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
                101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -38,7 +39,8 @@ def layout(model_config) -> dict[str, Any]:
   return dict(block_cls=block_cls, stage_sizes=STAGE_SIZES[depth],
               stage_planes=STAGE_PLANES,
               default_shortcut='conv' if block_cls.preactivation else 'B',
-              block_options=blocks.block_options(block_cls, model_config))
+              block_options=blocks.block_options(block_cls, model_config),
+              weight_init=layers.TORCH_DEFAULT_INIT)
 
 
 def describe(model_config) -> str:

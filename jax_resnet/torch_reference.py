@@ -356,7 +356,7 @@ class ResNet(nn.Module):
 
   def __init__(self, block, num_blocks, num_classes=10, option='A',
                final_survival_probability=1.0, stage_planes=(16, 32, 64),
-               stem_planes=None, **block_kwargs):
+               stem_planes=None, kaiming_init=True, **block_kwargs):
     super().__init__()
     self.preactivation = block.preactivation
     self.in_planes = stem_planes or stage_planes[0]
@@ -382,7 +382,8 @@ class ResNet(nn.Module):
     if self.preactivation:
       self.bn = nn.BatchNorm2d(self.in_planes)
     self.linear = nn.Linear(self.in_planes, num_classes)
-    self.apply(weights_init)
+    if kaiming_init:  # Otherwise PyTorch's default init, as kuangliu's code.
+      self.apply(weights_init)
 
   def forward(self, x):
     out = self.conv1(x)
@@ -424,7 +425,7 @@ def resnet18(block: str = 'basic', num_classes: int = 10) -> ResNet:
   """ResNet-18 (option B) or PreAct-ResNet-18 (bare 1x1 projections)."""
   option = 'conv' if block == 'preact' else 'B'
   return ResNet(BLOCKS[block], (2, 2, 2, 2), num_classes, option,
-                stage_planes=(64, 128, 256, 512))
+                stage_planes=(64, 128, 256, 512), kaiming_init=False)
 
 
 def resnext(depth: int, cardinality: int, base_width: int,

@@ -363,8 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
           f'{workdir}.', flush=True)
   logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch)
-  print(f'{config.dataset} {models.describe(config.model)} '
-        f'(block {config.model.block}): '
+  print(f'{config.dataset} {models.describe(config.model)}: '
         f'{trainer.num_train} train / {trainer.num_test} test images, '
         f'{trainer.steps_per_epoch} steps per epoch, '
         f'{jax.device_count()} device(s).', flush=True)
