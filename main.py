@@ -11,7 +11,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from jax_resnet import config_overrides
@@ -29,11 +28,7 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  platform.configure()
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  platform.start_command(argv)
   # Imported after the platform settings, which must precede JAX's backend.
   from jax_resnet import summary  # pylint: disable=g-import-not-at-top
   from jax_resnet import train  # pylint: disable=g-import-not-at-top

@@ -146,15 +146,39 @@ class ResidualBlock(nn.Module):
     return branch * keep.astype(branch.dtype)
 
 
+def basic_branch(block: ResidualBlock, x: jax.Array) -> jax.Array:
+  """conv3x3-BN-ReLU-conv3x3-BN of a basic block (call from its __call__).
+
+  The layers become the calling block's submodules conv1, bn1, conv2, bn2.
+  """
+  y = block.conv(block.planes, (3, 3), strides=block.stride, name='conv1')(x)
+  y = nn.relu(block.norm(name='bn1')(y))
+  y = block.conv(block.planes, (3, 3), name='conv2')(y)
+  return block.norm(name='bn2')(y)
+
+
+def bottleneck_branch(block: ResidualBlock, x: jax.Array, width: int,
+                      groups: int = 1) -> jax.Array:
+  """1x1-BN-ReLU, 3x3 (strided, ``groups`` groups)-BN-ReLU, 1x1-BN.
+
+  The layers become the calling block's submodules conv1..3, bn1..3; the
+  output has ``block.out_planes`` channels.
+  """
+  y = block.conv(width, (1, 1), padding=0, name='conv1')(x)
+  y = nn.relu(block.norm(name='bn1')(y))
+  y = block.conv(width, (3, 3), strides=block.stride,
+                 feature_group_count=groups, name='conv2')(y)
+  y = nn.relu(block.norm(name='bn2')(y))
+  y = block.conv(block.out_planes, (1, 1), padding=0, name='conv3')(y)
+  return block.norm(name='bn3')(y)
+
+
 class BasicBlock(ResidualBlock):
   """conv-BN-ReLU-conv-BN, add, ReLU (He et al. 2015)."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.planes, (3, 3), name='conv2')(y)
-    y = self.norm(name='bn2')(y)
+    y = basic_branch(self, x)
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
 
 
@@ -186,10 +210,7 @@ class GatedBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.planes, (3, 3), name='conv2')(y)
-    y = self.norm(name='bn2')(y)
+    y = basic_branch(self, x)
     gate = self.param('gate', nn.initializers.zeros, (), jnp.float32)
     y = y * gate.astype(y.dtype)
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
@@ -209,12 +230,7 @@ class BottleneckBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.conv(self.planes, (1, 1), padding=0, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv2')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
-    y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
-    y = self.norm(name='bn3')(y)
+    y = bottleneck_branch(self, x, self.planes)
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
 
 
@@ -243,10 +259,7 @@ class PlainBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.planes, (3, 3), name='conv2')(y)
-    return nn.relu(self.norm(name='bn2')(y))
+    return nn.relu(basic_branch(self, x))
 
 
 class SqueezeExcitation(nn.Module):
@@ -282,10 +295,7 @@ class SEBasicBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.planes, (3, 3), name='conv2')(y)
-    y = self.norm(name='bn2')(y)
+    y = basic_branch(self, x)
     y = SqueezeExcitation(self.conv, self.se_reduction, name='se')(y)
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
 
@@ -301,12 +311,7 @@ class SEBottleneckBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.conv(self.planes, (1, 1), padding=0, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv2')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
-    y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
-    y = self.norm(name='bn3')(y)
+    y = bottleneck_branch(self, x, self.planes)
     y = SqueezeExcitation(self.conv, self.se_reduction, name='se')(y)
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
 
@@ -328,13 +333,7 @@ class ResNeXtBlock(ResidualBlock):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     width = group_width(self.planes, self.base_width, self.cardinality)
-    y = self.conv(width, (1, 1), padding=0, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(width, (3, 3), strides=self.stride,
-                  feature_group_count=self.cardinality, name='conv2')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
-    y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
-    y = self.norm(name='bn3')(y)
+    y = bottleneck_branch(self, x, width, self.cardinality)
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
 
 

@@ -37,7 +37,6 @@ from typing import Any, Mapping
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -405,11 +404,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  platform.configure()
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  platform.start_command(argv)
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
   try:

@@ -34,7 +34,6 @@ from typing import Any, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -336,11 +335,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  platform.configure()
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  platform.start_command(argv)
   args = flags.FLAGS
   config_path = config_flags.get_config_filename(args['config'])
   name = os.path.splitext(os.path.basename(config_path))[0]

@@ -37,7 +37,6 @@ from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
@@ -445,11 +444,7 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  platform.configure()
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  platform.start_command(argv)
   from jax_resnet import validation  # pylint: disable=g-import-not-at-top
 
   args = flags.FLAGS
