@@ -2,7 +2,8 @@
 
   python -m jax_resnet.benchmark                  # ResNet-20/56/110, both
   python -m jax_resnet.benchmark --depths=20 --frameworks=jax --steps=20
-  python -m jax_resnet.benchmark --set=model.scan_blocks=False   # a lever
+  python -m jax_resnet.benchmark --set=model.scan_blocks=True    # a lever
+  python -m jax_resnet.benchmark --depths=20 --ops   # + per-op budget
 
 Every (framework, depth) runs in its own child process, so compile caches and
 peak memory (max RSS of that child) are its own. JAX times the project's
@@ -22,6 +23,8 @@ import time
 from absl import app
 from absl import flags
 
+from jax_resnet import op_profile
+
 _DEPTHS = flags.DEFINE_list('depths', ['20', '56', '110'],
                             'CIFAR ResNet depths (6n+2).')
 _FRAMEWORKS = flags.DEFINE_list('frameworks', ['jax', 'torch'],
@@ -39,8 +42,13 @@ _SET = flags.DEFINE_multi_string(
 _NO_PROJECT_FLAGS = flags.DEFINE_bool(
     'no_project_flags', False, 'JAX without the project XLA CPU flags (XLA '
     'defaults), to measure what they give.')
-_WORKER = flags.DEFINE_string('worker', None, 'Internal: jax:DEPTH or '
-                              'torch:DEPTH; prints one JSON line.')
+_OPS = flags.DEFINE_bool(
+    'ops', False, 'Also time every op of the step on its own (convolution '
+    'forward / input / kernel gradient, BatchNorm, add+ReLU) in both '
+    'frameworks and print where the step time goes (op_profile).')
+_WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:DEPTH '
+                              '(jax, torch, jax_ops, torch_ops); prints one '
+                              'JSON line.')
 
 
 def _apply_override(config, assignment: str):
@@ -176,6 +184,24 @@ def torch_worker(depth: int) -> dict[str, float]:
   }
 
 
+def jax_ops_worker(depth: int) -> dict[str, float]:
+  from jax_resnet import platform  # pylint: disable=g-import-not-at-top
+  if not _NO_PROJECT_FLAGS.value:
+    platform.configure()
+  return op_profile.jax_ops(depth, _BATCH_SIZE.value)
+
+
+def torch_ops_worker(depth: int) -> dict[str, float]:
+  import torch  # pylint: disable=g-import-not-at-top
+  if _THREADS.value:
+    torch.set_num_threads(_THREADS.value)
+  return op_profile.torch_ops(depth, _BATCH_SIZE.value)
+
+
+WORKERS = {'jax': jax_worker, 'torch': torch_worker,
+           'jax_ops': jax_ops_worker, 'torch_ops': torch_ops_worker}
+
+
 def run_worker(framework: str, depth: int) -> dict[str, float]:
   """Runs one measurement in a child process of its own."""
   args = [sys.executable, '-m', 'jax_resnet.benchmark',
@@ -229,17 +255,20 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _WORKER.value:
     framework, _, depth = _WORKER.value.partition(':')
-    worker = {'jax': jax_worker, 'torch': torch_worker}[framework]
-    result = worker(int(depth))
-    import resource  # pylint: disable=g-import-not-at-top
-    result['peak_mb'] = resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = WORKERS[framework](int(depth))
+    if framework in ('jax', 'torch'):
+      import resource  # pylint: disable=g-import-not-at-top
+      result['peak_mb'] = resource.getrusage(
+          resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result), flush=True)
     return
   unknown = set(_FRAMEWORKS.value) - {'jax', 'torch'}
   if unknown:
     raise app.UsageError(f'Unknown frameworks {sorted(unknown)}; valid: '
                          'jax, torch.')
+  if _OPS.value and set(_FRAMEWORKS.value) != {'jax', 'torch'}:
+    raise app.UsageError('--ops compares the frameworks: it needs '
+                         '--frameworks=jax,torch.')
   rows = []
   for depth in _DEPTHS.value:
     row = {'depth': int(depth)}
@@ -249,6 +278,14 @@ def main(argv):
             file=sys.stderr, flush=True)
     rows.append(row)
   print(format_table(rows))
+  if _OPS.value:
+    for row in rows:
+      row['jax_ops'] = run_worker('jax_ops', row['depth'])
+      row['torch_ops'] = run_worker('torch_ops', row['depth'])
+      print()
+      print(op_profile.format_table(row['depth'], row['jax_ops'],
+                                    row['torch_ops'], row['jax']['step_ms'],
+                                    row['torch']['step_ms']))
   print(json.dumps(rows))
 
 

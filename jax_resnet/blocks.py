@@ -62,7 +62,8 @@ class ResidualBlock(nn.Module):
     planes: base width; the output has ``planes * expansion`` channels.
     stride: spatial stride of the block (1 or 2).
     conv: ``nn.Conv`` partial (dtype, init, no bias).
-    norm: ``nn.BatchNorm`` partial (momentum, epsilon, train flag, dtype).
+    norm: ``batch_norm.BatchNorm`` partial (momentum, epsilon, train flag,
+      dtype); ``norm(name=...)(x, relu=True)`` is BN-ReLU in one pass.
     shortcut_type: when the shape changes, 'A' (parameter-free), 'B' (1x1
       conv + BN) or 'conv' (1x1 conv alone, the projection of pre-activation
       networks); identity otherwise.
@@ -152,7 +153,7 @@ def basic_branch(block: ResidualBlock, x: jax.Array) -> jax.Array:
   The layers become the calling block's submodules conv1, bn1, conv2, bn2.
   """
   y = block.conv(block.planes, (3, 3), strides=block.stride, name='conv1')(x)
-  y = nn.relu(block.norm(name='bn1')(y))
+  y = block.norm(name='bn1')(y, relu=True)
   y = block.conv(block.planes, (3, 3), name='conv2')(y)
   return block.norm(name='bn2')(y)
 
@@ -165,10 +166,10 @@ def bottleneck_branch(block: ResidualBlock, x: jax.Array, width: int,
   output has ``block.out_planes`` channels.
   """
   y = block.conv(width, (1, 1), padding=0, name='conv1')(x)
-  y = nn.relu(block.norm(name='bn1')(y))
+  y = block.norm(name='bn1')(y, relu=True)
   y = block.conv(width, (3, 3), strides=block.stride,
                  feature_group_count=groups, name='conv2')(y)
-  y = nn.relu(block.norm(name='bn2')(y))
+  y = block.norm(name='bn2')(y, relu=True)
   y = block.conv(block.out_planes, (1, 1), padding=0, name='conv3')(y)
   return block.norm(name='bn3')(y)
 
@@ -193,10 +194,10 @@ class PreActBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    pre = nn.relu(self.norm(name='bn1')(x))
+    pre = self.norm(name='bn1')(x, relu=True)
     shortcut = self.shortcut(pre) if self.needs_projection else x
     y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(pre)
-    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.norm(name='bn2')(y, relu=True)
     y = self.conv(self.planes, (3, 3), name='conv2')(y)
     return shortcut + self.drop_branch(y, train)
 
@@ -359,7 +360,7 @@ class Res2NetBlock(ResidualBlock):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     width = group_width(self.planes, self.base_width, 1)
     y = self.conv(width * self.scale, (1, 1), padding=0, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.norm(name='bn1')(y, relu=True)
     splits = jnp.split(y, self.scale, axis=-1)
     first_of_stage = self.needs_projection
     outputs = []
@@ -369,7 +370,7 @@ class Res2NetBlock(ResidualBlock):
       z = splits[i] if i == 0 or first_of_stage else z + splits[i]
       z = self.conv(width, (3, 3), strides=self.stride,
                     name=f'conv2_{i + 1}')(z)
-      z = nn.relu(self.norm(name=f'bn2_{i + 1}')(z))
+      z = self.norm(name=f'bn2_{i + 1}')(z, relu=True)
       outputs.append(z)
     if self.scale > 1:
       last = splits[-1]
@@ -411,7 +412,7 @@ class SplitAttentionConv(nn.Module):
           'model.radix, model.cardinality or model.base_width.')
     y = self.conv(self.features * self.radix, (3, 3), strides=self.stride,
                   feature_group_count=groups, name='conv')(x)
-    y = nn.relu(self.norm(name='bn0')(y))
+    y = self.norm(name='bn0')(y, relu=True)
     n, h, w, _ = y.shape
     splits = y.reshape(n, h, w, self.radix, self.features)
     pooled = jnp.mean(splits.sum(axis=3), axis=(1, 2), keepdims=True)
@@ -422,7 +423,7 @@ class SplitAttentionConv(nn.Module):
                   feature_group_count=self.cardinality,
                   bias_init=layers.torch_linear_bias_init(
                       self.features // self.cardinality), name='fc1')(pooled)
-    a = nn.relu(self.norm(name='bn1')(a))
+    a = self.norm(name='bn1')(a, relu=True)
     a = self.conv(self.features * self.radix, (1, 1), padding=0,
                   use_bias=True, feature_group_count=self.cardinality,
                   bias_init=layers.torch_linear_bias_init(
@@ -458,7 +459,7 @@ class SplitAttentionBlock(ResidualBlock):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     width = group_width(self.planes, self.base_width, self.cardinality)
     y = self.conv(width, (1, 1), padding=0, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.norm(name='bn1')(y, relu=True)
     y = SplitAttentionConv(self.conv, self.norm, width, self.stride,
                            self.radix, self.cardinality,
                            name='split_attention')(y)
@@ -483,7 +484,7 @@ class CustomBlock(ResidualBlock):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.norm(name='bn1')(y, relu=True)
     y = self.conv(self.out_planes, (3, 3), name='conv2')(y)
     y = self.norm(name='bn2')(y)
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))

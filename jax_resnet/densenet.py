@@ -46,11 +46,11 @@ class DenseLayer(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dropout = nn.Dropout(self.dropout_rate, deterministic=not train,
                          rng_collection=layers.TRAINING_RNG)
-    y = nn.relu(self.norm(name='bn1')(x))
+    y = self.norm(name='bn1')(x, relu=True)
     if self.bottleneck:
       y = self.conv(BOTTLENECK_FACTOR * self.growth_rate, (1, 1), padding=0,
                     name='conv1')(y)
-      y = nn.relu(self.norm(name='bn2')(dropout(y)))
+      y = self.norm(name='bn2')(dropout(y), relu=True)
       y = self.conv(self.growth_rate, (3, 3), name='conv2')(y)
     else:
       y = self.conv(self.growth_rate, (3, 3), name='conv1')(y)
@@ -67,7 +67,7 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = nn.relu(self.norm(name='bn')(x))
+    y = self.norm(name='bn')(x, relu=True)
     y = self.conv(self.features, (1, 1), padding=0, name='conv')(y)
     y = nn.Dropout(self.dropout_rate, rng_collection=layers.TRAINING_RNG)(
         y, deterministic=not train)
@@ -123,7 +123,7 @@ class DenseNet(nn.Module):
         features = int(self.compression * x.shape[-1])
         x = Transition(conv, norm, features, self.dropout_rate,
                        name=f'stage{stage}_transition')(x, train)
-    x = nn.relu(norm(name='final_bn')(x))
+    x = norm(name='final_bn')(x, relu=True)
     return layers.classifier(x, self.num_classes, self.dtype,
                              layers.DENSENET_INIT)
 

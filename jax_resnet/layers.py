@@ -13,6 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_resnet import batch_norm
+from jax_resnet import canonical_conv
+
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # The trainer hands every training step one random stream, named after its
@@ -87,22 +90,31 @@ DENSENET_INIT = Init(conv=conv_kernel_init_fan_out,
                      zero_head_bias=True)
 
 
-def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT) -> Any:
-  """Bias-free, 3x3-padded ``nn.Conv`` in ``dtype`` with the network's init."""
+def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
+                 canonical_gradients: bool = False) -> Any:
+  """Bias-free, 3x3-padded ``nn.Conv`` in ``dtype`` with the network's init.
+
+  ``canonical_gradients`` states the gradients as canonical convolutions
+  (``canonical_conv``), which XLA:CPU needs inside the scan over blocks.
+  """
+  extra = {}
+  if canonical_gradients:
+    extra['conv_general_dilated'] = canonical_conv.conv_general_dilated
   return functools.partial(nn.Conv, use_bias=False, padding=1,
-                           kernel_init=init.conv, dtype=dtype)
+                           kernel_init=init.conv, dtype=dtype, **extra)
 
 
 def norm_partial(train: bool, momentum: float, epsilon: float,
                  dtype: Any) -> Any:
-  """``nn.BatchNorm`` with PyTorch's momentum convention (new-batch weight).
+  """``batch_norm.BatchNorm`` with PyTorch's momentum convention (new-batch
+  weight); call it as ``norm(name=...)(x)`` or ``(x, relu=True)`` for BN-ReLU.
 
   The batch variance is computed as E[(x - mean)^2], as PyTorch does, not as
   E[x^2] - mean^2, which cancels badly on small or offset inputs.
   """
-  return functools.partial(nn.BatchNorm, use_running_average=not train,
+  return functools.partial(batch_norm.BatchNorm, use_running_average=not train,
                            momentum=1.0 - momentum, epsilon=epsilon,
-                           dtype=dtype, use_fast_variance=False)
+                           dtype=dtype)
 
 
 def classifier(x: jax.Array, num_classes: int, dtype: Any,

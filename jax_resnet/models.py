@@ -101,7 +101,8 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = layers.conv_partial(self.dtype, self.weight_init)
+    conv = layers.conv_partial(self.dtype, self.weight_init,
+                               canonical_gradients=self.scan_blocks)
     norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
                                self.dtype)
     preact = self.block_cls.preactivation
@@ -109,7 +110,7 @@ class CifarResNet(nn.Module):
 
     x = conv(stem_planes, (3, 3), name='stem_conv')(x)
     if not preact:
-      x = nn.relu(norm(name='stem_bn')(x))
+      x = norm(name='stem_bn')(x, relu=True)
 
     num_blocks = sum(self.stage_sizes)
     survival = survival_probabilities(num_blocks,
@@ -150,7 +151,7 @@ class CifarResNet(nn.Module):
       index += len(rest)
 
     if preact:
-      x = nn.relu(norm(name='final_bn')(x))
+      x = norm(name='final_bn')(x, relu=True)
     return layers.classifier(x, self.num_classes, self.dtype,
                              self.weight_init)
 

@@ -54,7 +54,7 @@ class PyramidBlock(blocks.ResidualBlock):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = self.norm(name='bn1')(x)
     y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.norm(name='bn2')(y, relu=True)
     y = self.conv(self.planes, (3, 3), name='conv2')(y)
     y = self.norm(name='bn3')(y)
     return self.shortcut(x) + self.drop_branch(y, train)
@@ -73,9 +73,9 @@ class PyramidBottleneck(blocks.ResidualBlock):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = self.norm(name='bn1')(x)
     y = self.conv(self.planes, (1, 1), padding=0, name='conv1')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.norm(name='bn2')(y, relu=True)
     y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv2')(y)
-    y = nn.relu(self.norm(name='bn3')(y))
+    y = self.norm(name='bn3')(y, relu=True)
     y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
     y = self.norm(name='bn4')(y)
     return self.shortcut(x) + self.drop_branch(y, train)
@@ -143,7 +143,7 @@ class PyramidNet(nn.Module):
         x = block(x, train)
         in_planes = block.out_planes
         index += 1
-    x = nn.relu(norm(name='final_bn')(x))
+    x = norm(name='final_bn')(x, relu=True)
     return layers.classifier(x, self.num_classes, self.dtype,
                              layers.PYRAMIDNET_INIT)
 

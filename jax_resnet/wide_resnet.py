@@ -31,10 +31,10 @@ class WideBlock(blocks.ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    pre = nn.relu(self.norm(name='bn1')(x))
+    pre = self.norm(name='bn1')(x, relu=True)
     shortcut = self.shortcut(pre) if self.needs_projection else x
     y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(pre)
-    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.norm(name='bn2')(y, relu=True)
     y = nn.Dropout(self.dropout_rate, rng_collection=layers.TRAINING_RNG)(
         y, deterministic=not train)
     y = self.conv(self.planes, (3, 3), name='conv2')(y)

@@ -12,6 +12,7 @@ import pytest
 
 from configs import default
 from jax_resnet import blocks
+from jax_resnet import layers
 from jax_resnet import models
 
 CONV = functools.partial(nn.Conv, use_bias=False, padding=1,
@@ -19,8 +20,8 @@ CONV = functools.partial(nn.Conv, use_bias=False, padding=1,
 
 
 def make_block(block_cls, in_planes, planes, stride, train, **kwargs):
-  norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                           momentum=0.9, epsilon=1e-5)
+  norm = layers.norm_partial(train, momentum=0.1, epsilon=1e-5,
+                             dtype=jnp.float32)
   return block_cls(in_planes=in_planes, planes=planes, stride=stride,
                    conv=CONV, norm=norm, **kwargs)
 

@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT
 from configs import default
 from jax_resnet import blocks
+from jax_resnet import layers
 from jax_resnet import models
 from jax_resnet import pyramidnet
 from jax_resnet import summary
@@ -382,7 +383,7 @@ def test_plain_block_has_no_shortcut():
     block = blocks.BLOCKS[name](
         in_planes=16, planes=16, stride=1,
         conv=functools.partial(nn.Conv, use_bias=False, padding=1),
-        norm=functools.partial(nn.BatchNorm, use_running_average=True))
+        norm=layers.norm_partial(False, 0.1, 1e-5, jnp.float32))
     variables = block.init(jax.random.PRNGKey(0), x, train=False)
     params = jax.tree_util.tree_map_with_path(
         lambda path, v: jnp.zeros_like(v) if path[0].key == 'bn2' else v,

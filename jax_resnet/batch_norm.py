@@ -1,0 +1,133 @@
+"""BatchNorm with a hand-written backward pass, optionally fused with ReLU.
+
+Same variables and results as ``flax.linen.BatchNorm`` with
+``use_fast_variance=False`` (params ``scale``/``bias``, batch_stats
+``mean``/``var``, biased batch variance, Flax's momentum convention), so
+checkpoints, the PyTorch importer and parameter counts are unchanged. What
+differs is the compiled program, which matters on CPU:
+
+* Forward: two reductions (mean, then the two-pass variance) and one
+  element-wise pass ``(x - mean) * a + bias`` (then ReLU's select). The
+  per-channel vectors go through ``lax.optimization_barrier`` so that XLA:CPU
+  broadcasts them inside the element-wise pass; without it the broadcast
+  ``scale * rsqrt(var)`` was materialised as a full-size tensor (read and
+  written once more per layer), and ReLU's max against a materialised zero
+  cost another three passes.
+* Backward: one reduction pass (sum g, sum g (x - mean)) and one element-wise
+  pass ``dx = g a + (x - mean) k1 + k0``, the closed form of BN's gradient,
+  with ReLU's mask applied on the way in. Autodiff of the forward produced
+  several more full-size passes.
+
+Statistics and the normalisation are computed in float32 whatever the input
+dtype; the output is cast to ``dtype``.
+"""
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,
+            relu: bool) -> jax.Array:
+  """``(x - mean) * a + bias`` (then ReLU), broadcasting inside the pass."""
+  mean, a, bias = lax.optimization_barrier((mean, a, bias))
+  y = (x - mean) * a + bias
+  # A select, not max(y, 0): XLA:CPU materialises max's broadcast zero as a
+  # full-size tensor and runs that max three times slower than the select.
+  return jnp.where(y > 0, y, jnp.zeros_like(y)) if relu else y
+
+
+def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  var = jnp.mean(jnp.square(x - mean), axes)  # two-pass: no cancellation
+  return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array,
+              epsilon: float, relu: bool,
+              dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode BN (+ ReLU) of ``x`` over all axes but the last.
+
+  Returns ``(y, batch_mean, batch_var)``; the batch statistics are returned for
+  the running averages and are differentiable too.
+  """
+  return _normalize_fwd(x, scale, bias, epsilon, relu, dtype)[0]
+
+
+def _normalize_fwd(x, scale, bias, epsilon, relu, dtype):
+  x32 = x.astype(jnp.float32)
+  mean, var = _moments(x32)
+  inv = lax.rsqrt(var + epsilon)
+  y = _affine(x32, mean, inv * scale, bias, relu).astype(dtype)
+  # With ReLU the output is kept for its mask; it is the next layer's input,
+  # which autodiff keeps anyway.
+  return (y, mean, var), (x, y if relu else None, mean, inv, scale)
+
+
+def _normalize_bwd(epsilon, relu, dtype, residuals, cotangents):
+  del epsilon, dtype
+  x, y, mean, inv, scale = residuals
+  g, g_mean, g_var = cotangents
+  if relu:
+    g = jnp.where(y > 0, g, jnp.zeros_like(g))
+  g = g.astype(jnp.float32)
+  x32 = x.astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  sum_g = jnp.sum(g, axes)
+  sum_g_xhat = jnp.sum(g * (x32 - lax.optimization_barrier(mean)), axes) * inv
+  a = inv * scale
+  # dx = a (g - mean(g) - xhat mean(g xhat)) + d mean/dx g_mean + d var/dx g_var
+  k1 = -a * inv * sum_g_xhat / count + 2.0 * g_var / count
+  k0 = -a * sum_g / count + g_mean / count
+  mean, a, k1, k0 = lax.optimization_barrier((mean, a, k1, k0))
+  dx = g * a + (x32 - mean) * k1 + k0
+  return dx.astype(x.dtype), sum_g_xhat, sum_g
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over all axes but the last; ``__call__(x, relu=True)`` fuses ReLU.
+
+  Attributes:
+    use_running_average: evaluation mode (running statistics, no updates).
+    momentum: Flax convention, the weight of the old running average (PyTorch
+      momentum m is 1 - m here; ``layers.norm_partial`` converts).
+    epsilon: added to the variance.
+    dtype: output dtype (None: the input's).
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Optional[Any] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, relu: bool = False) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,),
+                            jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,),
+                           jnp.float32)
+    dtype = self.dtype or x.dtype
+    if self.use_running_average:
+      a = lax.rsqrt(ra_var.value + self.epsilon) * scale
+      y = _affine(x.astype(jnp.float32), ra_mean.value, a, bias, relu)
+      return y.astype(dtype)
+    y, mean, var = normalize(x, scale, bias, self.epsilon, relu, dtype)
+    if not self.is_initializing():
+      keep = self.momentum
+      ra_mean.value = keep * ra_mean.value + (1 - keep) * lax.stop_gradient(
+          mean)
+      ra_var.value = keep * ra_var.value + (1 - keep) * lax.stop_gradient(var)
+    return y

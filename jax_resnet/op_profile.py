@@ -1,0 +1,193 @@
+"""Where a CIFAR ResNet training step spends its time, op by op.
+
+Each operation of the step is timed on its own at the network's exact shapes
+(batch 128 by default): convolution forward, input gradient and kernel
+gradient per layer shape, BatchNorm(+ReLU) forward+backward, and the residual
+add + ReLU forward+backward. Multiplied by how often the network uses each,
+they give a per-op budget; what the step takes beyond their sum is
+scheduling, memory traffic between ops, the head, loss and optimiser. The
+same is measured for PyTorch, so the two budgets can be compared line by
+line. Run through ``python -m jax_resnet.benchmark --ops``.
+"""
+
+import collections
+import time
+from typing import Callable
+
+# (height, in channels, out channels, stride, count) of the 3x3 convolutions
+# of a 6n+2 CIFAR ResNet with option-A shortcuts.
+
+
+def conv_layers(depth: int) -> list[tuple[int, int, int, int, int]]:
+  n = (depth - 2) // 6
+  return [(32, 3, 16, 1, 1), (32, 16, 16, 1, 2 * n), (32, 16, 32, 2, 1),
+          (16, 32, 32, 1, 2 * n - 1), (16, 32, 64, 2, 1),
+          (8, 64, 64, 1, 2 * n - 1)]
+
+
+def norm_layers(depth: int) -> list[tuple[int, int, bool, int]]:
+  """(height, channels, fused ReLU, count) of the BatchNorm layers."""
+  n = (depth - 2) // 6
+  return [(32, 16, True, n + 1), (32, 16, False, n), (16, 32, True, n),
+          (16, 32, False, n), (8, 64, True, n), (8, 64, False, n)]
+
+
+def add_relu_layers(depth: int) -> list[tuple[int, int, int]]:
+  """(height, channels, count) of the residual add + ReLU."""
+  n = (depth - 2) // 6
+  return [(32, 16, n), (16, 32, n), (8, 64, n)]
+
+
+def _best_ms(run: Callable[[], object], sync: Callable[[object], object],
+             reps: int = 10, rounds: int = 3) -> float:
+  sync(run())
+  best = float('inf')
+  for _ in range(rounds):
+    start = time.perf_counter()
+    out = None
+    for _ in range(reps):
+      out = run()
+    sync(out)
+    best = min(best, (time.perf_counter() - start) / reps * 1000)
+  return best
+
+
+CATEGORIES = ('conv forward', 'conv input gradient', 'conv kernel gradient',
+              'BatchNorm(+ReLU) fwd+bwd', 'residual add+ReLU fwd+bwd')
+
+
+def _budget(depth: int, time_conv, time_norm, time_add_relu) -> dict:
+  """{category: total ms per step} from per-shape op timers."""
+  totals = collections.Counter()
+  for h, cin, cout, stride, count in conv_layers(depth):
+    fwd, dgrad, wgrad = time_conv(h, cin, cout, stride)
+    totals['conv forward'] += count * fwd
+    if cin != 3:  # The image needs no gradient.
+      totals['conv input gradient'] += count * dgrad
+    totals['conv kernel gradient'] += count * wgrad
+  for h, c, relu, count in norm_layers(depth):
+    totals['BatchNorm(+ReLU) fwd+bwd'] += count * time_norm(h, c, relu)
+  for h, c, count in add_relu_layers(depth):
+    totals['residual add+ReLU fwd+bwd'] += count * time_add_relu(h, c)
+  return dict(totals)
+
+
+def jax_ops(depth: int, batch: int) -> dict:
+  """Per-op budget of the project's JAX step (call after platform setup)."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+  import numpy as np
+  from jax_resnet import batch_norm
+  # pylint: enable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def normal(*shape):
+    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+  def timed(fn, *args):
+    compiled = jax.jit(fn).lower(*args).compile()
+    return _best_ms(lambda: compiled(*args), jax.block_until_ready)
+
+  def time_conv(h, cin, cout, stride):
+    x, w = normal(batch, h, h, cin), normal(3, 3, cin, cout) * 0.1
+    g = normal(batch, h // stride, h // stride, cout)
+
+    def conv(x, w):
+      return lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                      dimension_numbers=dn)
+    return (timed(conv, x, w),
+            timed(lambda w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+                  w, g),
+            timed(lambda x, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
+                  x, g))
+
+  def time_norm(h, c, relu):
+    x, g = normal(batch, h, h, c), normal(batch, h, h, c)
+
+    def fwd_bwd(x, scale, bias, g):
+      out, vjp = jax.vjp(lambda x, s, b: batch_norm.normalize(
+          x, s, b, 1e-5, relu, jnp.float32)[0], x, scale, bias)
+      return out, vjp(g)
+    return timed(fwd_bwd, x, jnp.ones(c), jnp.zeros(c), g)
+
+  def time_add_relu(h, c):
+    a, b, g = (normal(batch, h, h, c) for _ in range(3))
+
+    def fwd_bwd(a, b, g):
+      out, vjp = jax.vjp(lambda a, b: jax.nn.relu(a + b), a, b)
+      return out, vjp(g)
+    return timed(fwd_bwd, a, b, g)
+
+  return _budget(depth, time_conv, time_norm, time_add_relu)
+
+
+def torch_ops(depth: int, batch: int) -> dict:
+  """The same budget for PyTorch (oneDNN, channels_last)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  cl = torch.channels_last
+
+  def normal(*shape):
+    return torch.randn(*shape).to(memory_format=cl)
+
+  def sync(out):
+    del out
+
+  def time_conv(h, cin, cout, stride):
+    x, w = normal(batch, cin, h, h), normal(cout, cin, 3, 3) * 0.1
+    g = normal(batch, cout, h // stride, h // stride)
+    conv_bwd = torch.ops.aten.convolution_backward
+
+    def grad(mask):
+      return lambda: conv_bwd(g, x, w, None, [stride] * 2, [1, 1], [1, 1],
+                              False, [0, 0], 1, mask)
+    with torch.no_grad():
+      fwd = _best_ms(lambda: torch.nn.functional.conv2d(x, w, None, stride, 1),
+                     sync)
+      return (fwd, _best_ms(grad([True, False, False]), sync),
+              _best_ms(grad([False, True, False]), sync))
+
+  def time_norm(h, c, relu):
+    bn = torch.nn.BatchNorm2d(c)
+    x = normal(batch, c, h, h).requires_grad_()
+    g = normal(batch, c, h, h)
+
+    def run():
+      y = bn(x)
+      if relu:
+        y = torch.relu(y)
+      y.backward(g)
+    return _best_ms(run, sync)
+
+  def time_add_relu(h, c):
+    a = normal(batch, c, h, h).requires_grad_()
+    b = normal(batch, c, h, h).requires_grad_()
+    g = normal(batch, c, h, h)
+    return _best_ms(lambda: torch.relu(a + b).backward(g), sync)
+
+  return _budget(depth, time_conv, time_norm, time_add_relu)
+
+
+def format_table(depth: int, jax_budget: dict, torch_budget: dict,
+                 jax_step_ms: float, torch_step_ms: float) -> str:
+  """Markdown: per-op ms per step, JAX against PyTorch, and the remainder."""
+  lines = [f'ResNet-{depth}, ms per training step:', '',
+           '| op | JAX ms | PyTorch ms | JAX / PyTorch |', '|---|---|---|---|']
+  def ratio(a, b):
+    return f'{a / b:.2f}' if b else '-'
+
+  for name in CATEGORIES:
+    j, t = jax_budget[name], torch_budget[name]
+    lines.append(f'| {name} | {j:.1f} | {t:.1f} | {ratio(j, t)} |')
+  j_sum, t_sum = sum(jax_budget.values()), sum(torch_budget.values())
+  lines.append(f'| sum of ops | {j_sum:.1f} | {t_sum:.1f} | '
+               f'{ratio(j_sum, t_sum)} |')
+  j_rest, t_rest = jax_step_ms - j_sum, torch_step_ms - t_sum
+  lines.append(f'| rest of step (head, loss, optimiser, data, scheduling) | '
+               f'{j_rest:.1f} | {t_rest:.1f} | - |')
+  lines.append(f'| measured step | {jax_step_ms:.1f} | {torch_step_ms:.1f} | '
+               f'{ratio(jax_step_ms, torch_step_ms)} |')
+  return '\n'.join(lines)

@@ -1,0 +1,130 @@
+"""batch_norm.BatchNorm equals Flax's BatchNorm (+ ReLU) in values and grads."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_resnet import batch_norm
+
+
+def _relative(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+
+
+def _inputs(seed=0, shape=(8, 5, 5, 6)):
+  rng = np.random.default_rng(seed)
+  # Offset and scaled: a one-pass variance would lose digits here.
+  x = jnp.asarray(rng.standard_normal(shape) * 3 + 2, jnp.float32)
+  g = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  params = {'scale': jnp.asarray(rng.uniform(0.5, 1.5, shape[-1]), jnp.float32),
+            'bias': jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)}
+  stats = {'mean': jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32),
+           'var': jnp.asarray(rng.uniform(0.5, 2.0, shape[-1]), jnp.float32)}
+  return x, g, params, stats
+
+
+@pytest.mark.parametrize('relu', [False, True])
+def test_training_mode_matches_flax(relu):
+  x, g, params, stats = _inputs()
+  ours = batch_norm.BatchNorm(use_running_average=False, momentum=0.9,
+                              epsilon=1e-5)
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                         use_fast_variance=False)
+
+  def loss(apply, p, x):
+    y, new = apply({'params': p, 'batch_stats': stats}, x)
+    return jnp.sum(y * g), (y, new['batch_stats'])
+
+  def apply_ours(variables, x):
+    return ours.apply(variables, x, relu=relu, mutable=['batch_stats'])
+
+  def apply_flax(variables, x):
+    y, new = flax_bn.apply(variables, x, mutable=['batch_stats'])
+    return (jax.nn.relu(y) if relu else y), new
+
+  (_, (y1, s1)), g1 = jax.value_and_grad(
+      lambda p, x: loss(apply_ours, p, x), (0, 1), has_aux=True)(params, x)
+  (_, (y2, s2)), g2 = jax.value_and_grad(
+      lambda p, x: loss(apply_flax, p, x), (0, 1), has_aux=True)(params, x)
+  assert _relative(y1, y2) < 1e-6
+  assert _relative(s1['mean'], s2['mean']) < 1e-6
+  assert _relative(s1['var'], s2['var']) < 1e-6
+  assert _relative(g1[0]['scale'], g2[0]['scale']) < 1e-5
+  assert _relative(g1[0]['bias'], g2[0]['bias']) < 1e-6
+  assert _relative(g1[1], g2[1]) < 1e-5
+  if relu:
+    assert float(jnp.min(y1)) == 0.0 and float(jnp.max(y1)) > 0
+
+
+@pytest.mark.parametrize('relu', [False, True])
+def test_eval_mode_matches_flax(relu):
+  x, _, params, stats = _inputs(1)
+  variables = {'params': params, 'batch_stats': stats}
+  y1 = batch_norm.BatchNorm(use_running_average=True, epsilon=1e-5).apply(
+      variables, x, relu=relu)
+  y2 = nn.BatchNorm(use_running_average=True, epsilon=1e-5).apply(variables, x)
+  np.testing.assert_allclose(y1, jax.nn.relu(y2) if relu else y2, rtol=1e-6,
+                             atol=1e-6)
+
+
+def test_variables_and_init_match_flax():
+  x = jnp.ones((2, 4, 4, 3))
+  ours = batch_norm.BatchNorm().init(jax.random.PRNGKey(0), x)
+  theirs = nn.BatchNorm(use_running_average=False).init(
+      jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_gradient_through_batch_statistics():
+  """The returned mean and variance are differentiable, exactly."""
+  x, g, _, _ = _inputs(2)
+  c = x.shape[-1]
+  weights = jnp.arange(1.0, c + 1)
+
+  def ours(x):
+    y, mean, var = batch_norm.normalize(x, jnp.ones(c), jnp.zeros(c), 1e-5,
+                                        False, jnp.float32)
+    return jnp.sum(y * g) + jnp.sum(mean * weights) + jnp.sum(var * weights)
+
+  def reference(x):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    y = (x - mean) * jax.lax.rsqrt(var + 1e-5)
+    return jnp.sum(y * g) + jnp.sum(mean * weights) + jnp.sum(var * weights)
+
+  assert _relative(jax.grad(ours)(x), jax.grad(reference)(x)) < 1e-5
+
+
+def test_bfloat16_input_keeps_float32_statistics():
+  x, g, params, stats = _inputs(3)
+  model = batch_norm.BatchNorm(use_running_average=False, dtype=jnp.bfloat16)
+  variables = {'params': params, 'batch_stats': stats}
+  y, new = model.apply(variables, x.astype(jnp.bfloat16), relu=True,
+                       mutable=['batch_stats'])
+  y32, new32 = model.clone(dtype=jnp.float32).apply(
+      variables, x, relu=True, mutable=['batch_stats'])
+  assert y.dtype == jnp.bfloat16
+  assert new['batch_stats']['var'].dtype == jnp.float32
+  assert _relative(y.astype(jnp.float32), y32) < 2e-2
+  assert _relative(new['batch_stats']['var'], new32['batch_stats']['var']) < 1e-2
+  grad = jax.grad(lambda x: jnp.sum(model.apply(
+      variables, x, relu=True, mutable=['batch_stats'])[0].astype(
+          jnp.float32) * g))(x.astype(jnp.bfloat16))
+  assert grad.dtype == jnp.bfloat16
+
+
+def test_running_average_uses_momentum():
+  x, _, params, stats = _inputs(4)
+  _, new = batch_norm.BatchNorm(use_running_average=False, momentum=0.75).apply(
+      {'params': params, 'batch_stats': stats}, x, mutable=['batch_stats'])
+  batch_mean = jnp.mean(x, (0, 1, 2))
+  batch_var = jnp.var(x, (0, 1, 2))
+  np.testing.assert_allclose(new['batch_stats']['mean'],
+                             0.75 * stats['mean'] + 0.25 * batch_mean,
+                             rtol=1e-6)
+  np.testing.assert_allclose(new['batch_stats']['var'],
+                             0.75 * stats['var'] + 0.25 * batch_var, rtol=1e-5)

@@ -1,0 +1,86 @@
+"""The benchmark and its per-op budget run end to end on tiny settings."""
+
+import collections
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jax_resnet import models
+from jax_resnet import op_profile
+from configs import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('depth', [8, 20, 56])
+def test_layer_tables_match_the_network(depth):
+  """The op tables list exactly the model's convolutions and BatchNorms."""
+  config = default.get_config().model
+  config.depth = depth
+  model = models.create_model(config, 10)
+  params = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.PRNGKey(0),
+                          jnp.zeros((1, 32, 32, 3)))['params']
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  kernels = collections.Counter(
+      leaf.shape[2:] for path, leaf in flat
+      if path[-1].key == 'kernel' and leaf.ndim == 4)
+  table = collections.Counter()
+  for _, cin, cout, _, count in op_profile.conv_layers(depth):
+    table[(cin, cout)] += count
+  assert kernels == table
+  norms = collections.Counter(
+      leaf.shape[0] for path, leaf in flat if path[-1].key == 'scale')
+  table = collections.Counter()
+  for _, channels, _, count in op_profile.norm_layers(depth):
+    table[channels] += count
+  assert norms == table
+  adds = sum(count for *_, count in op_profile.add_relu_layers(depth))
+  assert adds == 3 * ((depth - 2) // 6)  # one per block
+
+
+def test_format_table_sums_and_remainder():
+  jax_budget = dict.fromkeys(op_profile.CATEGORIES, 0.0)
+  torch_budget = dict.fromkeys(op_profile.CATEGORIES, 0.0)
+  jax_budget.update({'conv forward': 10.0, 'conv kernel gradient': 20.0})
+  torch_budget.update({'conv forward': 5.0, 'conv kernel gradient': 10.0})
+  table = op_profile.format_table(20, jax_budget, torch_budget, 40.0, 20.0)
+  assert '| conv kernel gradient | 20.0 | 10.0 | 2.00 |' in table
+  assert '| sum of ops | 30.0 | 15.0 | 2.00 |' in table
+  assert '| 10.0 | 5.0 | - |' in table  # 40 - 30, 20 - 15
+  assert '| measured step | 40.0 | 20.0 | 2.00 |' in table
+
+
+def test_benchmark_with_ops_runs_both_frameworks():
+  pytest.importorskip('torch')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jax_resnet.benchmark', '--depths=8',
+       '--batch_size=4', '--eval_batch_size=4', '--steps=1', '--eval_steps=1',
+       '--warmup=1', '--ops'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr
+  rows = json.loads(proc.stdout.strip().splitlines()[-1])
+  row = rows[0]
+  assert row['depth'] == 8
+  for framework in ('jax', 'torch'):
+    assert row[framework]['train_images_per_sec'] > 0
+  categories = set(op_profile.CATEGORIES)
+  assert set(row['jax_ops']) == set(row['torch_ops']) == categories
+  assert all(v > 0 for v in row['jax_ops'].values())
+  assert 'ResNet-8, ms per training step:' in proc.stdout
+  assert '| measured step |' in proc.stdout
+
+
+def test_ops_needs_both_frameworks():
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jax_resnet.benchmark', '--depths=8',
+       '--frameworks=jax', '--ops'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert '--frameworks=jax,torch' in proc.stderr
