@@ -11,4 +11,7 @@ def get_config():
   config = default.get_config()
   config.dataset = 'cifar10'
   config.model.depth = 1202
+  # One compiled block per stage instead of 200: compiles in about 2 s
+  # instead of about 2.5 min on a 2-core CPU (README, Performance).
+  config.model.scan_blocks = True
   return config
