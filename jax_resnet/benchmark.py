@@ -76,11 +76,24 @@ def _time_loop(run, steps: int, sync) -> float:
   return time.perf_counter() - start
 
 
-def jax_worker(depth: int) -> dict[str, float]:
-  """Times the project's train and eval steps for one depth."""
+def _setup_jax() -> None:
+  """The project's XLA CPU flags unless --no_project_flags (before JAX)."""
   from jax_resnet import platform  # pylint: disable=g-import-not-at-top
   if not _NO_PROJECT_FLAGS.value:
     platform.configure()
+
+
+def _setup_torch():
+  """Imports torch with the --torch_threads setting; returns the module."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if _THREADS.value:
+    torch.set_num_threads(_THREADS.value)
+  return torch
+
+
+def jax_worker(depth: int) -> dict[str, float]:
+  """Times the project's train and eval steps for one depth."""
+  _setup_jax()
   # pylint: disable=g-import-not-at-top
   import functools
   import jax
@@ -142,10 +155,8 @@ def jax_worker(depth: int) -> dict[str, float]:
 
 def torch_worker(depth: int) -> dict[str, float]:
   """Times the same network's training and eval in PyTorch (CPU)."""
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = _setup_torch()
   from jax_resnet import torch_reference  # pylint: disable=g-import-not-at-top
-  if _THREADS.value:
-    torch.set_num_threads(_THREADS.value)
   torch.manual_seed(0)
   model = torch_reference.cifar_resnet('basic', depth).to(
       memory_format=torch.channels_last)
@@ -185,16 +196,12 @@ def torch_worker(depth: int) -> dict[str, float]:
 
 
 def jax_ops_worker(depth: int) -> dict[str, float]:
-  from jax_resnet import platform  # pylint: disable=g-import-not-at-top
-  if not _NO_PROJECT_FLAGS.value:
-    platform.configure()
+  _setup_jax()
   return op_profile.jax_ops(depth, _BATCH_SIZE.value)
 
 
 def torch_ops_worker(depth: int) -> dict[str, float]:
-  import torch  # pylint: disable=g-import-not-at-top
-  if _THREADS.value:
-    torch.set_num_threads(_THREADS.value)
+  _setup_torch()
   return op_profile.torch_ops(depth, _BATCH_SIZE.value)
 
 

@@ -197,9 +197,14 @@ class PreActBlock(ResidualBlock):
     pre = self.norm(name='bn1')(x, relu=True)
     shortcut = self.shortcut(pre) if self.needs_projection else x
     y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(pre)
-    y = self.norm(name='bn2')(y, relu=True)
+    y = self.between_convs(self.norm(name='bn2')(y, relu=True), train)
     y = self.conv(self.planes, (3, 3), name='conv2')(y)
     return shortcut + self.drop_branch(y, train)
+
+  def between_convs(self, y: jax.Array, train: bool) -> jax.Array:
+    """Hook between the second BN-ReLU and conv2 (WRN puts dropout here)."""
+    del train
+    return y
 
 
 class GatedBlock(ResidualBlock):

@@ -21,24 +21,16 @@ DEFAULT_WIDEN_FACTOR = 10
 DEFAULT_DROPOUT_RATE = 0.0
 
 
-class WideBlock(blocks.ResidualBlock):
+class WideBlock(blocks.PreActBlock):
   """Pre-activation basic block with dropout between its convolutions."""
 
   dropout_rate: float = 0.0
 
-  preactivation: ClassVar[bool] = True
   default_shortcut: ClassVar[str] = 'conv'
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    pre = self.norm(name='bn1')(x, relu=True)
-    shortcut = self.shortcut(pre) if self.needs_projection else x
-    y = self.conv(self.planes, (3, 3), strides=self.stride, name='conv1')(pre)
-    y = self.norm(name='bn2')(y, relu=True)
-    y = nn.Dropout(self.dropout_rate, rng_collection=layers.TRAINING_RNG)(
+  def between_convs(self, y: jax.Array, train: bool) -> jax.Array:
+    return nn.Dropout(self.dropout_rate, rng_collection=layers.TRAINING_RNG)(
         y, deterministic=not train)
-    y = self.conv(self.planes, (3, 3), name='conv2')(y)
-    return shortcut + self.drop_branch(y, train)
 
 
 def widen_factor(model_config) -> int:
