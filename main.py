@@ -28,7 +28,8 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  platform.start_command(argv)
+  platform.start_command(argv, _CONFIG.value.model.get('conv_backend',
+                                                       'auto'))
   # Imported after the platform settings, which must precede JAX's backend.
   from jax_resnet import summary  # pylint: disable=g-import-not-at-top
   from jax_resnet import train  # pylint: disable=g-import-not-at-top

@@ -1,17 +1,25 @@
-"""Train-step and eval throughput of CIFAR ResNets, JAX against PyTorch.
+"""Train-step and eval throughput: JAX with XLA's convolutions, JAX with the
+project's CPU kernels, and PyTorch, side by side.
 
-  python -m jax_resnet.benchmark                  # ResNet-20/56/110, both
-  python -m jax_resnet.benchmark --depths=20 --frameworks=jax --steps=20
+  python -m jax_resnet.benchmark                  # ResNet-20/56/110, all three
+  python -m jax_resnet.benchmark --depths=20 --frameworks=jax_kernels,torch
+  python -m jax_resnet.benchmark --depths= --networks=wrn16_8_cifar10
   python -m jax_resnet.benchmark --set=model.scan_blocks=True    # a lever
   python -m jax_resnet.benchmark --depths=20 --ops   # + per-op budget
 
-Every (framework, depth) runs in its own child process, so compile caches and
-peak memory (max RSS of that child) are its own. JAX times the project's
+Frameworks: ``jax_xla`` (``model.conv_backend=xla``, with the project's XLA
+CPU flags), ``jax_kernels`` (``model.conv_backend=cpu_kernels``, the
+``cpu_conv`` kernels) and ``torch``. Networks: CIFAR ResNets by depth
+(``--depths``, option A) and any config under ``configs/`` with a PyTorch
+reference (``--networks``: cifar_resnet, wide_resnet and densenet configs).
+
+Every (framework, network) runs in its own child process, so compile caches
+and peak memory (max RSS of that child) are its own. JAX times the project's
 jitted ``train.train_step`` (on-device crop + flip + normalisation, forward,
 backward, SGD update) with the project's platform settings; PyTorch times the
-same option-A network (channels_last, forward, backward, SGD step) on an
-already normalised batch. Throughput is steady state: compile and warm-up
-steps are excluded and reported separately.
+same network (channels_last, forward, backward, SGD step) on an already
+normalised batch. Throughput is steady state: compile and warm-up steps are
+excluded and reported separately.
 """
 
 import json
@@ -27,8 +35,12 @@ from jax_resnet import op_profile
 
 _DEPTHS = flags.DEFINE_list('depths', ['20', '56', '110'],
                             'CIFAR ResNet depths (6n+2).')
-_FRAMEWORKS = flags.DEFINE_list('frameworks', ['jax', 'torch'],
-                                'jax and/or torch.')
+_NETWORKS = flags.DEFINE_list(
+    'networks', [], 'More networks: config names under configs/ (e.g. '
+    'wrn16_8_cifar10, densenet_bc100_k12_cifar10).')
+FRAMEWORKS = ('jax_xla', 'jax_kernels', 'torch')
+_FRAMEWORKS = flags.DEFINE_list('frameworks', list(FRAMEWORKS),
+                                'Any of ' + ', '.join(FRAMEWORKS) + '.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
 _EVAL_BATCH_SIZE = flags.DEFINE_integer('eval_batch_size', 500,
                                         'Evaluation batch size.')
@@ -44,11 +56,15 @@ _NO_PROJECT_FLAGS = flags.DEFINE_bool(
     'defaults), to measure what they give.')
 _OPS = flags.DEFINE_bool(
     'ops', False, 'Also time every op of the step on its own (convolution '
-    'forward / input / kernel gradient, BatchNorm, add+ReLU) in both '
-    'frameworks and print where the step time goes (op_profile).')
-_WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:DEPTH '
-                              '(jax, torch, jax_ops, torch_ops); prints one '
-                              'JSON line.')
+    'forward / input / kernel gradient, BatchNorm, add+ReLU) in every '
+    'framework and print where the step time goes (op_profile; CIFAR '
+    'ResNets only).')
+_WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:NETWORK '
+                              '(FRAMEWORK or FRAMEWORK_ops); prints one JSON '
+                              'line.')
+
+# The conv backend of each JAX framework.
+CONV_BACKENDS = {'jax_xla': 'xla', 'jax_kernels': 'cpu_kernels'}
 
 
 def _apply_override(config, assignment: str):
@@ -76,11 +92,11 @@ def _time_loop(run, steps: int, sync) -> float:
   return time.perf_counter() - start
 
 
-def _setup_jax() -> None:
-  """The project's XLA CPU flags unless --no_project_flags (before JAX)."""
+def _setup_jax(framework: str) -> None:
+  """XLA flags for the framework's conv backend, unless --no_project_flags."""
   from jax_resnet import platform  # pylint: disable=g-import-not-at-top
   if not _NO_PROJECT_FLAGS.value:
-    platform.configure()
+    platform.configure(CONV_BACKENDS[framework])
 
 
 def _setup_torch():
@@ -91,21 +107,60 @@ def _setup_torch():
   return torch
 
 
-def jax_worker(depth: int) -> dict[str, float]:
-  """Times the project's train and eval steps for one depth."""
-  _setup_jax()
+def network_config(network: str):
+  """The config of a network key: a CIFAR ResNet depth or a config name."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  if network.isdigit():
+    config = default.get_config()
+    config.model.depth = int(network)
+    return config
+  return importlib.import_module(f'configs.{network}').get_config()
+
+
+def network_name(network: str) -> str:
+  """A display name, e.g. 'ResNet-20' or 'WRN-16-8'."""
+  if network.isdigit():
+    return f'ResNet-{network}'
+  from jax_resnet import models  # pylint: disable=g-import-not-at-top
+  return models.describe(network_config(network).model)
+
+
+def torch_model(network: str, num_classes: int = 10):
+  """The PyTorch reference of a network key."""
+  from jax_resnet import torch_reference  # pylint: disable=g-import-not-at-top
+  model = network_config(network).model
+  get = lambda field, default: default if model.get(field) is None else (
+      model.get(field))
+  if model.name == 'cifar_resnet':
+    return torch_reference.cifar_resnet(model.block, model.depth, num_classes)
+  if model.name == 'wide_resnet':
+    return torch_reference.WideResNet(model.depth, get('widen_factor', 10),
+                                      num_classes, get('dropout_rate', 0.0))
+  if model.name == 'densenet' and model.block == 'bottleneck':
+    return torch_reference.DenseNetBC(model.depth, get('growth_rate', 12),
+                                      get('compression', 0.5), num_classes,
+                                      get('dropout_rate', 0.0))
+  raise app.UsageError(f'No PyTorch reference for {network!r} in the '
+                       'benchmark: use cifar_resnet, wide_resnet or densenet '
+                       '(bottleneck) configs.')
+
+
+def jax_worker(framework: str, network: str) -> dict[str, float]:
+  """Times the project's train and eval steps for one network."""
+  _setup_jax(framework)
   # pylint: disable=g-import-not-at-top
   import functools
   import jax
   import numpy as np
-  from configs import default
   from jax_resnet import models
   from jax_resnet import train
   # pylint: enable=g-import-not-at-top
 
-  config = default.get_config()
-  config.model.depth = depth
+  config = network_config(network)
+  config.dataset = 'cifar10'
   config.batch_size = _BATCH_SIZE.value
+  config.model.conv_backend = CONV_BACKENDS[framework]
   for assignment in _SET.value:
     _apply_override(config, assignment)
   model = models.create_model(config.model, 10)
@@ -153,13 +208,12 @@ def jax_worker(depth: int) -> dict[str, float]:
   }
 
 
-def torch_worker(depth: int) -> dict[str, float]:
+def torch_worker(framework: str, network: str) -> dict[str, float]:
   """Times the same network's training and eval in PyTorch (CPU)."""
+  del framework
   torch = _setup_torch()
-  from jax_resnet import torch_reference  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  model = torch_reference.cifar_resnet('basic', depth).to(
-      memory_format=torch.channels_last)
+  model = torch_model(network).to(memory_format=torch.channels_last)
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
                               weight_decay=5e-4)
   images = torch.randn(_BATCH_SIZE.value, 3, 32, 32).to(
@@ -195,24 +249,29 @@ def torch_worker(depth: int) -> dict[str, float]:
   }
 
 
-def jax_ops_worker(depth: int) -> dict[str, float]:
-  _setup_jax()
-  return op_profile.jax_ops(depth, _BATCH_SIZE.value)
+def jax_ops_worker(framework: str, network: str) -> dict[str, float]:
+  _setup_jax(framework)
+  return op_profile.jax_ops(int(network), _BATCH_SIZE.value,
+                            CONV_BACKENDS[framework])
 
 
-def torch_ops_worker(depth: int) -> dict[str, float]:
+def torch_ops_worker(framework: str, network: str) -> dict[str, float]:
+  del framework
   _setup_torch()
-  return op_profile.torch_ops(depth, _BATCH_SIZE.value)
+  return op_profile.torch_ops(int(network), _BATCH_SIZE.value)
 
 
-WORKERS = {'jax': jax_worker, 'torch': torch_worker,
-           'jax_ops': jax_ops_worker, 'torch_ops': torch_ops_worker}
+def _worker(framework: str):
+  base = framework.removesuffix('_ops')
+  if base == 'torch':
+    return torch_ops_worker if framework.endswith('_ops') else torch_worker
+  return jax_ops_worker if framework.endswith('_ops') else jax_worker
 
 
-def run_worker(framework: str, depth: int) -> dict[str, float]:
+def run_worker(framework: str, network: str) -> dict[str, float]:
   """Runs one measurement in a child process of its own."""
   args = [sys.executable, '-m', 'jax_resnet.benchmark',
-          f'--worker={framework}:{depth}'] + [
+          f'--worker={framework}:{network}'] + [
               a for a in sys.argv[1:] if not a.startswith('--worker')]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
@@ -222,38 +281,43 @@ def run_worker(framework: str, depth: int) -> dict[str, float]:
                           text=True, cwd=root, env=env)
   stdout, stderr = proc.communicate()
   if proc.returncode:
-    raise RuntimeError(f'{framework} ResNet-{depth} failed:\n{stderr}')
+    raise RuntimeError(f'{framework} {network} failed:\n{stderr}')
   return json.loads(stdout.strip().splitlines()[-1])
 
 
+_LABELS = {'jax_xla': 'JAX, XLA convolutions',
+           'jax_kernels': 'JAX, own CPU kernels', 'torch': 'PyTorch'}
+
+
 def format_table(rows: list[dict[str, object]]) -> str:
-  """A markdown table of the measurements, with JAX/PyTorch ratios."""
-  lines = ['| network | JAX train img/s | PyTorch train img/s | ratio | '
-           'JAX eval img/s | PyTorch eval img/s | eval ratio | '
-           'JAX compile s | JAX peak MB | PyTorch peak MB |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+  """Markdown: one line per (network, framework), ratios to PyTorch."""
+  lines = ['| network | framework | train img/s | / PyTorch | eval img/s | '
+           '/ PyTorch | compile s | peak MB |',
+           '|---|---|---:|---:|---:|---:|---:|---:|']
 
   def fmt(value, spec):
     return '-' if value is None else format(value, spec)
 
   for row in rows:
-    jax_r, torch_r = row.get('jax') or {}, row.get('torch') or {}
-    ratio = eval_ratio = None
-    if jax_r and torch_r:
-      ratio = jax_r['train_images_per_sec'] / torch_r['train_images_per_sec']
-      eval_ratio = (jax_r['eval_images_per_sec'] /
-                    torch_r['eval_images_per_sec'])
-    lines.append(
-        f'| ResNet-{row["depth"]} '
-        f'| {fmt(jax_r.get("train_images_per_sec"), ".1f")} '
-        f'| {fmt(torch_r.get("train_images_per_sec"), ".1f")} '
-        f'| {fmt(ratio, ".2f")} '
-        f'| {fmt(jax_r.get("eval_images_per_sec"), ".1f")} '
-        f'| {fmt(torch_r.get("eval_images_per_sec"), ".1f")} '
-        f'| {fmt(eval_ratio, ".2f")} '
-        f'| {fmt(jax_r.get("compile_seconds"), ".1f")} '
-        f'| {fmt(jax_r.get("peak_mb"), ".0f")} '
-        f'| {fmt(torch_r.get("peak_mb"), ".0f")} |')
+    reference = row.get('torch') or {}
+    for framework in FRAMEWORKS:
+      result = row.get(framework)
+      if not result:
+        continue
+      ratio = eval_ratio = None
+      if reference:
+        ratio = (result['train_images_per_sec'] /
+                 reference['train_images_per_sec'])
+        eval_ratio = (result['eval_images_per_sec'] /
+                      reference['eval_images_per_sec'])
+      lines.append(
+          f'| {row["name"]} | {_LABELS[framework]} '
+          f'| {fmt(result.get("train_images_per_sec"), ".1f")} '
+          f'| {fmt(ratio, ".2f")} '
+          f'| {fmt(result.get("eval_images_per_sec"), ".1f")} '
+          f'| {fmt(eval_ratio, ".2f")} '
+          f'| {fmt(result.get("compile_seconds"), ".1f")} '
+          f'| {fmt(result.get("peak_mb"), ".0f")} |')
   return '\n'.join(lines)
 
 
@@ -261,38 +325,46 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _WORKER.value:
-    framework, _, depth = _WORKER.value.partition(':')
-    result = WORKERS[framework](int(depth))
-    if framework in ('jax', 'torch'):
+    framework, _, network = _WORKER.value.partition(':')
+    result = _worker(framework)(framework.removesuffix('_ops'), network)
+    if not framework.endswith('_ops'):
       import resource  # pylint: disable=g-import-not-at-top
       result['peak_mb'] = resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result), flush=True)
     return
-  unknown = set(_FRAMEWORKS.value) - {'jax', 'torch'}
+  unknown = set(_FRAMEWORKS.value) - set(FRAMEWORKS)
   if unknown:
     raise app.UsageError(f'Unknown frameworks {sorted(unknown)}; valid: '
-                         'jax, torch.')
-  if _OPS.value and set(_FRAMEWORKS.value) != {'jax', 'torch'}:
-    raise app.UsageError('--ops compares the frameworks: it needs '
-                         '--frameworks=jax,torch.')
+                         f'{", ".join(FRAMEWORKS)}.')
+  if _OPS.value and 'torch' not in _FRAMEWORKS.value:
+    raise app.UsageError('--ops compares with PyTorch: --frameworks must '
+                         'include torch.')
+  networks = [d for d in _DEPTHS.value if d] + list(_NETWORKS.value)
+  if not networks:
+    raise app.UsageError('Nothing to measure: give --depths or --networks.')
+  for network in _NETWORKS.value:
+    torch_model(network)  # A network without a reference fails now.
   rows = []
-  for depth in _DEPTHS.value:
-    row = {'depth': int(depth)}
+  for network in networks:
+    row = {'network': network, 'name': network_name(network)}
     for framework in _FRAMEWORKS.value:
-      row[framework] = run_worker(framework, int(depth))
-      print(f'{framework} ResNet-{depth}: {json.dumps(row[framework])}',
+      row[framework] = run_worker(framework, network)
+      print(f'{framework} {row["name"]}: {json.dumps(row[framework])}',
             file=sys.stderr, flush=True)
     rows.append(row)
   print(format_table(rows))
   if _OPS.value:
     for row in rows:
-      row['jax_ops'] = run_worker('jax_ops', row['depth'])
-      row['torch_ops'] = run_worker('torch_ops', row['depth'])
+      if not row['network'].isdigit():
+        continue
+      budgets = {f: run_worker(f + '_ops', row['network'])
+                 for f in _FRAMEWORKS.value}
+      row.update({f + '_ops': b for f, b in budgets.items()})
       print()
-      print(op_profile.format_table(row['depth'], row['jax_ops'],
-                                    row['torch_ops'], row['jax']['step_ms'],
-                                    row['torch']['step_ms']))
+      print(op_profile.format_table(
+          int(row['network']), budgets,
+          {f: row[f]['step_ms'] for f in _FRAMEWORKS.value}))
   print(json.dumps(rows))
 
 

@@ -74,12 +74,16 @@ def _conv2d_bwd(strides, padding, residuals, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
-                         lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count: int = 1,
-                         batch_group_count: int = 1, precision=None,
-                         preferred_element_type=None) -> jax.Array:
-  """``lax.conv_general_dilated``; canonical 2-D cases go through ``conv2d``."""
+def canonical_arguments(lhs, rhs, window_strides: Sequence[int], padding,
+                        lhs_dilation=None, rhs_dilation=None,
+                        dimension_numbers=None, feature_group_count: int = 1,
+                        batch_group_count: int = 1, precision=None,
+                        preferred_element_type=None):
+  """``(strides, ((lo, hi), (lo, hi)))`` of a canonical 2-D convolution.
+
+  Canonical: NHWC/HWIO/NHWC, no dilation, one feature and batch group, default
+  precision and result type. Returns None for any other convolution.
+  """
   dilated = any(d != 1 for d in tuple(lhs_dilation or ()) +
                 tuple(rhs_dilation or ()))
   canonical = (
@@ -90,12 +94,24 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
        lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) ==
        lax.conv_dimension_numbers(lhs.shape, rhs.shape, _CANONICAL)))
   if not canonical:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-        dimension_numbers, feature_group_count, batch_group_count, precision,
-        preferred_element_type)
+    return None
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2],
                                   window_strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return conv2d(lhs, rhs, tuple(int(s) for s in window_strides), padding)
+  return tuple(int(s) for s in window_strides), padding
+
+
+def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
+                         lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision=None,
+                         preferred_element_type=None) -> jax.Array:
+  """``lax.conv_general_dilated``; canonical 2-D cases go through ``conv2d``."""
+  args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+          dimension_numbers, feature_group_count, batch_group_count, precision,
+          preferred_element_type)
+  canonical = canonical_arguments(*args)
+  if canonical is None:
+    return lax.conv_general_dilated(*args)
+  return conv2d(lhs, rhs, *canonical)

@@ -90,6 +90,7 @@ class DenseNet(nn.Module):
     bn_momentum: BatchNorm momentum in PyTorch terms.
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
+    conv_backend: convolution backend (``cpu_conv.BACKENDS``).
   """
 
   stage_sizes: Sequence[int]
@@ -101,6 +102,7 @@ class DenseNet(nn.Module):
   bn_momentum: float = 0.1
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  conv_backend: str = 'auto'
 
   # No residual branches: no shortcut and no stochastic depth (the run
   # signature reads both).
@@ -109,7 +111,8 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = layers.conv_partial(self.dtype, layers.DENSENET_INIT)
+    conv = layers.conv_partial(self.dtype, layers.DENSENET_INIT,
+                               backend=self.conv_backend)
     norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
                                self.dtype)
     stem = 2 * self.growth_rate if self.bottleneck else 16
@@ -173,7 +176,8 @@ def create(model_config, num_classes: int) -> DenseNet:
                   compression=compression, dropout_rate=dropout,
                   bn_momentum=model_config.bn_momentum,
                   bn_epsilon=model_config.bn_epsilon,
-                  dtype=layers.dtype_of(model_config))
+                  dtype=layers.dtype_of(model_config),
+                  conv_backend=layers.conv_backend_of(model_config))
 
 
 def describe(model_config) -> str:

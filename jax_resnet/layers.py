@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jax_resnet import batch_norm
 from jax_resnet import canonical_conv
+from jax_resnet import cpu_conv
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -90,16 +91,33 @@ DENSENET_INIT = Init(conv=conv_kernel_init_fan_out,
                      zero_head_bias=True)
 
 
+def conv_backend_of(model_config) -> str:
+  """``model.conv_backend`` resolved for this process: 'xla' or 'cpu_kernels'.
+
+  Raises:
+    ValueError: an unknown backend, or 'cpu_kernels' where they cannot run.
+  """
+  return cpu_conv.resolve(model_config.get('conv_backend', 'auto'))
+
+
 def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
-                 canonical_gradients: bool = False) -> Any:
+                 canonical_gradients: bool = False,
+                 backend: str = 'auto') -> Any:
   """Bias-free, 3x3-padded ``nn.Conv`` in ``dtype`` with the network's init.
 
-  ``canonical_gradients`` states the gradients as canonical convolutions
-  (``canonical_conv``), which XLA:CPU needs inside the scan over blocks.
+  ``backend`` (``cpu_conv.BACKENDS``) picks the convolution: with
+  'cpu_kernels' the project's CPU kernels run every convolution they support
+  (``cpu_conv``) and XLA the rest. ``canonical_gradients`` states XLA's
+  convolution gradients as canonical convolutions (``canonical_conv``), which
+  XLA:CPU needs inside the scan over blocks.
   """
-  extra = {}
-  if canonical_gradients:
-    extra['conv_general_dilated'] = canonical_conv.conv_general_dilated
+  xla_conv = (canonical_conv.conv_general_dilated if canonical_gradients
+              else None)
+  if cpu_conv.resolve(backend) == 'cpu_kernels':
+    conv = functools.partial(cpu_conv.conv_general_dilated, fallback=xla_conv)
+  else:
+    conv = xla_conv
+  extra = {} if conv is None else {'conv_general_dilated': conv}
   return functools.partial(nn.Conv, use_bias=False, padding=1,
                            kernel_init=init.conv, dtype=dtype, **extra)
 

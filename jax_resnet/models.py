@@ -81,6 +81,7 @@ class CifarResNet(nn.Module):
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
     scan_blocks: scan over blocks 2..n of each stage instead of unrolling.
+    conv_backend: convolution backend (``cpu_conv.BACKENDS``).
     weight_init: initialisers of the convolutions and the head.
   """
 
@@ -98,11 +99,13 @@ class CifarResNet(nn.Module):
   dtype: Any = jnp.float32
   scan_blocks: bool = False
   weight_init: layers.Init = layers.CIFAR_RESNET_INIT
+  conv_backend: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = layers.conv_partial(self.dtype, self.weight_init,
-                               canonical_gradients=self.scan_blocks)
+                               canonical_gradients=self.scan_blocks,
+                               backend=self.conv_backend)
     norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
                                self.dtype)
     preact = self.block_cls.preactivation
@@ -178,7 +181,7 @@ def create_residual_network(model_config, num_classes: int, *,
 
   Args:
     model_config: ``config.model`` (shortcut, stochastic depth, BatchNorm,
-      dtype, scan_blocks).
+      dtype, scan_blocks, conv_backend).
     num_classes: outputs of the head.
     block_cls: the block class.
     stage_sizes: blocks per stage.
@@ -212,7 +215,8 @@ def create_residual_network(model_config, num_classes: int, *,
       bn_epsilon=model_config.bn_epsilon,
       dtype=layers.dtype_of(model_config),
       scan_blocks=model_config.scan_blocks,
-      weight_init=weight_init)
+      weight_init=weight_init,
+      conv_backend=layers.conv_backend_of(model_config))
 
 
 def residual_network(layout: Callable[[Any], dict[str, Any]]

@@ -72,15 +72,22 @@ def _budget(depth: int, time_conv, time_norm, time_add_relu) -> dict:
   return dict(totals)
 
 
-def jax_ops(depth: int, batch: int) -> dict:
-  """Per-op budget of the project's JAX step (call after platform setup)."""
+def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
+  """Per-op budget of the project's JAX step (call after platform setup).
+
+  Convolutions run on ``conv_backend`` (``cpu_conv.BACKENDS``).
+  """
   # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
   from jax import lax
   import numpy as np
   from jax_resnet import batch_norm
+  from jax_resnet import cpu_conv
   # pylint: enable=g-import-not-at-top
+  kernels = cpu_conv.resolve(conv_backend) == 'cpu_kernels'
+  conv_general_dilated = (cpu_conv.conv_general_dilated if kernels
+                          else lax.conv_general_dilated)
   rng = np.random.default_rng(0)
   dn = ('NHWC', 'HWIO', 'NHWC')
 
@@ -96,8 +103,8 @@ def jax_ops(depth: int, batch: int) -> dict:
     g = normal(batch, h // stride, h // stride, cout)
 
     def conv(x, w):
-      return lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
-                                      dimension_numbers=dn)
+      return conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                  dimension_numbers=dn)
     return (timed(conv, x, w),
             timed(lambda w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
                   w, g),
@@ -171,23 +178,43 @@ def torch_ops(depth: int, batch: int) -> dict:
   return _budget(depth, time_conv, time_norm, time_add_relu)
 
 
-def format_table(depth: int, jax_budget: dict, torch_budget: dict,
-                 jax_step_ms: float, torch_step_ms: float) -> str:
-  """Markdown: per-op ms per step, JAX against PyTorch, and the remainder."""
+def format_table(depth: int, budgets: dict[str, dict],
+                 step_ms: dict[str, float]) -> str:
+  """Markdown: per-op ms per step of each framework, and the remainder.
+
+  Args:
+    depth: the CIFAR ResNet's depth.
+    budgets: framework name -> per-op budget; 'torch' is the reference of the
+      ratio column, and the last other framework is compared with it.
+    step_ms: framework name -> measured step time.
+
+  Returns:
+    The table, one column per framework.
+  """
+  names = list(budgets)
+  compared = [n for n in names if n != 'torch']
+  ratio_of = compared[-1] if compared and 'torch' in budgets else None
+  header = ' | '.join(f'{n} ms' for n in names)
   lines = [f'ResNet-{depth}, ms per training step:', '',
-           '| op | JAX ms | PyTorch ms | JAX / PyTorch |', '|---|---|---|---|']
-  def ratio(a, b):
-    return f'{a / b:.2f}' if b else '-'
+           f'| op | {header} |' + (f' {ratio_of} / torch |' if ratio_of
+                                   else ''),
+           '|---|' + '---:|' * (len(names) + bool(ratio_of))]
+
+  def row(label, values):
+    cells = ' | '.join(f'{values[n]:.1f}' for n in names)
+    extra = ''
+    if ratio_of:
+      ref = values['torch']
+      extra = f' {values[ratio_of] / ref:.2f} |' if ref else ' - |'
+    return f'| {label} | {cells} |{extra}'
 
   for name in CATEGORIES:
-    j, t = jax_budget[name], torch_budget[name]
-    lines.append(f'| {name} | {j:.1f} | {t:.1f} | {ratio(j, t)} |')
-  j_sum, t_sum = sum(jax_budget.values()), sum(torch_budget.values())
-  lines.append(f'| sum of ops | {j_sum:.1f} | {t_sum:.1f} | '
-               f'{ratio(j_sum, t_sum)} |')
-  j_rest, t_rest = jax_step_ms - j_sum, torch_step_ms - t_sum
-  lines.append(f'| rest of step (head, loss, optimiser, data, scheduling) | '
-               f'{j_rest:.1f} | {t_rest:.1f} | - |')
-  lines.append(f'| measured step | {jax_step_ms:.1f} | {torch_step_ms:.1f} | '
-               f'{ratio(jax_step_ms, torch_step_ms)} |')
+    lines.append(row(name, {n: budgets[n][name] for n in names}))
+  sums = {n: sum(budgets[n].values()) for n in names}
+  lines.append(row('sum of ops', sums))
+  rest = {n: step_ms[n] - sums[n] for n in names}
+  label = 'rest of step (head, loss, optimiser, data, scheduling)'
+  cells = ' | '.join(f'{rest[n]:.1f}' for n in names)
+  lines.append(f'| {label} | {cells} |' + (' - |' if ratio_of else ''))
+  lines.append(row('measured step', step_ms))
   return '\n'.join(lines)

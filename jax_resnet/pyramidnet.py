@@ -103,6 +103,7 @@ class PyramidNet(nn.Module):
     bn_momentum: BatchNorm momentum in PyTorch terms.
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
+    conv_backend: convolution backend (``cpu_conv.BACKENDS``).
   """
 
   stage_sizes: Sequence[int]
@@ -114,13 +115,15 @@ class PyramidNet(nn.Module):
   bn_momentum: float = 0.1
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  conv_backend: str = 'auto'
 
   # The shortcut is part of the design; named for the run signature.
   shortcut_type: ClassVar[str] = 'pyramid'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = layers.conv_partial(self.dtype, layers.PYRAMIDNET_INIT)
+    conv = layers.conv_partial(self.dtype, layers.PYRAMIDNET_INIT,
+                               backend=self.conv_backend)
     norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
                                self.dtype)
     block_cls = PyramidBottleneck if self.bottleneck else PyramidBlock
@@ -183,7 +186,8 @@ def create(model_config, num_classes: int) -> PyramidNet:
           block_cls, model_config),
       stochastic_depth_mode=model_config.stochastic_depth_mode,
       bn_momentum=model_config.bn_momentum,
-      bn_epsilon=model_config.bn_epsilon, dtype=layers.dtype_of(model_config))
+      bn_epsilon=model_config.bn_epsilon, dtype=layers.dtype_of(model_config),
+      conv_backend=layers.conv_backend_of(model_config))
 
 
 def describe(model_config) -> str:

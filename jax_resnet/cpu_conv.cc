@@ -1,0 +1,647 @@
+// NHWC float32 convolution kernels for x86-64 CPUs with AVX-512, called from
+// jitted JAX code as XLA FFI custom calls (see cpu_conv.py).
+//
+// Three handlers, for a convolution y = conv(x, w) with x [N,H,W,C],
+// w [KH,KW,C,K] (HWIO), y [N,Ho,Wo,K], integer strides and zero padding:
+//   jax_resnet_conv_forward        x, w  -> y
+//   jax_resnet_conv_input_grad     dy, w -> dx
+//   jax_resnet_conv_kernel_grad    x, dy -> dw
+//
+// One observation shapes all three: for a fixed kernel row kh, the index
+// j = kw * C + c runs contiguously both through an HWIO kernel row and through
+// a (zero-padded) input row, so a kernel row is a [KW*C, K] matrix and an
+// output pixel reads a contiguous KW*C slice of the padded input row.
+//
+// * Forward: a tile of P consecutive output pixels x 16*V output channels is
+//   accumulated in P*V zmm registers over kh and j; every FMA takes its input
+//   value as a broadcast from memory.
+// * Input gradient, stride 1: the forward kernel on the padded dy with the
+//   flipped, io-swapped kernel. Stride > 1: each output pixel's dy times the
+//   kernel row (transposed) is added into the padded dx (col2im), then the
+//   padding is cropped.
+// * Kernel gradient: a tile of R consecutive j x 16*V output channels is
+//   accumulated over the pixels of a chunk of rows sized to stay in L1; the
+//   batch is cut into parts, each summed into a private dw, and the copies are
+//   added at the end in a fixed order (deterministic results).
+//
+// Work is split over images (or parts of the batch) between the calling
+// thread and helpers on XLA's own intra-op thread pool (so nothing is
+// oversubscribed): every thread claims work from an atomic counter, and the
+// caller waits only for work that was claimed, never for a helper that has
+// not started, so two kernels running at once on a busy pool cannot deadlock.
+// No result depends on which thread did what.
+//
+// Shapes a kernel cannot run (K or, for the input gradient, C not a multiple
+// of 16; padding beyond the kernel) are refused with an error, never an abort;
+// cpu_conv.py routes them to XLA before tracing.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using i64 = int64_t;
+
+namespace {
+
+// ---------------------------------------------------------------- threads --
+
+struct WorkQueue {
+  std::atomic<i64> next{0};
+  std::atomic<i64> done{0};
+  i64 total = 0;
+  std::function<void(int, i64)> body;  // Valid while done < total.
+};
+
+void Drain(WorkQueue& q, int slot) {
+  i64 finished = 0;
+  for (i64 i; (i = q.next.fetch_add(1, std::memory_order_relaxed)) < q.total;
+       ++finished) {
+    q.body(slot, i);
+  }
+  if (finished) q.done.fetch_add(finished, std::memory_order_release);
+}
+
+// Runs body(slot, i) for i in [0, total) on up to `threads` threads; slot is
+// the thread's index in [0, threads), the caller's being 0.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int threads, i64 total, F&& body) {
+  if (total <= 0) return;
+  threads = static_cast<int>(std::max<i64>(1, std::min<i64>(threads, total)));
+  if (threads == 1) {
+    for (i64 i = 0; i < total; ++i) body(0, i);
+    return;
+  }
+  auto q = std::make_shared<WorkQueue>();
+  q->total = total;
+  q->body = [&body](int slot, i64 i) { body(slot, i); };
+  for (int t = 1; t < threads; ++t) {
+    pool.Schedule([q, t] { Drain(*q, t); });
+  }
+  Drain(*q, 0);
+  for (int spins = 0; q->done.load(std::memory_order_acquire) < total;
+       ++spins) {
+    if (spins < 4096) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// A thread's scratch buffer, grown as needed and reused across calls.
+float* Scratch(int which, i64 floats) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& b = buffers[which];
+  if (static_cast<i64>(b.size()) < floats) b.resize(floats);
+  return b.data();
+}
+
+// Copies image [H,W,C] into a zeroed [H+pt+pb, W+pl+pr, C] buffer.
+void PadImage(const float* src, i64 H, i64 W, i64 C, i64 pt, i64 pb, i64 pl,
+              i64 pr, float* dst) {
+  const i64 Wp = W + pl + pr, row = Wp * C;
+  std::memset(dst, 0, sizeof(float) * pt * row);
+  std::memset(dst + (pt + H) * row, 0, sizeof(float) * pb * row);
+  for (i64 h = 0; h < H; ++h) {
+    float* d = dst + (pt + h) * row;
+    std::memset(d, 0, sizeof(float) * pl * C);
+    std::memcpy(d + pl * C, src + h * W * C, sizeof(float) * W * C);
+    std::memset(d + (pl + W) * C, 0, sizeof(float) * pr * C);
+  }
+}
+
+// ------------------------------------------------------------ geometry ------
+
+struct Geometry {
+  i64 N, H, W, C;      // input
+  i64 KH, KW, K;       // kernel rows, columns, output channels
+  i64 Ho, Wo;          // output
+  i64 sh, sw;          // strides
+  i64 pt, pb, pl, pr;  // padding
+};
+
+ffi::Error CheckGeometry(const Geometry& g) {
+  if (g.sh < 1 || g.sw < 1 || g.pt < 0 || g.pb < 0 || g.pl < 0 || g.pr < 0) {
+    return ffi::Error::InvalidArgument("cpu_conv: bad strides or padding");
+  }
+  if (g.Ho != (g.H + g.pt + g.pb - g.KH) / g.sh + 1 ||
+      g.Wo != (g.W + g.pl + g.pr - g.KW) / g.sw + 1 || g.Ho < 1 || g.Wo < 1) {
+    return ffi::Error::InvalidArgument("cpu_conv: inconsistent shapes");
+  }
+  return ffi::Error::Success();
+}
+
+// ------------------------------------------------------------- forward -----
+
+// acc[p][v] = sum_kh sum_j a[kh * row + p * st + j] * b[kh * bkh + j * ldb +
+// 16 v], stored at c[p * ldc + 16 v]. ST > 0 fixes the pixel stride at compile
+// time, so every broadcast is an immediate offset from one pointer.
+template <int P, int V, int ST>
+inline void ForwardTile(const float* __restrict a, i64 st_rt, i64 row, i64 kh_n,
+                        i64 jn, const float* __restrict b, i64 ldb, i64 bkh,
+                        float* __restrict c, i64 ldc) {
+  const i64 st = ST ? ST : st_rt;
+  __m512 acc[P][V];
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_ps();
+  for (i64 kh = 0; kh < kh_n; ++kh) {
+    const float* ar = a + kh * row;
+    const float* br = b + kh * bkh;
+    for (i64 j = 0; j < jn; ++j) {
+      __m512 bv[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(br + j * ldb + 16 * v);
+#pragma GCC unroll 64
+      for (int p = 0; p < P; ++p) {
+        const __m512 av = _mm512_set1_ps(ar[p * st + j]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(av, bv[v], acc[p][v]);
+      }
+    }
+  }
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + p * ldc + 16 * v, acc[p][v]);
+}
+
+template <int V> constexpr int ForwardPixels() {
+  return V == 1 ? 16 : V == 4 ? 4 : 8;
+}
+
+template <int V, int ST, int P>
+inline void ForwardTail(int r, const float* a, i64 st, i64 row, i64 kh_n, i64 jn,
+                        const float* b, i64 ldb, i64 bkh, float* c, i64 ldc) {
+  if constexpr (P > 0) {
+    if (r == P) {
+      ForwardTile<P, V, ST>(a, st, row, kh_n, jn, b, ldb, bkh, c, ldc);
+    } else {
+      ForwardTail<V, ST, P - 1>(r, a, st, row, kh_n, jn, b, ldb, bkh, c, ldc);
+    }
+  }
+}
+
+// One image: padded input `a` [Hp, Wp, C] (row stride `row`), kernel `w`
+// [KH, KW*C, K], output `y` [Ho, Wo, K].
+template <int V, int ST>
+void ForwardImage(const Geometry& g, const float* a, i64 row, const float* w,
+                  float* y) {
+  constexpr int P = ForwardPixels<V>();
+  const i64 st = g.sw * g.C, jn = g.KW * g.C, bkh = jn * g.K;
+  for (i64 c0 = 0; c0 < g.K; c0 += 16 * V) {
+    for (i64 oh = 0; oh < g.Ho; ++oh) {
+      const float* ar = a + oh * g.sh * row;
+      float* yr = y + oh * g.Wo * g.K + c0;
+      i64 ow = 0;
+      for (; ow + P <= g.Wo; ow += P) {
+        ForwardTile<P, V, ST>(ar + ow * st, st, row, g.KH, jn, w + c0, g.K, bkh,
+                              yr + ow * g.K, g.K);
+      }
+      if (ow < g.Wo) {
+        ForwardTail<V, ST, P - 1>(static_cast<int>(g.Wo - ow), ar + ow * st, st,
+                                  row, g.KH, jn, w + c0, g.K, bkh,
+                                  yr + ow * g.K, g.K);
+      }
+    }
+  }
+}
+
+using ForwardImageFn = void (*)(const Geometry&, const float*, i64,
+                                const float*, float*);
+
+template <int V>
+ForwardImageFn PickForwardStride(i64 st) {
+  switch (st) {
+    case 3: return ForwardImage<V, 3>;
+    case 16: return ForwardImage<V, 16>;
+    case 32: return ForwardImage<V, 32>;
+    case 64: return ForwardImage<V, 64>;
+    default: return ForwardImage<V, 0>;
+  }
+}
+
+int Vectors(i64 channels) {
+  const i64 blocks = channels / 16;
+  if (blocks % 4 == 0) return 4;
+  if (blocks % 3 == 0) return 3;
+  if (blocks % 2 == 0) return 2;
+  return 1;
+}
+
+ForwardImageFn PickForward(i64 K, i64 st) {
+  switch (Vectors(K)) {
+    case 1: return PickForwardStride<1>(st);
+    case 2: return PickForwardStride<2>(st);
+    case 3: return PickForwardStride<3>(st);
+    default: return ForwardImage<4, 0>;  // P = 4 pointers need no template.
+  }
+}
+
+// y = conv(x, w) over the batch; w is [KH, KW, C, K].
+void Forward(ffi::ThreadPool& pool, int threads, const Geometry& g,
+             const float* x, const float* w, float* y) {
+  const ForwardImageFn image = PickForward(g.K, g.sw * g.C);
+  const bool padded = g.pt || g.pb || g.pl || g.pr;
+  const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
+  ParallelFor(pool, threads, g.N, [&](int, i64 n) {
+    const float* src = x + n * g.H * g.W * g.C;
+    const float* a = src;
+    if (padded) {
+      float* buf = Scratch(0, Hp * row);
+      PadImage(src, g.H, g.W, g.C, g.pt, g.pb, g.pl, g.pr, buf);
+      a = buf;
+    }
+    image(g, a, row, w, y + n * g.Ho * g.Wo * g.K);
+  });
+}
+
+// ------------------------------------------------------ input gradient -----
+
+// acc[p][v] = sum_k dy[p * st + k] * wt[k * ldw + 16 v], added into
+// d[p * dst + 16 v] (pixels in order, so overlapping windows add up).
+template <int P, int V, int ST>
+inline void ScatterTile(const float* __restrict dy, i64 st_rt, i64 K,
+                        const float* __restrict wt, i64 ldw, float* d,
+                        i64 dst) {
+  const i64 st = ST ? ST : st_rt;
+  __m512 acc[P][V];
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_ps();
+  for (i64 k = 0; k < K; ++k) {
+    __m512 bv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(wt + k * ldw + 16 * v);
+#pragma GCC unroll 64
+    for (int p = 0; p < P; ++p) {
+      const __m512 av = _mm512_set1_ps(dy[p * st + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(av, bv[v], acc[p][v]);
+    }
+  }
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      float* o = d + p * dst + 16 * v;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[p][v]));
+    }
+}
+
+template <int V, int ST, int P>
+inline void ScatterTail(int r, const float* dy, i64 st, i64 K, const float* wt,
+                        i64 ldw, float* d, i64 dst) {
+  if constexpr (P > 0) {
+    if (r == P) {
+      ScatterTile<P, V, ST>(dy, st, K, wt, ldw, d, dst);
+    } else {
+      ScatterTail<V, ST, P - 1>(r, dy, st, K, wt, ldw, d, dst);
+    }
+  }
+}
+
+// One image: dy [Ho, Wo, K], wt [KH, K, KW*C] -> padded dx [Hp, Wp, C].
+template <int V, int ST>
+void ScatterImage(const Geometry& g, const float* dy, const float* wt,
+                  float* dxp) {
+  constexpr int P = ForwardPixels<V>();
+  const i64 jn = g.KW * g.C, row = (g.W + g.pl + g.pr) * g.C;
+  const i64 dst = g.sw * g.C;
+  for (i64 oh = 0; oh < g.Ho; ++oh) {
+    const float* dyr = dy + oh * g.Wo * g.K;
+    for (i64 kh = 0; kh < g.KH; ++kh) {
+      const float* wk = wt + kh * g.K * jn;
+      float* dr = dxp + (oh * g.sh + kh) * row;
+      for (i64 j0 = 0; j0 < jn; j0 += 16 * V) {
+        i64 ow = 0;
+        for (; ow + P <= g.Wo; ow += P) {
+          ScatterTile<P, V, ST>(dyr + ow * g.K, g.K, g.K, wk + j0, jn,
+                                dr + ow * dst + j0, dst);
+        }
+        if (ow < g.Wo) {
+          ScatterTail<V, ST, P - 1>(static_cast<int>(g.Wo - ow),
+                                    dyr + ow * g.K, g.K, g.K, wk + j0, jn,
+                                    dr + ow * dst + j0, dst);
+        }
+      }
+    }
+  }
+}
+
+using ScatterImageFn = void (*)(const Geometry&, const float*, const float*,
+                                float*);
+
+template <int V>
+ScatterImageFn PickScatterStride(i64 st) {
+  switch (st) {
+    case 16: return ScatterImage<V, 16>;
+    case 32: return ScatterImage<V, 32>;
+    case 64: return ScatterImage<V, 64>;
+    default: return ScatterImage<V, 0>;
+  }
+}
+
+ScatterImageFn PickScatter(i64 jn, i64 K) {
+  switch (Vectors(jn)) {
+    case 1: return PickScatterStride<1>(K);
+    case 2: return PickScatterStride<2>(K);
+    case 3: return PickScatterStride<3>(K);
+    default: return ScatterImage<4, 0>;
+  }
+}
+
+// dx = d conv / d x applied to dy; needs C % 16 == 0.
+void InputGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
+               const float* dy, const float* w, float* dx) {
+  const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
+  if (g.sh == 1 && g.sw == 1) {
+    // dx = conv(pad(dy), w') with w'[kh][kw][k][c] = w[KH-1-kh][KW-1-kw][c][k].
+    std::vector<float> wf(KH * KW * C * K);
+    for (i64 kh = 0; kh < KH; ++kh)
+      for (i64 kw = 0; kw < KW; ++kw)
+        for (i64 c = 0; c < C; ++c)
+          for (i64 k = 0; k < K; ++k)
+            wf[((kh * KW + kw) * K + k) * C + c] =
+                w[(((KH - 1 - kh) * KW + (KW - 1 - kw)) * C + c) * K + k];
+    Geometry t{g.N, g.Ho, g.Wo, K, KH, KW, C, g.H, g.W, 1, 1,
+               KH - 1 - g.pt, KH - 1 - g.pb, KW - 1 - g.pl, KW - 1 - g.pr};
+    Forward(pool, threads, t, dy, wf.data(), dx);
+    return;
+  }
+  // Strided: col2im. wt[kh][k][kw*C + c] = w[kh][kw][c][k].
+  const i64 jn = KW * C;
+  std::vector<float> wt(KH * K * jn);
+  for (i64 kh = 0; kh < KH; ++kh)
+    for (i64 j = 0; j < jn; ++j)
+      for (i64 k = 0; k < K; ++k)
+        wt[(kh * K + k) * jn + j] = w[(kh * jn + j) * K + k];
+  const ScatterImageFn image = PickScatter(jn, K);
+  const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
+  ParallelFor(pool, threads, g.N, [&](int, i64 n) {
+    float* buf = Scratch(1, Hp * Wp * C);
+    std::memset(buf, 0, sizeof(float) * Hp * Wp * C);
+    image(g, dy + n * g.Ho * g.Wo * K, wt.data(), buf);
+    float* out = dx + n * g.H * g.W * C;
+    for (i64 h = 0; h < g.H; ++h) {
+      std::memcpy(out + h * g.W * C, buf + ((h + g.pt) * Wp + g.pl) * C,
+                  sizeof(float) * g.W * C);
+    }
+  });
+}
+
+// ----------------------------------------------------- kernel gradient -----
+
+// acc[r][v] = sum over `rows` rows and `wo` pixels of a[ow * st + r] *
+// dy[ow * K + 16 v], added into dw[r * K + 16 v].
+template <int R, int V>
+inline void KernelGradTile(const float* __restrict a, i64 arow, i64 st,
+                           const float* __restrict dy, i64 dyrow, i64 K,
+                           i64 rows, i64 wo, float* __restrict dw) {
+  __m512 acc[R][V];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (i64 i = 0; i < rows; ++i) {
+    const float* ar = a + i * arow;
+    const float* gr = dy + i * dyrow;
+    for (i64 ow = 0; ow < wo; ++ow, ar += st, gr += K) {
+      __m512 gv[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) gv[v] = _mm512_loadu_ps(gr + 16 * v);
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r) {
+        const __m512 av = _mm512_set1_ps(ar[r]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, gv[v], acc[r][v]);
+      }
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      float* o = dw + r * K + 16 * v;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[r][v]));
+    }
+}
+
+template <int V> constexpr int KernelGradRows() {
+  return V == 1 ? 24 : V == 2 ? 12 : V == 3 ? 8 : 6;
+}
+
+template <int V, int R>
+inline void KernelGradTail(int r, const float* a, i64 arow, i64 st,
+                           const float* dy, i64 dyrow, i64 K, i64 rows, i64 wo,
+                           float* dw) {
+  if constexpr (R > 0) {
+    if (r == R) {
+      KernelGradTile<R, V>(a, arow, st, dy, dyrow, K, rows, wo, dw);
+    } else {
+      KernelGradTail<V, R - 1>(r, a, arow, st, dy, dyrow, K, rows, wo, dw);
+    }
+  }
+}
+
+// One image into dw [KH, KW*C, K]: padded input a [Hp, Wp, C] (row stride
+// `row`), dy [Ho, Wo, K]. Output rows are taken in chunks whose input and dy
+// rows fit in L1, and every tile is reduced over a whole chunk.
+template <int V>
+void KernelGradImage(const Geometry& g, const float* a, i64 row,
+                     const float* dy, float* dw) {
+  constexpr int R = KernelGradRows<V>();
+  const i64 jn = g.KW * g.C, st = g.sw * g.C, dyrow = g.Wo * g.K;
+  const i64 bytes_per_row = sizeof(float) * (g.sh * row + dyrow);
+  const i64 chunk = std::max<i64>(1, (24 * 1024) / bytes_per_row);
+  for (i64 r0 = 0; r0 < g.Ho; r0 += chunk) {
+    const i64 rows = std::min(chunk, g.Ho - r0);
+    const float* gr = dy + r0 * dyrow;
+    for (i64 kh = 0; kh < g.KH; ++kh) {
+      const float* ar = a + (r0 * g.sh + kh) * row;
+      for (i64 c0 = 0; c0 < g.K; c0 += 16 * V) {
+        float* d = dw + kh * jn * g.K + c0;
+        i64 j = 0;
+        for (; j + R <= jn; j += R) {
+          KernelGradTile<R, V>(ar + j, g.sh * row, st, gr + c0, dyrow, g.K,
+                               rows, g.Wo, d + j * g.K);
+        }
+        if (j < jn) {
+          KernelGradTail<V, R - 1>(static_cast<int>(jn - j), ar + j,
+                                   g.sh * row, st, gr + c0, dyrow, g.K, rows,
+                                   g.Wo, d + j * g.K);
+        }
+      }
+    }
+  }
+}
+
+using KernelGradImageFn = void (*)(const Geometry&, const float*, i64,
+                                   const float*, float*);
+
+KernelGradImageFn PickKernelGrad(i64 K) {
+  switch (Vectors(K)) {
+    case 1: return KernelGradImage<1>;
+    case 2: return KernelGradImage<2>;
+    case 3: return KernelGradImage<3>;
+    default: return KernelGradImage<4>;
+  }
+}
+
+// The batch is cut into a number of parts fixed by the shape alone (never by
+// the thread count), each part sums its images in order into a buffer of its
+// own, and the buffers are added in order: the result is bitwise the same on
+// every run and every machine, whichever thread ran which part.
+i64 KernelGradParts(i64 N, i64 size) {
+  const i64 budget = (32 << 20) / (sizeof(float) * size);  // 32 MB of copies
+  return std::max<i64>(1, std::min<i64>(N, std::clamp<i64>(budget, 2, 8)));
+}
+
+void KernelGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
+                const float* x, const float* dy, float* dw) {
+  const KernelGradImageFn image = PickKernelGrad(g.K);
+  const bool padded = g.pt || g.pb || g.pl || g.pr;
+  const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
+  const i64 size = g.KH * g.KW * g.C * g.K;
+  const i64 parts = KernelGradParts(g.N, size);
+  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
+  ParallelFor(pool, threads, parts, [&](int, i64 part) {
+    float* acc = part == 0 ? dw : copies.data() + (part - 1) * size;
+    std::memset(acc, 0, sizeof(float) * size);
+    for (i64 n = part * g.N / parts; n < (part + 1) * g.N / parts; ++n) {
+      const float* src = x + n * g.H * g.W * g.C;
+      const float* a = src;
+      if (padded) {
+        float* buf = Scratch(0, Hp * row);
+        PadImage(src, g.H, g.W, g.C, g.pt, g.pb, g.pl, g.pr, buf);
+        a = buf;
+      }
+      image(g, a, row, dy + n * g.Ho * g.Wo * g.K, acc);
+    }
+  });
+  for (i64 part = 1; part < parts; ++part) {
+    const float* p = copies.data() + (part - 1) * size;
+    for (i64 i = 0; i < size; ++i) dw[i] += p[i];
+  }
+}
+
+// ------------------------------------------------------------ handlers -----
+
+struct Attrs {
+  i64 sh, sw, pt, pb, pl, pr, threads;
+};
+
+ffi::Error MakeGeometry(ffi::Buffer<ffi::F32>::Dimensions x,
+                        ffi::Buffer<ffi::F32>::Dimensions w,
+                        ffi::Buffer<ffi::F32>::Dimensions y, const Attrs& at,
+                        Geometry* g) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
+    return ffi::Error::InvalidArgument("cpu_conv: operands must be rank 4");
+  }
+  *g = Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
+                at.sh, at.sw, at.pt, at.pb, at.pl, at.pr};
+  if (w[2] != x[3] || y[0] != x[0] || y[3] != w[3]) {
+    return ffi::Error::InvalidArgument("cpu_conv: channel counts disagree");
+  }
+  if (g->K % 16) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv: output channels must be a multiple of 16");
+  }
+  return CheckGeometry(*g);
+}
+
+#define JR_TRY(expr)                  \
+  do {                                \
+    ffi::Error e = (expr);            \
+    if (e.failure()) return e;        \
+  } while (0)
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, i64 sh, i64 sw, i64 pt,
+                       i64 pb, i64 pl, i64 pr, i64 threads) {
+  Geometry g;
+  JR_TRY(MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(),
+                      {sh, sw, pt, pb, pl, pr, threads}, &g));
+  Forward(pool, static_cast<int>(threads), g, x.typed_data(), w.typed_data(),
+          y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                         ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> dx, i64 sh, i64 sw,
+                         i64 pt, i64 pb, i64 pl, i64 pr, i64 threads) {
+  Geometry g;
+  JR_TRY(MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(),
+                      {sh, sw, pt, pb, pl, pr, threads}, &g));
+  if (g.C % 16) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv: input gradient needs input channels a multiple of 16");
+  }
+  if (g.sh == 1 && g.sw == 1 &&
+      (g.pt >= g.KH || g.pb >= g.KH || g.pl >= g.KW || g.pr >= g.KW)) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv: input gradient needs padding smaller than the kernel");
+  }
+  InputGrad(pool, static_cast<int>(threads), g, dy.typed_data(),
+            w.typed_data(), dx->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, i64 sh, i64 sw,
+                          i64 pt, i64 pb, i64 pl, i64 pr, i64 threads) {
+  Geometry g;
+  JR_TRY(MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(),
+                      {sh, sw, pt, pb, pl, pr, threads}, &g));
+  KernelGrad(pool, static_cast<int>(threads), g, x.typed_data(),
+             dy.typed_data(), dw->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define JR_BIND()                                         \
+  ffi::Ffi::Bind()                                      \
+      .Ctx<ffi::ThreadPool>()                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                     \
+      .Arg<ffi::Buffer<ffi::F32>>()                     \
+      .Ret<ffi::Buffer<ffi::F32>>()                     \
+      .Attr<i64>("stride_h")                            \
+      .Attr<i64>("stride_w")                            \
+      .Attr<i64>("pad_top")                             \
+      .Attr<i64>("pad_bottom")                          \
+      .Attr<i64>("pad_left")                            \
+      .Attr<i64>("pad_right")                           \
+      .Attr<i64>("threads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_forward, ForwardImpl,
+                              JR_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_input_grad, InputGradImpl,
+                              JR_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_kernel_grad, KernelGradImpl,
+                              JR_BIND());
+
+// 1 when this CPU runs the instructions the library was compiled for.
+extern "C" int jax_resnet_conv_cpu_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+}
