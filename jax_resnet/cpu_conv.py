@@ -147,6 +147,10 @@ def _output_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
 
 
 def _call(target: str, out_shape, a, b, strides, padding) -> jax.Array:
+  ok, reason = load()  # Registers the targets on first use.
+  if not ok:
+    raise RuntimeError(f'The CPU convolution kernels cannot run here: '
+                       f'{reason}.')
   (pt, pb), (pl, pr) = padding
   return jax.ffi.ffi_call(
       target, jax.ShapeDtypeStruct(out_shape, jnp.float32),
