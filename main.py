@@ -60,5 +60,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  platform.restart_with_process_settings()
   config_overrides.check_command_line(sys.argv)
   app.run(main)

@@ -72,9 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Off by default: XLA:CPU runs convolutions inside loops 5-50x slower (see
   # README, Performance); worth it on GPU/TPU for very deep networks.
   config.model.scan_blocks = False
-  # Convolution backend: 'auto' (the project's AVX-512 CPU kernels on an
-  # x86-64 CPU that has them, XLA elsewhere: GPU, TPU, other CPUs), 'xla', or
-  # 'cpu_kernels' (an error where they cannot run). See jax_resnet/cpu_conv.py.
+  # Convolution and BatchNorm backend: 'auto' (the project's AVX-512 CPU
+  # kernels on an x86-64 CPU that has them, XLA elsewhere: GPU, TPU, other
+  # CPUs), 'xla', or 'cpu_kernels' (an error where they cannot run). See
+  # jax_resnet/cpu_kernels.py.
   config.model.conv_backend = 'auto'
   # Block hyper-parameters: None keeps the block's default (in brackets);
   # setting one the block does not take is an error.

@@ -20,6 +20,13 @@ differs is the compiled program, which matters on CPU:
 
 Statistics and the normalisation are computed in float32 whatever the input
 dtype; the output is cast to ``dtype``.
+
+With ``use_kernels`` (``model.conv_backend`` resolving to 'cpu_kernels'), a
+float32 BatchNorm whose channels are a multiple of 16 runs the same passes as
+the project's multi-threaded AVX-512 kernels (``cpu_batch_norm.cc``): the
+statistics in one pass with double-precision sums, the normalisation (+ ReLU)
+in one, and the backward pass as one reduction and one element-wise pass.
+XLA:CPU runs these fusions on one thread.
 """
 
 import functools
@@ -29,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jax_resnet import cpu_kernels
 
 
 def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,
@@ -41,6 +50,22 @@ def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,
   return jnp.where(y > 0, y, jnp.zeros_like(y)) if relu else y
 
 
+def kernels_run(x: jax.Array, dtype: Any) -> bool:
+  """Whether the CPU kernels take a float32 BatchNorm of ``x``."""
+  return (x.dtype == jnp.float32 and jnp.dtype(dtype) == jnp.float32 and
+          x.ndim >= 2 and x.shape[-1] % cpu_kernels.LANES == 0)
+
+
+def _vector(c: int) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((c,), jnp.float32)
+
+
+def _kernel_affine(x, mean, a, bias, relu):
+  return cpu_kernels.call('jax_resnet_bn_apply',
+                          jax.ShapeDtypeStruct(x.shape, jnp.float32), x, mean,
+                          a, bias, relu=int(relu))
+
+
 def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   axes = tuple(range(x.ndim - 1))
   mean = jnp.mean(x, axes)
@@ -48,19 +73,28 @@ def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array,
-              epsilon: float, relu: bool,
-              dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+              epsilon: float, relu: bool, dtype: Any,
+              use_kernels: bool = False
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Training-mode BN (+ ReLU) of ``x`` over all axes but the last.
 
   Returns ``(y, batch_mean, batch_var)``; the batch statistics are returned for
-  the running averages and are differentiable too.
+  the running averages and are differentiable too. ``use_kernels`` runs the
+  passes on the CPU kernels where ``kernels_run``.
   """
-  return _normalize_fwd(x, scale, bias, epsilon, relu, dtype)[0]
+  return _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels)[0]
 
 
-def _normalize_fwd(x, scale, bias, epsilon, relu, dtype):
+def _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels):
+  if use_kernels and kernels_run(x, dtype):
+    c = x.shape[-1]
+    mean, var = cpu_kernels.call('jax_resnet_bn_stats',
+                                 (_vector(c), _vector(c)), x)
+    inv = lax.rsqrt(var + epsilon)
+    y = _kernel_affine(x, mean, inv * scale, bias, relu)
+    return (y, mean, var), (x, y if relu else None, mean, inv, scale)
   x32 = x.astype(jnp.float32)
   mean, var = _moments(x32)
   inv = lax.rsqrt(var + epsilon)
@@ -70,10 +104,24 @@ def _normalize_fwd(x, scale, bias, epsilon, relu, dtype):
   return (y, mean, var), (x, y if relu else None, mean, inv, scale)
 
 
-def _normalize_bwd(epsilon, relu, dtype, residuals, cotangents):
-  del epsilon, dtype
+def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
+  del epsilon
   x, y, mean, inv, scale = residuals
   g, g_mean, g_var = cotangents
+  if use_kernels and kernels_run(x, dtype):
+    c, count = x.shape[-1], x.size // x.shape[-1]
+    mask = y if relu else g  # Not read without ReLU.
+    sum_g, sum_gx = cpu_kernels.call('jax_resnet_bn_grad_sums',
+                                     (_vector(c), _vector(c)), g, x, mask,
+                                     mean, relu=int(relu))
+    sum_g_xhat = sum_gx * inv
+    a = inv * scale
+    k1 = -a * inv * sum_g_xhat / count + 2.0 * g_var / count
+    k0 = -a * sum_g / count + g_mean / count
+    dx = cpu_kernels.call('jax_resnet_bn_grad_apply',
+                          jax.ShapeDtypeStruct(x.shape, jnp.float32), g, x,
+                          mask, mean, a, k1, k0, relu=int(relu))
+    return dx, sum_g_xhat, sum_g
   if relu:
     g = jnp.where(y > 0, g, jnp.zeros_like(g))
   g = g.astype(jnp.float32)
@@ -103,12 +151,14 @@ class BatchNorm(nn.Module):
       momentum m is 1 - m here; ``layers.norm_partial`` converts).
     epsilon: added to the variance.
     dtype: output dtype (None: the input's).
+    use_kernels: run float32 BatchNorm on the project's CPU kernels.
   """
 
   use_running_average: bool = False
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Optional[Any] = None
+  use_kernels: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, relu: bool = False) -> jax.Array:
@@ -122,9 +172,12 @@ class BatchNorm(nn.Module):
     dtype = self.dtype or x.dtype
     if self.use_running_average:
       a = lax.rsqrt(ra_var.value + self.epsilon) * scale
+      if self.use_kernels and kernels_run(x, dtype):
+        return _kernel_affine(x, ra_mean.value, a, bias, relu)
       y = _affine(x.astype(jnp.float32), ra_mean.value, a, bias, relu)
       return y.astype(dtype)
-    y, mean, var = normalize(x, scale, bias, self.epsilon, relu, dtype)
+    y, mean, var = normalize(x, scale, bias, self.epsilon, relu, dtype,
+                             self.use_kernels)
     if not self.is_initializing():
       keep = self.momentum
       ra_mean.value = keep * ra_mean.value + (1 - keep) * lax.stop_gradient(

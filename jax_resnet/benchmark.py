@@ -274,7 +274,9 @@ def run_worker(framework: str, network: str) -> dict[str, float]:
           f'--worker={framework}:{network}'] + [
               a for a in sys.argv[1:] if not a.startswith('--worker')]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  from jax_resnet import platform  # pylint: disable=g-import-not-at-top
+  env = platform.process_environment(dict(os.environ,
+                                          TF_CPP_MIN_LOG_LEVEL='2'))
   env['PYTHONPATH'] = os.pathsep.join(
       [root] + [p for p in [env.get('PYTHONPATH')] if p])
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -24,12 +24,9 @@
 //   batch is cut into parts, each summed into a private dw, and the copies are
 //   added at the end in a fixed order (deterministic results).
 //
-// Work is split over images (or parts of the batch) between the calling
-// thread and helpers on XLA's own intra-op thread pool (so nothing is
-// oversubscribed): every thread claims work from an atomic counter, and the
-// caller waits only for work that was claimed, never for a helper that has
-// not started, so two kernels running at once on a busy pool cannot deadlock.
-// No result depends on which thread did what.
+// Work is split over images (or parts of the batch) between threads of XLA's
+// own intra-op pool (cpu_parallel.h). No result depends on which thread did
+// what.
 //
 // Shapes a kernel cannot run (K or, for the input gradient, C not a multiple
 // of 16; padding beyond the kernel) are refused with an error, never an abort;
@@ -38,74 +35,19 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <string>
-#include <thread>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
-using i64 = int64_t;
+using jax_resnet::i64;
+using jax_resnet::ParallelFor;
+using jax_resnet::Scratch;
 
 namespace {
-
-// ---------------------------------------------------------------- threads --
-
-struct WorkQueue {
-  std::atomic<i64> next{0};
-  std::atomic<i64> done{0};
-  i64 total = 0;
-  std::function<void(int, i64)> body;  // Valid while done < total.
-};
-
-void Drain(WorkQueue& q, int slot) {
-  i64 finished = 0;
-  for (i64 i; (i = q.next.fetch_add(1, std::memory_order_relaxed)) < q.total;
-       ++finished) {
-    q.body(slot, i);
-  }
-  if (finished) q.done.fetch_add(finished, std::memory_order_release);
-}
-
-// Runs body(slot, i) for i in [0, total) on up to `threads` threads; slot is
-// the thread's index in [0, threads), the caller's being 0.
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int threads, i64 total, F&& body) {
-  if (total <= 0) return;
-  threads = static_cast<int>(std::max<i64>(1, std::min<i64>(threads, total)));
-  if (threads == 1) {
-    for (i64 i = 0; i < total; ++i) body(0, i);
-    return;
-  }
-  auto q = std::make_shared<WorkQueue>();
-  q->total = total;
-  q->body = [&body](int slot, i64 i) { body(slot, i); };
-  for (int t = 1; t < threads; ++t) {
-    pool.Schedule([q, t] { Drain(*q, t); });
-  }
-  Drain(*q, 0);
-  for (int spins = 0; q->done.load(std::memory_order_acquire) < total;
-       ++spins) {
-    if (spins < 4096) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
-// A thread's scratch buffer, grown as needed and reused across calls.
-float* Scratch(int which, i64 floats) {
-  thread_local std::vector<float> buffers[2];
-  std::vector<float>& b = buffers[which];
-  if (static_cast<i64>(b.size()) < floats) b.resize(floats);
-  return b.data();
-}
 
 // Copies image [H,W,C] into a zeroed [H+pt+pb, W+pl+pr, C] buffer.
 void PadImage(const float* src, i64 H, i64 W, i64 C, i64 pt, i64 pb, i64 pl,
@@ -638,7 +580,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_kernel_grad, KernelGradImpl,
                               JR_BIND());
 
 // 1 when this CPU runs the instructions the library was compiled for.
-extern "C" int jax_resnet_conv_cpu_supported() {
+extern "C" int jax_resnet_cpu_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512dq") &&

@@ -90,7 +90,8 @@ class DenseNet(nn.Module):
     bn_momentum: BatchNorm momentum in PyTorch terms.
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
-    conv_backend: convolution backend (``cpu_conv.BACKENDS``).
+    conv_backend: ``cpu_kernels.BACKENDS``: XLA or the project's CPU
+      kernels for convolutions and BatchNorm.
   """
 
   stage_sizes: Sequence[int]
@@ -114,7 +115,7 @@ class DenseNet(nn.Module):
     conv = layers.conv_partial(self.dtype, layers.DENSENET_INIT,
                                backend=self.conv_backend)
     norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
-                               self.dtype)
+                               self.dtype, backend=self.conv_backend)
     stem = 2 * self.growth_rate if self.bottleneck else 16
     x = conv(stem, (3, 3), name='stem_conv')(x)
     for stage, size in enumerate(self.stage_sizes, start=1):

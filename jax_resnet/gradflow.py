@@ -372,6 +372,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  platform.restart_with_process_settings()
   config_overrides.check_command_line(sys.argv)
   define_flags()
   app.run(main)

@@ -488,6 +488,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  platform.restart_with_process_settings()
   # Before the flags: ml_collections reads the overrides when --config is
   # defined, and its error for an unknown field is a traceback.
   config_overrides.exit_on_unknown_fields(sys.argv, default_config())

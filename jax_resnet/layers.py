@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax_resnet import batch_norm
 from jax_resnet import canonical_conv
 from jax_resnet import cpu_conv
+from jax_resnet import cpu_kernels
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -97,7 +98,7 @@ def conv_backend_of(model_config) -> str:
   Raises:
     ValueError: an unknown backend, or 'cpu_kernels' where they cannot run.
   """
-  return cpu_conv.resolve(model_config.get('conv_backend', 'auto'))
+  return cpu_kernels.resolve(model_config.get('conv_backend', 'auto'))
 
 
 def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
@@ -105,7 +106,7 @@ def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
                  backend: str = 'auto') -> Any:
   """Bias-free, 3x3-padded ``nn.Conv`` in ``dtype`` with the network's init.
 
-  ``backend`` (``cpu_conv.BACKENDS``) picks the convolution: with
+  ``backend`` (``cpu_kernels.BACKENDS``) picks the convolution: with
   'cpu_kernels' the project's CPU kernels run every convolution they support
   (``cpu_conv``) and XLA the rest. ``canonical_gradients`` states XLA's
   convolution gradients as canonical convolutions (``canonical_conv``), which
@@ -113,7 +114,7 @@ def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
   """
   xla_conv = (canonical_conv.conv_general_dilated if canonical_gradients
               else None)
-  if cpu_conv.resolve(backend) == 'cpu_kernels':
+  if cpu_kernels.resolve(backend) == 'cpu_kernels':
     conv = functools.partial(cpu_conv.conv_general_dilated, fallback=xla_conv)
   else:
     conv = xla_conv
@@ -123,16 +124,19 @@ def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
 
 
 def norm_partial(train: bool, momentum: float, epsilon: float,
-                 dtype: Any) -> Any:
+                 dtype: Any, backend: str = 'auto') -> Any:
   """``batch_norm.BatchNorm`` with PyTorch's momentum convention (new-batch
   weight); call it as ``norm(name=...)(x)`` or ``(x, relu=True)`` for BN-ReLU.
 
   The batch variance is computed as E[(x - mean)^2], as PyTorch does, not as
-  E[x^2] - mean^2, which cancels badly on small or offset inputs.
+  E[x^2] - mean^2, which cancels badly on small or offset inputs (the CPU
+  kernels, with ``backend`` resolving to 'cpu_kernels', sum in double
+  precision instead).
   """
-  return functools.partial(batch_norm.BatchNorm, use_running_average=not train,
-                           momentum=1.0 - momentum, epsilon=epsilon,
-                           dtype=dtype)
+  return functools.partial(
+      batch_norm.BatchNorm, use_running_average=not train,
+      momentum=1.0 - momentum, epsilon=epsilon, dtype=dtype,
+      use_kernels=cpu_kernels.resolve(backend) == 'cpu_kernels')
 
 
 def classifier(x: jax.Array, num_classes: int, dtype: Any,

@@ -81,7 +81,8 @@ class CifarResNet(nn.Module):
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
     scan_blocks: scan over blocks 2..n of each stage instead of unrolling.
-    conv_backend: convolution backend (``cpu_conv.BACKENDS``).
+    conv_backend: ``cpu_kernels.BACKENDS``: XLA or the project's CPU
+      kernels for convolutions and BatchNorm.
     weight_init: initialisers of the convolutions and the head.
   """
 
@@ -107,7 +108,7 @@ class CifarResNet(nn.Module):
                                canonical_gradients=self.scan_blocks,
                                backend=self.conv_backend)
     norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
-                               self.dtype)
+                               self.dtype, backend=self.conv_backend)
     preact = self.block_cls.preactivation
     stem_planes = self.stem_planes or self.stage_planes[0]
 

@@ -3,10 +3,10 @@
 The library is built with the system C++ compiler (``$CXX``, else ``g++``)
 and explicit ISA flags, never ``-march=native``, and cached under
 ``$JAX_RESNET_CACHE`` (default ``$XDG_CACHE_HOME/jax_resnet``, i.e.
-``~/.cache/jax_resnet``). The file name is a hash of the source, the compiler
-command, the CPU's features and the jaxlib version whose FFI headers it was
-built against, so any change builds a new library and never loads a stale
-one. The compiler writes to a temporary file that is renamed into place, so
+``~/.cache/jax_resnet``). The file name is a hash of the source and its
+headers, the compiler command, the CPU's features and the jaxlib version whose
+FFI headers it was built against, so any change builds a new library and never
+loads a stale one. The compiler writes to a temporary file that is renamed into place, so
 two processes compiling at once each end with a whole library.
 """
 
@@ -37,12 +37,16 @@ def compiler() -> list[str]:
   return shlex.split(os.environ.get('CXX') or 'g++')
 
 
-def library_path(source: str, flags: Sequence[str], key: str) -> str:
-  """The cached library's path for this source, command and machine key."""
-  with open(source, 'rb') as f:
-    text = f.read()
+def library_path(source: str, flags: Sequence[str], key: str,
+                 depends: Sequence[str] = ()) -> str:
+  """The cached library's path for this source (and the headers it includes,
+  ``depends``), compiler command and machine key."""
+  texts = []
+  for path in (source, *depends):
+    with open(path, 'rb') as f:
+      texts.append(f.read())
   digest = hashlib.sha256()
-  for part in (text, ' '.join(compiler() + list(flags)).encode(),
+  for part in (*texts, ' '.join(compiler() + list(flags)).encode(),
                key.encode()):
     digest.update(part)
     digest.update(b'\0')
@@ -50,13 +54,15 @@ def library_path(source: str, flags: Sequence[str], key: str) -> str:
   return os.path.join(cache_dir(), f'{name}-{digest.hexdigest()[:16]}.so')
 
 
-def build(source: str, flags: Sequence[str], key: str) -> str:
+def build(source: str, flags: Sequence[str], key: str,
+          depends: Sequence[str] = ()) -> str:
   """Returns the path of the compiled ``source``, compiling it if needed.
 
   Args:
     source: the C++ file.
     flags: compiler flags (ISA, include paths, optimisation).
     key: what else the library depends on (CPU features, jaxlib version).
+    depends: headers the source includes.
 
   Returns:
     The shared library's path.
@@ -64,7 +70,7 @@ def build(source: str, flags: Sequence[str], key: str) -> str:
   Raises:
     BuildError: no compiler, or the compile failed (with its first errors).
   """
-  path = library_path(source, flags, key)
+  path = library_path(source, flags, key, depends)
   if os.path.exists(path):
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -75,7 +75,7 @@ def _budget(depth: int, time_conv, time_norm, time_add_relu) -> dict:
 def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
   """Per-op budget of the project's JAX step (call after platform setup).
 
-  Convolutions run on ``conv_backend`` (``cpu_conv.BACKENDS``).
+  Convolutions run on ``conv_backend`` (``cpu_kernels.BACKENDS``).
   """
   # pylint: disable=g-import-not-at-top
   import jax
@@ -84,8 +84,9 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
   import numpy as np
   from jax_resnet import batch_norm
   from jax_resnet import cpu_conv
+  from jax_resnet import cpu_kernels
   # pylint: enable=g-import-not-at-top
-  kernels = cpu_conv.resolve(conv_backend) == 'cpu_kernels'
+  kernels = cpu_kernels.resolve(conv_backend) == 'cpu_kernels'
   conv_general_dilated = (cpu_conv.conv_general_dilated if kernels
                           else lax.conv_general_dilated)
   rng = np.random.default_rng(0)

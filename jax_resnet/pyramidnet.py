@@ -103,7 +103,8 @@ class PyramidNet(nn.Module):
     bn_momentum: BatchNorm momentum in PyTorch terms.
     bn_epsilon: BatchNorm epsilon.
     dtype: computation dtype; parameters stay float32.
-    conv_backend: convolution backend (``cpu_conv.BACKENDS``).
+    conv_backend: ``cpu_kernels.BACKENDS``: XLA or the project's CPU
+      kernels for convolutions and BatchNorm.
   """
 
   stage_sizes: Sequence[int]
@@ -125,7 +126,7 @@ class PyramidNet(nn.Module):
     conv = layers.conv_partial(self.dtype, layers.PYRAMIDNET_INIT,
                                backend=self.conv_backend)
     norm = layers.norm_partial(train, self.bn_momentum, self.bn_epsilon,
-                               self.dtype)
+                               self.dtype, backend=self.conv_backend)
     block_cls = PyramidBottleneck if self.bottleneck else PyramidBlock
     x = conv(STEM_PLANES, (3, 3), name='stem_conv')(x)
     # No ReLU: every block starts with BN.

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jax_resnet import cpu_conv
+from jax_resnet import cpu_kernels
 from jax_resnet import layers
 from jax_resnet import models
 from jax_resnet import native_build
@@ -22,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DN = ('NHWC', 'HWIO', 'NHWC')
 
 kernels_only = pytest.mark.skipif(
-    not cpu_conv.cpu_can_run()[0],
-    reason=f'this CPU cannot run the kernels: {cpu_conv.cpu_can_run()[1]}')
+    not cpu_kernels.cpu_can_run()[0],
+    reason=f'this CPU cannot run the kernels: {cpu_kernels.cpu_can_run()[1]}')
 
 # (batch, height, width, in channels, kernel, out channels, stride, padding):
 # every kernel size, stride, padding and channel-count path of the zoo.
@@ -124,12 +125,14 @@ def test_fallbacks_are_xla():
 @kernels_only
 def test_kernel_refuses_unknown_shape_without_aborting():
   """A direct call with 12 output channels is an error, not a crash."""
-  assert cpu_conv.load()[0]
+  assert cpu_kernels.load()[0]
   x, w = jnp.ones((1, 4, 4, 16)), jnp.ones((3, 3, 16, 12))
   with pytest.raises(Exception, match='multiple of 16'):
-    jax.block_until_ready(cpu_conv._call(  # pylint: disable=protected-access
-        'jax_resnet_conv_forward', (1, 4, 4, 12), x, w, (1, 1),
-        ((1, 1), (1, 1))))
+    jax.block_until_ready(cpu_kernels.call(
+        'jax_resnet_conv_forward', jax.ShapeDtypeStruct((1, 4, 4, 12),
+                                                         jnp.float32),
+        x, w, stride_h=1, stride_w=1, pad_top=1, pad_bottom=1, pad_left=1,
+        pad_right=1))
 
 
 @kernels_only
@@ -146,11 +149,11 @@ def test_kernel_gradient_is_deterministic():
 
 
 def test_backend_resolution_and_errors():
-  assert cpu_conv.resolve('xla') == 'xla'
-  expected = 'cpu_kernels' if cpu_conv.load()[0] else 'xla'
-  assert cpu_conv.resolve('auto') == expected
+  assert cpu_kernels.resolve('xla') == 'xla'
+  expected = 'cpu_kernels' if cpu_kernels.load()[0] else 'xla'
+  assert cpu_kernels.resolve('auto') == expected
   with pytest.raises(ValueError, match='valid: auto, xla, cpu_kernels'):
-    cpu_conv.resolve('onednn')
+    cpu_kernels.resolve('onednn')
   config = default.get_config().model
   config.conv_backend = 'onednn'
   with pytest.raises(ValueError, match='model.conv_backend'):
@@ -231,15 +234,15 @@ def test_concurrent_builds_leave_a_whole_library(tmp_path, monkeypatch):
 
 _PROBE = '''
 import jax, jax.numpy as jnp
-from jax_resnet import cpu_conv, models
+from jax_resnet import cpu_kernels, models
 from configs import default
 config = default.get_config().model
 config.depth = 8
 model = models.create_model(config, 10)
 variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
-print('backend', cpu_conv.resolve('auto'), model.conv_backend)
+print('backend', cpu_kernels.resolve('auto'), model.conv_backend)
 try:
-  cpu_conv.resolve('cpu_kernels')
+  cpu_kernels.resolve('cpu_kernels')
 except ValueError as e:
   print('error', e)
 '''
@@ -256,8 +259,8 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path, cxx):
   assert proc.returncode == 0, proc.stderr
   assert 'backend xla xla' in proc.stdout
   warnings = [l for l in proc.stderr.splitlines()
-              if 'CPU convolution kernels unavailable' in l]
-  if cpu_conv.cpu_can_run()[0]:
+              if 'CPU kernels unavailable' in l]
+  if cpu_kernels.cpu_can_run()[0]:
     assert len(warnings) == 1, proc.stderr
     reason = 'no C++ compiler' if cxx.startswith('/') else 'failed (exit 1)'
     assert reason in warnings[0]
@@ -269,7 +272,7 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path, cxx):
 def test_conv_partial_picks_the_backend():
   conv = layers.conv_partial(jnp.float32, backend='xla')
   assert 'conv_general_dilated' not in conv.keywords
-  if cpu_conv.load()[0]:
+  if cpu_kernels.load()[0]:
     conv = layers.conv_partial(jnp.float32, backend='cpu_kernels')
     assert conv.keywords['conv_general_dilated'].func is (
         cpu_conv.conv_general_dilated)

@@ -1,0 +1,273 @@
+// Training-mode BatchNorm (+ ReLU) passes for x86-64 CPUs with AVX-512,
+// called from jitted JAX code as XLA FFI custom calls (see batch_norm.py).
+//
+// x is viewed as [M, C] (all axes but the channel axis flattened), C a
+// multiple of 16. Four passes, each over the rows split between threads:
+//   jax_resnet_bn_stats           x -> mean, var (biased)
+//   jax_resnet_bn_apply           x, mean, a, b -> (x - mean) * a + b, ReLU
+//   jax_resnet_bn_grad_sums       g, x, y, mean -> sum g, sum g (x - mean)
+//   jax_resnet_bn_grad_apply      g, x, y, mean, a, k1, k0
+//                                   -> g a + (x - mean) k1 + k0
+// With relu=1 the gradient passes first zero g where the forward output y is
+// not positive (ReLU's mask); with relu=0, y is not read.
+//
+// Reductions accumulate in double precision per part of the rows; the number
+// of parts is fixed by the shape, never by the thread count, and the parts are
+// added in order, so results are deterministic. The variance is
+// E[x^2] - mean^2 in double precision, as exact as the two-pass float form.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu_parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using jax_resnet::i64;
+using jax_resnet::ParallelFor;
+
+namespace {
+
+constexpr i64 kParts = 16;
+
+i64 Parts(i64 rows) { return std::max<i64>(1, std::min(rows, kParts)); }
+
+// The rows of part p of `parts`.
+inline void PartRows(i64 rows, i64 parts, i64 p, i64* begin, i64* end) {
+  *begin = p * rows / parts;
+  *end = (p + 1) * rows / parts;
+}
+
+inline __m512 ReluMasked(const float* g, const float* y, bool relu) {
+  const __m512 gv = _mm512_loadu_ps(g);
+  if (!relu) return gv;
+  const __mmask16 positive =
+      _mm512_cmp_ps_mask(_mm512_loadu_ps(y), _mm512_setzero_ps(), _CMP_GT_OQ);
+  return _mm512_maskz_mov_ps(positive, gv);
+}
+
+// Per-channel sums over all rows of the two vectors pair(m, c) yields for
+// row m, channels [c, c + 16), in double precision.
+template <typename F>
+void DoubleSums(ffi::ThreadPool& pool, int threads, i64 M, i64 C, F&& pair,
+                std::vector<double>* out0, std::vector<double>* out1) {
+  const i64 parts = Parts(M);
+  std::vector<double> sums(parts * 2 * C, 0.0);
+  ParallelFor(pool, threads, parts, [&](int, i64 p) {
+    i64 begin, end;
+    PartRows(M, parts, p, &begin, &end);
+    double* s0 = sums.data() + p * 2 * C;
+    double* s1 = s0 + C;
+    for (i64 c = 0; c < C; c += 16) {
+      __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+      __m512d b0 = _mm512_setzero_pd(), b1 = _mm512_setzero_pd();
+      for (i64 m = begin; m < end; ++m) {
+        __m512 v0, v1;
+        pair(m, c, &v0, &v1);
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(v0)));
+        a1 = _mm512_add_pd(
+            a1, _mm512_cvtps_pd(_mm256_castpd_ps(
+                    _mm512_extractf64x4_pd(_mm512_castps_pd(v0), 1))));
+        b0 = _mm512_add_pd(b0, _mm512_cvtps_pd(_mm512_castps512_ps256(v1)));
+        b1 = _mm512_add_pd(
+            b1, _mm512_cvtps_pd(_mm256_castpd_ps(
+                    _mm512_extractf64x4_pd(_mm512_castps_pd(v1), 1))));
+      }
+      _mm512_storeu_pd(s0 + c, a0);
+      _mm512_storeu_pd(s0 + c + 8, a1);
+      _mm512_storeu_pd(s1 + c, b0);
+      _mm512_storeu_pd(s1 + c + 8, b1);
+    }
+  });
+  out0->assign(C, 0.0);
+  out1->assign(C, 0.0);
+  for (i64 p = 0; p < parts; ++p) {
+    for (i64 c = 0; c < C; ++c) {
+      (*out0)[c] += sums[p * 2 * C + c];
+      (*out1)[c] += sums[p * 2 * C + C + c];
+    }
+  }
+}
+
+// Runs row(begin, end) over all rows in parts.
+template <typename F>
+void RowsInParallel(ffi::ThreadPool& pool, int threads, i64 M, F&& rows) {
+  const i64 parts = Parts(M);
+  ParallelFor(pool, threads, parts, [&](int, i64 p) {
+    i64 begin, end;
+    PartRows(M, parts, p, &begin, &end);
+    rows(begin, end);
+  });
+}
+
+ffi::Error CheckRows(ffi::Buffer<ffi::F32>::Dimensions d, i64* M, i64* C) {
+  if (d.size() < 1) return ffi::Error::InvalidArgument("bn: rank 0 input");
+  *C = d[d.size() - 1];
+  *M = 1;
+  for (size_t i = 0; i + 1 < d.size(); ++i) *M *= d[i];
+  if (*C % 16) {
+    return ffi::Error::InvalidArgument("bn: channels must be a multiple of 16");
+  }
+  return ffi::Error::Success();
+}
+
+#define JR_TRY(expr)           \
+  do {                         \
+    ffi::Error e = (expr);     \
+    if (e.failure()) return e; \
+  } while (0)
+
+ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                     ffi::ResultBuffer<ffi::F32> mean,
+                     ffi::ResultBuffer<ffi::F32> var, i64 threads) {
+  i64 M, C;
+  JR_TRY(CheckRows(x.dimensions(), &M, &C));
+  const float* xp = x.typed_data();
+  std::vector<double> sum, sumsq;
+  DoubleSums(
+      pool, static_cast<int>(threads), M, C,
+      [xp, C](i64 m, i64 c, __m512* v0, __m512* v1) {
+        *v0 = _mm512_loadu_ps(xp + m * C + c);
+        *v1 = _mm512_mul_ps(*v0, *v0);
+      },
+      &sum, &sumsq);
+  // Each square is formed in float and accumulated in double; the mean's
+  // square is subtracted in double.
+  for (i64 c = 0; c < C; ++c) {
+    const double m = sum[c] / M;
+    mean->typed_data()[c] = static_cast<float>(m);
+    var->typed_data()[c] = static_cast<float>(std::max(0.0, sumsq[c] / M - m * m));
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                     ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
+                     ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y,
+                     i64 relu, i64 threads) {
+  i64 M, C;
+  JR_TRY(CheckRows(x.dimensions(), &M, &C));
+  const float *xp = x.typed_data(), *mp = mean.typed_data(),
+              *ap = a.typed_data(), *bp = b.typed_data();
+  float* yp = y->typed_data();
+  RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
+    for (i64 c = 0; c < C; c += 16) {
+      const __m512 mv = _mm512_loadu_ps(mp + c), av = _mm512_loadu_ps(ap + c),
+                   bv = _mm512_loadu_ps(bp + c), zero = _mm512_setzero_ps();
+      for (i64 m = begin; m < end; ++m) {
+        __m512 v = _mm512_fmadd_ps(
+            _mm512_sub_ps(_mm512_loadu_ps(xp + m * C + c), mv), av, bv);
+        if (relu) v = _mm512_max_ps(v, zero);
+        _mm512_storeu_ps(yp + m * C + c, v);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                        ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                        ffi::Buffer<ffi::F32> mean,
+                        ffi::ResultBuffer<ffi::F32> sum_g,
+                        ffi::ResultBuffer<ffi::F32> sum_gx, i64 relu,
+                        i64 threads) {
+  i64 M, C;
+  JR_TRY(CheckRows(x.dimensions(), &M, &C));
+  const float *gp = g.typed_data(), *xp = x.typed_data(),
+              *yp = y.typed_data(), *mp = mean.typed_data();
+  const bool r = relu != 0;
+  std::vector<double> s0, s1;
+  DoubleSums(
+      pool, static_cast<int>(threads), M, C,
+      [=](i64 m, i64 c, __m512* v0, __m512* v1) {
+        const i64 i = m * C + c;
+        const __m512 gv = ReluMasked(gp + i, yp + i, r);
+        *v0 = gv;
+        *v1 = _mm512_mul_ps(gv, _mm512_sub_ps(_mm512_loadu_ps(xp + i),
+                                              _mm512_loadu_ps(mp + c)));
+      },
+      &s0, &s1);
+  for (i64 c = 0; c < C; ++c) {
+    sum_g->typed_data()[c] = static_cast<float>(s0[c]);
+    sum_gx->typed_data()[c] = static_cast<float>(s1[c]);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error GradApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                         ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                         ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
+                         ffi::Buffer<ffi::F32> k1, ffi::Buffer<ffi::F32> k0,
+                         ffi::ResultBuffer<ffi::F32> dx, i64 relu,
+                         i64 threads) {
+  i64 M, C;
+  JR_TRY(CheckRows(x.dimensions(), &M, &C));
+  const float *gp = g.typed_data(), *xp = x.typed_data(), *yp = y.typed_data(),
+              *mp = mean.typed_data(), *ap = a.typed_data(),
+              *k1p = k1.typed_data(), *k0p = k0.typed_data();
+  float* dp = dx->typed_data();
+  const bool r = relu != 0;
+  RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
+    for (i64 c = 0; c < C; c += 16) {
+      const __m512 mv = _mm512_loadu_ps(mp + c), av = _mm512_loadu_ps(ap + c),
+                   k1v = _mm512_loadu_ps(k1p + c),
+                   k0v = _mm512_loadu_ps(k0p + c);
+      for (i64 m = begin; m < end; ++m) {
+        const i64 i = m * C + c;
+        const __m512 gv = ReluMasked(gp + i, yp + i, r);
+        const __m512 xc = _mm512_sub_ps(_mm512_loadu_ps(xp + i), mv);
+        _mm512_storeu_ps(
+            dp + i, _mm512_add_ps(_mm512_fmadd_ps(gv, av, _mm512_mul_ps(xc, k1v)),
+                                  k0v));
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_stats, StatsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<i64>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_apply, ApplyImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<i64>("relu")
+                                  .Attr<i64>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_sums, GradSumsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<i64>("relu")
+                                  .Attr<i64>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_apply, GradApplyImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<i64>("relu")
+                                  .Attr<i64>("threads"));

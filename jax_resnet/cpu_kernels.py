@@ -1,0 +1,152 @@
+"""The project's CPU kernel backend: build, registration, and the switch.
+
+The C++ kernels (``cpu_conv.cc``: convolutions; ``cpu_batch_norm.cc``:
+training-mode BatchNorm passes) are AVX-512 code called from jitted JAX
+programs as XLA FFI custom calls. They are compiled at first use
+(``native_build``), never inside a traced function, and split each call over
+the CPUs this process may run on (``os.sched_getaffinity``) on XLA's own
+intra-op thread pool.
+
+``model.conv_backend`` chooses, once per process, through ``resolve``:
+
+* ``'auto'`` (default): the kernels on the CPU backend of an x86-64 CPU with
+  AVX-512 (F, DQ, BW, VL) where they compile, XLA everywhere else (GPU, TPU,
+  other CPUs). A failed build prints one warning line and uses XLA.
+* ``'xla'``: XLA's convolutions and BatchNorm.
+* ``'cpu_kernels'``: the kernels, or a clear error where they cannot run.
+"""
+
+import ctypes
+import functools
+import os
+import platform
+
+from absl import logging
+import jax
+import numpy as np
+
+BACKENDS = ('auto', 'xla', 'cpu_kernels')
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Sources and the FFI targets each defines; every source includes _HEADERS.
+_LIBRARIES = {
+    'cpu_conv.cc': ('jax_resnet_conv_forward', 'jax_resnet_conv_input_grad',
+                    'jax_resnet_conv_kernel_grad'),
+    'cpu_batch_norm.cc': ('jax_resnet_bn_stats', 'jax_resnet_bn_apply',
+                          'jax_resnet_bn_grad_sums',
+                          'jax_resnet_bn_grad_apply'),
+}
+_HEADERS = ('cpu_parallel.h',)
+# The instructions the libraries are compiled for; the CPU must have them all.
+REQUIRED_FEATURES = ('avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma')
+_FLAGS = ('-O3', '-std=c++17', '-fno-math-errno', '-mavx512f', '-mavx512dq',
+          '-mavx512bw', '-mavx512vl', '-mfma')
+LANES = 16  # float32 lanes of a zmm register; channel counts are multiples.
+
+
+def cpu_features() -> frozenset[str]:
+  """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          return frozenset(line.split(':', 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def threads() -> int:
+  """CPUs this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
+
+
+def cpu_can_run() -> tuple[bool, str]:
+  """Whether this CPU has the kernels' instructions; ``(ok, why not)``."""
+  if platform.machine().lower() not in ('x86_64', 'amd64'):
+    return False, f'the CPU is {platform.machine()}, not x86-64'
+  missing = [f for f in REQUIRED_FEATURES if f not in cpu_features()]
+  if missing:
+    return False, f'the CPU lacks {", ".join(missing)}'
+  return True, ''
+
+
+@functools.cache
+def load() -> tuple[bool, str]:
+  """Builds (or finds) and registers the kernels; ``(ok, why not)``."""
+  ok, reason = cpu_can_run()
+  if not ok:
+    return ok, reason
+  # Imported here: building needs no JAX backend, and the import is heavy.
+  from jax_resnet import native_build  # pylint: disable=g-import-not-at-top
+  flags = _FLAGS + ('-isystem', jax.ffi.include_dir())
+  key = (' '.join(sorted(cpu_features())) +
+         f' jaxlib {jax.lib.__version__}')
+  headers = [os.path.join(_HERE, h) for h in _HEADERS]
+  libraries = {}
+  for source in _LIBRARIES:
+    try:
+      path = native_build.build(os.path.join(_HERE, source), flags, key,
+                                headers)
+    except native_build.BuildError as e:
+      return False, f'building {source}: {e}'
+    libraries[source] = ctypes.CDLL(path)
+  if not libraries['cpu_conv.cc'].jax_resnet_cpu_supported():
+    return False, 'the CPU does not run the compiled instructions'
+  for source, targets in _LIBRARIES.items():
+    for target in targets:
+      jax.ffi.register_ffi_target(
+          target, jax.ffi.pycapsule(getattr(libraries[source], target)),
+          platform='cpu')
+  return True, ''
+
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+  logging.warning('CPU kernels unavailable (%s); using XLA convolutions '
+                  'and BatchNorm.', reason)
+
+
+def resolve(backend: str) -> str:
+  """``model.conv_backend`` -> the backend used here: 'xla' or 'cpu_kernels'.
+
+  Raises:
+    ValueError: an unknown name, or 'cpu_kernels' where they cannot run.
+  """
+  if backend not in BACKENDS:
+    raise ValueError(f'Unknown model.conv_backend {backend!r}; valid: '
+                     f'{", ".join(BACKENDS)}.')
+  if backend == 'xla':
+    return 'xla'
+  if jax.default_backend() != 'cpu':
+    if backend == 'cpu_kernels':
+      raise ValueError(
+          "model.conv_backend='cpu_kernels' runs on the CPU backend only; "
+          f"JAX's backend here is {jax.default_backend()!r}. Use 'auto' or "
+          "'xla'.")
+    return 'xla'
+  ok, reason = load()
+  if ok:
+    return 'cpu_kernels'
+  if backend == 'cpu_kernels':
+    raise ValueError(f"model.conv_backend='cpu_kernels' cannot run here: "
+                     f"{reason}. Use 'auto' or 'xla'.")
+  _warn_fallback(reason)
+  return 'xla'
+
+
+def call(target: str, results, *operands, **attributes):
+  """Calls FFI ``target`` (float32 ``results`` shapes) with int attributes.
+
+  The kernels are loaded on first use; ``threads`` is added.
+  """
+  ok, reason = load()
+  if not ok:
+    raise RuntimeError(f'The CPU kernels cannot run here: {reason}.')
+  attributes = {k: np.int64(v) for k, v in attributes.items()}
+  return jax.ffi.ffi_call(
+      target, results, vmap_method='sequential')(
+          *operands, threads=np.int64(threads()), **attributes)

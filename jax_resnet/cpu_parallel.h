@@ -1,0 +1,82 @@
+// Threads and scratch memory shared by the project's CPU kernels.
+//
+// ParallelFor splits work between the calling thread and helpers on XLA's own
+// intra-op thread pool (so nothing is oversubscribed): every thread claims
+// work items from an atomic counter, and the caller waits only for items that
+// were claimed, never for a helper that has not started, so two kernels
+// running at once on a busy pool cannot deadlock.
+
+#ifndef JAX_RESNET_CPU_PARALLEL_H_
+#define JAX_RESNET_CPU_PARALLEL_H_
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_resnet {
+
+using i64 = int64_t;
+
+struct WorkQueue {
+  std::atomic<i64> next{0};
+  std::atomic<i64> done{0};
+  i64 total = 0;
+  std::function<void(int, i64)> body;  // Valid while done < total.
+};
+
+inline void Drain(WorkQueue& q, int slot) {
+  i64 finished = 0;
+  for (i64 i; (i = q.next.fetch_add(1, std::memory_order_relaxed)) < q.total;
+       ++finished) {
+    q.body(slot, i);
+  }
+  if (finished) q.done.fetch_add(finished, std::memory_order_release);
+}
+
+// Runs body(slot, i) for i in [0, total) on up to `threads` threads; slot is
+// the thread's index in [0, threads), the caller's being 0.
+template <typename F>
+void ParallelFor(xla::ffi::ThreadPool& pool, int threads, i64 total,
+                 F&& body) {
+  if (total <= 0) return;
+  threads = static_cast<int>(std::max<i64>(1, std::min<i64>(threads, total)));
+  if (threads == 1) {
+    for (i64 i = 0; i < total; ++i) body(0, i);
+    return;
+  }
+  auto q = std::make_shared<WorkQueue>();
+  q->total = total;
+  q->body = [&body](int slot, i64 i) { body(slot, i); };
+  for (int t = 1; t < threads; ++t) {
+    pool.Schedule([q, t] { Drain(*q, t); });
+  }
+  Drain(*q, 0);
+  for (int spins = 0; q->done.load(std::memory_order_acquire) < total;
+       ++spins) {
+    if (spins < 4096) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// A thread's scratch buffer `which`, grown as needed and reused across calls.
+inline float* Scratch(int which, i64 floats) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& b = buffers[which];
+  if (static_cast<i64>(b.size()) < floats) b.resize(floats);
+  return b.data();
+}
+
+}  // namespace jax_resnet
+
+#endif  // JAX_RESNET_CPU_PARALLEL_H_
