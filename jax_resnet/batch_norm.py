@@ -60,10 +60,34 @@ def _vector(c: int) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((c,), jnp.float32)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _kernel_affine(x, mean, a, bias, relu):
+  """``_affine`` on the CPU kernels, differentiable in all four arrays."""
   return cpu_kernels.call('jax_resnet_bn_apply',
                           jax.ShapeDtypeStruct(x.shape, jnp.float32), x, mean,
                           a, bias, relu=int(relu))
+
+
+def _kernel_affine_fwd(x, mean, a, bias, relu):
+  y = _kernel_affine(x, mean, a, bias, relu)
+  return y, (x, y if relu else None, mean, a)
+
+
+def _kernel_affine_bwd(relu, residuals, g):
+  x, y, mean, a = residuals
+  c = x.shape[-1]
+  mask = y if relu else g  # Not read without ReLU.
+  sum_g, sum_gx = cpu_kernels.call('jax_resnet_bn_grad_sums',
+                                   (_vector(c), _vector(c)), g, x, mask, mean,
+                                   relu=int(relu))
+  zeros = jnp.zeros((c,), jnp.float32)
+  dx = cpu_kernels.call('jax_resnet_bn_grad_apply',
+                        jax.ShapeDtypeStruct(x.shape, jnp.float32), g, x, mask,
+                        mean, a, zeros, zeros, relu=int(relu))
+  return dx, -a * sum_g, sum_gx, sum_g
+
+
+_kernel_affine.defvjp(_kernel_affine_fwd, _kernel_affine_bwd)
 
 
 def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -114,12 +114,6 @@ ffi::Error CheckRows(ffi::Buffer<ffi::F32>::Dimensions d, i64* M, i64* C) {
   return ffi::Error::Success();
 }
 
-#define JR_TRY(expr)           \
-  do {                         \
-    ffi::Error e = (expr);     \
-    if (e.failure()) return e; \
-  } while (0)
-
 ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                      ffi::ResultBuffer<ffi::F32> mean,
                      ffi::ResultBuffer<ffi::F32> var, i64 threads) {

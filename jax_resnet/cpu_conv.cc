@@ -87,9 +87,10 @@ ffi::Error CheckGeometry(const Geometry& g) {
 // ------------------------------------------------------------- forward -----
 
 // acc[p][v] = sum_kh sum_j a[kh * row + p * st + j] * b[kh * bkh + j * ldb +
-// 16 v], stored at c[p * ldc + 16 v]. ST > 0 fixes the pixel stride at compile
-// time, so every broadcast is an immediate offset from one pointer.
-template <int P, int V, int ST>
+// 16 v], stored at c[p * ldc + 16 v] (ADD: added to it, pixel by pixel, so
+// overlapping outputs add up). ST > 0 fixes the pixel stride at compile time,
+// so every broadcast is an immediate offset from one pointer.
+template <int P, int V, int ST, bool ADD = false>
 inline void ForwardTile(const float* __restrict a, i64 st_rt, i64 row, i64 kh_n,
                         i64 jn, const float* __restrict b, i64 ldb, i64 bkh,
                         float* __restrict c, i64 ldc) {
@@ -117,21 +118,26 @@ inline void ForwardTile(const float* __restrict a, i64 st_rt, i64 row, i64 kh_n,
 #pragma GCC unroll 64
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + p * ldc + 16 * v, acc[p][v]);
+    for (int v = 0; v < V; ++v) {
+      float* o = c + p * ldc + 16 * v;
+      _mm512_storeu_ps(o, ADD ? _mm512_add_ps(_mm512_loadu_ps(o), acc[p][v])
+                              : acc[p][v]);
+    }
 }
 
 template <int V> constexpr int ForwardPixels() {
   return V == 1 ? 16 : V == 4 ? 4 : 8;
 }
 
-template <int V, int ST, int P>
+template <int V, int ST, bool ADD, int P>
 inline void ForwardTail(int r, const float* a, i64 st, i64 row, i64 kh_n, i64 jn,
                         const float* b, i64 ldb, i64 bkh, float* c, i64 ldc) {
   if constexpr (P > 0) {
     if (r == P) {
-      ForwardTile<P, V, ST>(a, st, row, kh_n, jn, b, ldb, bkh, c, ldc);
+      ForwardTile<P, V, ST, ADD>(a, st, row, kh_n, jn, b, ldb, bkh, c, ldc);
     } else {
-      ForwardTail<V, ST, P - 1>(r, a, st, row, kh_n, jn, b, ldb, bkh, c, ldc);
+      ForwardTail<V, ST, ADD, P - 1>(r, a, st, row, kh_n, jn, b, ldb, bkh, c,
+                                     ldc);
     }
   }
 }
@@ -153,9 +159,9 @@ void ForwardImage(const Geometry& g, const float* a, i64 row, const float* w,
                               yr + ow * g.K, g.K);
       }
       if (ow < g.Wo) {
-        ForwardTail<V, ST, P - 1>(static_cast<int>(g.Wo - ow), ar + ow * st, st,
-                                  row, g.KH, jn, w + c0, g.K, bkh,
-                                  yr + ow * g.K, g.K);
+        ForwardTail<V, ST, false, P - 1>(static_cast<int>(g.Wo - ow),
+                                         ar + ow * st, st, row, g.KH, jn,
+                                         w + c0, g.K, bkh, yr + ow * g.K, g.K);
       }
     }
   }
@@ -212,51 +218,9 @@ void Forward(ffi::ThreadPool& pool, int threads, const Geometry& g,
 
 // ------------------------------------------------------ input gradient -----
 
-// acc[p][v] = sum_k dy[p * st + k] * wt[k * ldw + 16 v], added into
-// d[p * dst + 16 v] (pixels in order, so overlapping windows add up).
-template <int P, int V, int ST>
-inline void ScatterTile(const float* __restrict dy, i64 st_rt, i64 K,
-                        const float* __restrict wt, i64 ldw, float* d,
-                        i64 dst) {
-  const i64 st = ST ? ST : st_rt;
-  __m512 acc[P][V];
-#pragma GCC unroll 64
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_ps();
-  for (i64 k = 0; k < K; ++k) {
-    __m512 bv[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(wt + k * ldw + 16 * v);
-#pragma GCC unroll 64
-    for (int p = 0; p < P; ++p) {
-      const __m512 av = _mm512_set1_ps(dy[p * st + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(av, bv[v], acc[p][v]);
-    }
-  }
-#pragma GCC unroll 64
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
-      float* o = d + p * dst + 16 * v;
-      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[p][v]));
-    }
-}
-
-template <int V, int ST, int P>
-inline void ScatterTail(int r, const float* dy, i64 st, i64 K, const float* wt,
-                        i64 ldw, float* d, i64 dst) {
-  if constexpr (P > 0) {
-    if (r == P) {
-      ScatterTile<P, V, ST>(dy, st, K, wt, ldw, d, dst);
-    } else {
-      ScatterTail<V, ST, P - 1>(r, dy, st, K, wt, ldw, d, dst);
-    }
-  }
-}
-
-// One image: dy [Ho, Wo, K], wt [KH, K, KW*C] -> padded dx [Hp, Wp, C].
+// One image: dy [Ho, Wo, K], wt [KH, K, KW*C] -> padded dx [Hp, Wp, C]. Each
+// tile is the forward tile with one kernel row, reducing over the K channels
+// of P output pixels, added into the padded dx.
 template <int V, int ST>
 void ScatterImage(const Geometry& g, const float* dy, const float* wt,
                   float* dxp) {
@@ -271,13 +235,14 @@ void ScatterImage(const Geometry& g, const float* dy, const float* wt,
       for (i64 j0 = 0; j0 < jn; j0 += 16 * V) {
         i64 ow = 0;
         for (; ow + P <= g.Wo; ow += P) {
-          ScatterTile<P, V, ST>(dyr + ow * g.K, g.K, g.K, wk + j0, jn,
-                                dr + ow * dst + j0, dst);
+          ForwardTile<P, V, ST, true>(dyr + ow * g.K, g.K, 0, 1, g.K,
+                                      wk + j0, jn, 0, dr + ow * dst + j0, dst);
         }
         if (ow < g.Wo) {
-          ScatterTail<V, ST, P - 1>(static_cast<int>(g.Wo - ow),
-                                    dyr + ow * g.K, g.K, g.K, wk + j0, jn,
-                                    dr + ow * dst + j0, dst);
+          ForwardTail<V, ST, true, P - 1>(static_cast<int>(g.Wo - ow),
+                                          dyr + ow * g.K, g.K, 0, 1, g.K,
+                                          wk + j0, jn, 0, dr + ow * dst + j0,
+                                          dst);
         }
       }
     }
@@ -504,12 +469,6 @@ ffi::Error MakeGeometry(ffi::Buffer<ffi::F32>::Dimensions x,
   }
   return CheckGeometry(*g);
 }
-
-#define JR_TRY(expr)                  \
-  do {                                \
-    ffi::Error e = (expr);            \
-    if (e.failure()) return e;        \
-  } while (0)
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                        ffi::Buffer<ffi::F32> w,

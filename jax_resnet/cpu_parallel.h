@@ -1,4 +1,5 @@
-// Threads and scratch memory shared by the project's CPU kernels.
+// Threads, scratch memory and error handling shared by the project's CPU
+// kernels.
 //
 // ParallelFor splits work between the calling thread and helpers on XLA's own
 // intra-op thread pool (so nothing is oversubscribed): every thread claims
@@ -78,5 +79,12 @@ inline float* Scratch(int which, i64 floats) {
 }
 
 }  // namespace jax_resnet
+
+// Returns from an FFI handler with the error of `expr`, if it failed.
+#define JR_TRY(expr)                          \
+  do {                                        \
+    ::xla::ffi::Error jr_error = (expr);      \
+    if (jr_error.failure()) return jr_error;  \
+  } while (0)
 
 #endif  // JAX_RESNET_CPU_PARALLEL_H_

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jax_resnet import batch_norm
+from jax_resnet import cpu_kernels
 
 
 def _relative(a, b):
@@ -128,3 +129,54 @@ def test_running_average_uses_momentum():
                              rtol=1e-6)
   np.testing.assert_allclose(new['batch_stats']['var'],
                              0.75 * stats['var'] + 0.25 * batch_var, rtol=1e-5)
+
+
+def _kernel_bn_outputs(use_kernels, relu, train, x, g, params, stats):
+  """(y, new stats, input and parameter gradients) of one BatchNorm."""
+  bn = batch_norm.BatchNorm(use_running_average=not train, momentum=0.9,
+                            epsilon=1e-5, use_kernels=use_kernels)
+
+  def loss(p, x):
+    y, new = bn.apply({'params': p, 'batch_stats': stats}, x, relu=relu,
+                      mutable=['batch_stats'])
+    # The batch statistics feed the loss too, so their cotangents are not 0.
+    extra = 0.0
+    if train:
+      extra = jnp.sum(new['batch_stats']['mean'] * 0.3 +
+                      new['batch_stats']['var'] * 0.2)
+    return jnp.sum(y * g) + extra, (y, new['batch_stats'])
+
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+  hlo = fn.lower(params, x).as_text()
+  (dp, dx), (y, new) = fn(params, x)
+  return hlo, (y, new['mean'], new['var'], dx, dp['scale'], dp['bias'])
+
+
+@pytest.mark.skipif(not cpu_kernels.cpu_can_run()[0],
+                    reason='this CPU cannot run the kernels')
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('relu', [False, True])
+@pytest.mark.parametrize('shape', [(8, 5, 5, 16), (3, 7, 9, 48), (64, 4, 4, 64)])
+def test_kernels_match_the_xla_passes(shape, relu, train):
+  """The CPU kernel passes give XLA's values and gradients (rel. 1e-5)."""
+  inputs = _inputs(seed=1, shape=shape)
+  hlo, ours = _kernel_bn_outputs(True, relu, train, *inputs)
+  _, ref = _kernel_bn_outputs(False, relu, train, *inputs)
+  for target in ('apply', 'grad_sums', 'grad_apply'):
+    assert f'jax_resnet_bn_{target}' in hlo
+  assert ('jax_resnet_bn_stats' in hlo) == train
+  names = ('y', 'mean', 'var', 'dx', 'dscale', 'dbias')
+  for name, a, b in zip(names, ours, ref):
+    assert _relative(a, b) < 1e-5, (name, _relative(a, b))
+
+
+@pytest.mark.skipif(not cpu_kernels.cpu_can_run()[0],
+                    reason='this CPU cannot run the kernels')
+def test_kernels_skip_what_they_do_not_run():
+  """6 channels (not a multiple of 16) and bfloat16 stay on XLA."""
+  for shape, dtype in (((4, 3, 3, 6), jnp.float32),
+                       ((4, 3, 3, 16), jnp.bfloat16)):
+    x, g, params, stats = _inputs(shape=shape)
+    hlo, _ = _kernel_bn_outputs(True, True, True, x.astype(dtype),
+                                g.astype(dtype), params, stats)
+    assert 'jax_resnet_bn' not in hlo
