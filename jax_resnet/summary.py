@@ -52,8 +52,14 @@ def count_macs(model: Any, variables: Any) -> int:
 
 
 def _eqn_macs(eqn) -> int:
-  """MACs of one convolution or dot product; 0 for any other primitive."""
+  """MACs of one convolution (XLA's or the CPU kernel's) or dot product; 0
+  for any other primitive."""
   name = eqn.primitive.name
+  if (name == 'ffi_call' and
+      eqn.params.get('target_name') == 'jax_resnet_conv_forward'):
+    # The project's CPU convolution kernel: NHWC x HWIO, one group.
+    kernel = eqn.invars[1].aval.shape
+    return math.prod(eqn.outvars[0].aval.shape) * math.prod(kernel[:3])
   if name not in ('conv_general_dilated', 'dot_general'):
     return 0
   out_size = math.prod(eqn.outvars[0].aval.shape)
