@@ -128,6 +128,18 @@ def _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels):
   return (y, mean, var), (x, y if relu else None, mean, inv, scale)
 
 
+def _backward_coefficients(sum_g, sum_g_xhat, inv, scale, g_mean, g_var,
+                           count):
+  """Per-channel ``(a, k1, k0)`` of ``dx = g a + (x - mean) k1 + k0``.
+
+  dx = a (g - mean(g) - xhat mean(g xhat)) + d mean/dx g_mean + d var/dx g_var.
+  """
+  a = inv * scale
+  k1 = -a * inv * sum_g_xhat / count + 2.0 * g_var / count
+  k0 = -a * sum_g / count + g_mean / count
+  return a, k1, k0
+
+
 def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
   del epsilon
   x, y, mean, inv, scale = residuals
@@ -139,9 +151,8 @@ def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
                                      (_vector(c), _vector(c)), g, x, mask,
                                      mean, relu=int(relu))
     sum_g_xhat = sum_gx * inv
-    a = inv * scale
-    k1 = -a * inv * sum_g_xhat / count + 2.0 * g_var / count
-    k0 = -a * sum_g / count + g_mean / count
+    a, k1, k0 = _backward_coefficients(sum_g, sum_g_xhat, inv, scale, g_mean,
+                                       g_var, count)
     dx = cpu_kernels.call('jax_resnet_bn_grad_apply',
                           jax.ShapeDtypeStruct(x.shape, jnp.float32), g, x,
                           mask, mean, a, k1, k0, relu=int(relu))
@@ -154,10 +165,8 @@ def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
   count = x.size // x.shape[-1]
   sum_g = jnp.sum(g, axes)
   sum_g_xhat = jnp.sum(g * (x32 - lax.optimization_barrier(mean)), axes) * inv
-  a = inv * scale
-  # dx = a (g - mean(g) - xhat mean(g xhat)) + d mean/dx g_mean + d var/dx g_var
-  k1 = -a * inv * sum_g_xhat / count + 2.0 * g_var / count
-  k0 = -a * sum_g / count + g_mean / count
+  a, k1, k0 = _backward_coefficients(sum_g, sum_g_xhat, inv, scale, g_mean,
+                                     g_var, count)
   mean, a, k1, k0 = lax.optimization_barrier((mean, a, k1, k0))
   dx = g * a + (x32 - mean) * k1 + k0
   return dx.astype(x.dtype), sum_g_xhat, sum_g
