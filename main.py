@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jax_resnet import config_overrides
-from jax_resnet import platform
+from jax_resnet import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/resnet20_cifar10.py.',
@@ -28,10 +28,10 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  platform.start_command(argv, _CONFIG.value.model.get('conv_backend',
+  runtime.start_command(argv, _CONFIG.value.model.get('conv_backend',
                                                        'auto'))
   # Imported after the platform settings, which must precede JAX's backend.
-  from jax_resnet import summary  # pylint: disable=g-import-not-at-top
+  from jax_resnet.tools import summary  # pylint: disable=g-import-not-at-top
   from jax_resnet import train  # pylint: disable=g-import-not-at-top
   from jax_resnet import validation  # pylint: disable=g-import-not-at-top
 
@@ -60,6 +60,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  platform.restart_with_process_settings()
+  runtime.restart_with_process_settings()
   config_overrides.check_command_line(sys.argv)
   app.run(main)

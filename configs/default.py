@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Convolution and BatchNorm backend: 'auto' (the project's AVX-512 CPU
   # kernels on an x86-64 CPU that has them, XLA elsewhere: GPU, TPU, other
   # CPUs), 'xla', or 'cpu_kernels' (an error where they cannot run). See
-  # jax_resnet/cpu_kernels.py.
+  # jax_resnet/ops/cpu_kernels.py.
   config.model.conv_backend = 'auto'
   # Block hyper-parameters: None keeps the block's default (in brackets);
   # setting one the block does not take is an error.

@@ -18,6 +18,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import ml_collections
 
 PREFIXES = ('--config.', '--noconfig.')
+CONFIG_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 class UnknownFieldError(ValueError):
@@ -78,14 +80,23 @@ def config_file_argument(argv: Sequence[str]) -> Optional[str]:
 
 
 def check_command_line(argv: Sequence[str]) -> None:
-  """Exits with the valid fields if a --config.X override names none.
+  """Exits with one line if ``--config`` names no file or a --config.X none.
 
-  For commands whose ``--config`` is a config file; without one (or with a
-  missing file) the flag parser reports the problem.
+  For commands whose ``--config`` is a config file; without one the flag
+  parser reports the problem.
   """
   path = config_file_argument(argv)
-  if path and os.path.exists(path):
-    exit_on_unknown_fields(argv, load_config_file(path))
+  if not path:
+    return
+  if not os.path.isfile(path):
+    folder = os.path.dirname(path) or '.'
+    names = sorted(f for f in os.listdir(folder) if f.endswith('.py') and
+                   not f.startswith('_')) if os.path.isdir(folder) else []
+    hint = (f' Config files in {folder}/: {", ".join(names)}.' if names
+            else '')
+    print(f'error: no config file {path}.{hint}', file=sys.stderr)
+    sys.exit(2)
+  exit_on_unknown_fields(argv, load_config_file(path))
 
 
 def apply(config: ml_collections.ConfigDict,
@@ -115,3 +126,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """configs/default.py's config: the fields every config has."""
+  return load_config_file(os.path.join(CONFIG_DIR, 'default.py'))

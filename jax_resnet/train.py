@@ -21,7 +21,8 @@ import optax
 from jax_resnet import checkpoints
 from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
-from jax_resnet import models
+from jax_resnet.models import layers
+from jax_resnet.models import registry
 from jax_resnet import validation
 
 
@@ -54,7 +55,7 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                     crop_padding=config.data.crop_padding,
                     random_flip=config.data.random_flip,
                     label_smoothing=config.optimizer.label_smoothing,
-                    dtype=models.DTYPES[config.model.dtype])
+                    dtype=layers.DTYPES[config.model.dtype])
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict,
@@ -104,7 +105,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        steps_per_epoch: int) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimiser state."""
   init_rng, state_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  dtype = models.DTYPES[config.model.dtype]
+  dtype = layers.DTYPES[config.model.dtype]
   variables = jax.jit(functools.partial(model.init, train=False))(
       init_rng, jnp.zeros((2, 32, 32, 3), dtype))
   return TrainState.create(
@@ -182,7 +183,7 @@ class Trainer:
     self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P('data'))
-    self.model = models.create_model(
+    self.model = registry.create_model(
         config.model, input_pipeline.num_classes(config.dataset))
     self.step_cfg = step_config(config)
     self.num_train = train_split.num_examples if train_split else 0
@@ -294,12 +295,12 @@ def _progress_bar(total: int, epoch: int):
 # Model fields that change the parameter tree or what the network computes.
 _SIGNATURE_MODEL_FIELDS = (
     'name', 'block', 'depth', 'scan_blocks', 'cardinality', 'base_width',
-    'scale', 'se_reduction', 'radix') + models.NETWORK_FIELDS
+    'scale', 'se_reduction', 'radix') + registry.NETWORK_FIELDS
 
 
 def run_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Settings a checkpoint must share with the run that restores it."""
-  model = models.create_model(config.model,
+  model = registry.create_model(config.model,
                               input_pipeline.num_classes(config.dataset))
   signature = {'dataset': config.dataset}
   for field in _SIGNATURE_MODEL_FIELDS:
@@ -344,9 +345,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_split, test_split = load_data(config)
   trainer = Trainer(config, train_split, test_split)
   signature = run_signature(config)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json(indent=2))
-
   ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
   state = trainer.init_state()
   start_epoch, best_accuracy = 0, 0.0
@@ -362,8 +360,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     start_epoch, best_accuracy = meta['epoch'], meta['best_test_accuracy']
     print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
           f'{workdir}.', flush=True)
+  # Written only once the workdir's checkpoint is known to fit this command:
+  # a refused command leaves the workdir as it was.
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2))
   logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch)
-  print(f'{config.dataset} {models.describe(config.model)}: '
+  print(f'{config.dataset} {registry.describe(config.model)}: '
         f'{trainer.num_train} train / {trainer.num_test} test images, '
         f'{trainer.steps_per_epoch} steps per epoch, '
         f'{jax.device_count()} device(s).', flush=True)

@@ -4,7 +4,7 @@ import jax
 import ml_collections
 
 from jax_resnet import input_pipeline
-from jax_resnet import models
+from jax_resnet.models import registry
 
 SCHEDULE_GRANULARITIES = ('epoch', 'step')
 WEIGHT_DECAY_TARGETS = ('all', 'conv_dense')
@@ -25,7 +25,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field and the valid choices."""
   input_pipeline.num_classes(config.dataset)
   input_pipeline.normalization_stats(config.data.normalization, config.dataset)
-  models.create_model(config.model, 10)
+  registry.create_model(config.model, 10)
   _choice(config.optimizer.schedule_granularity, SCHEDULE_GRANULARITIES,
           'optimizer.schedule_granularity')
   _choice(config.optimizer.weight_decay_on, WEIGHT_DECAY_TARGETS,

@@ -7,9 +7,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax_resnet import platform
+from jax_resnet import runtime
 
-platform.configure()
+runtime.configure()
 
 import jax
 import pytest

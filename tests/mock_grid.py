@@ -15,9 +15,9 @@ from absl import app
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax_resnet import blocks
+from jax_resnet.models import blocks
 from jax_resnet import config_overrides
-from jax_resnet import grid
+from jax_resnet.tools import grid
 import tensorflow_datasets as tfds
 
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_resnet import batch_norm
-from jax_resnet import cpu_kernels
+from jax_resnet.ops import batch_norm
+from jax_resnet.ops import cpu_kernels
 
 
 def _relative(a, b):

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_resnet import models
-from jax_resnet import op_profile
+from jax_resnet.models import registry
+from jax_resnet.bench import op_profile
 from configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ def test_layer_tables_match_the_network(depth):
   """The op tables list exactly the model's convolutions and BatchNorms."""
   config = default.get_config().model
   config.depth = depth
-  model = models.create_model(config, 10)
+  model = registry.create_model(config, 10)
   params = jax.eval_shape(functools.partial(model.init, train=False),
                           jax.random.PRNGKey(0),
                           jnp.zeros((1, 32, 32, 3)))['params']
@@ -65,7 +66,7 @@ def test_format_table_sums_and_remainder():
 def test_benchmark_with_ops_runs_all_frameworks():
   pytest.importorskip('torch')
   proc = subprocess.run(
-      [sys.executable, '-m', 'jax_resnet.benchmark', '--depths=8',
+      [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
        '--batch_size=4', '--eval_batch_size=4', '--steps=1', '--eval_steps=1',
        '--warmup=1', '--ops'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
@@ -85,8 +86,33 @@ def test_benchmark_with_ops_runs_all_frameworks():
 
 def test_ops_needs_torch():
   proc = subprocess.run(
-      [sys.executable, '-m', 'jax_resnet.benchmark', '--depths=8',
+      [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
        '--frameworks=jax_kernels', '--ops'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode != 0
   assert '--frameworks must include torch' in proc.stderr
+
+
+def test_config_overrides_are_ml_collections_typed():
+  """--config.FIELD=VALUE is parsed by ml_collections, placeholders included."""
+  proc = subprocess.run(
+      [sys.executable, '-c', textwrap.dedent('''
+          import sys
+          from absl import flags
+          from jax_resnet.bench import benchmark
+          flags.FLAGS(sys.argv[:1] + ['--config.model.cardinality=8',
+                                      '--config.model.scan_blocks=True'])
+          print(sorted(benchmark.overrides().items()))
+          ''')], cwd=ROOT, capture_output=True, text=True, check=True)
+  assert proc.stdout.strip() == (
+      "[('model.cardinality', 8), ('model.scan_blocks', True)]")
+
+
+def test_unknown_config_field_is_one_error_line():
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
+       '--config.model.cardinalty=8'], cwd=ROOT, capture_output=True,
+      text=True, check=False)
+  assert proc.returncode == 2
+  assert "unknown config field 'model.cardinalty'" in proc.stderr
+  assert 'Did you mean model.cardinality' in proc.stderr

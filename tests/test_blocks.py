@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from configs import default
-from jax_resnet import blocks
-from jax_resnet import layers
-from jax_resnet import models
+from jax_resnet.models import blocks
+from jax_resnet.models import layers
+from jax_resnet.models import registry
 
 CONV = functools.partial(nn.Conv, use_bias=False, padding=1,
-                         kernel_init=models.conv_kernel_init)
+                         kernel_init=layers.conv_kernel_init)
 
 
 def make_block(block_cls, in_planes, planes, stride, train, **kwargs):
@@ -75,7 +75,7 @@ def test_option_a_shortcut_subsamples_and_pads_zero_channels():
 def test_gradients_reach_the_stem(name):
   config = default.get_config().model
   config.update(block=name, depth=8)
-  model = models.create_model(config, 10)
+  model = registry.create_model(config, 10)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
   labels = jnp.arange(4)
   # Compiled once: faster than op-by-op dispatch for the larger blocks.
@@ -170,7 +170,7 @@ def test_unknown_block_lists_valid_names():
 def test_block_from_user_module(tmp_path, monkeypatch):
   (tmp_path / 'my_blocks.py').write_text(textwrap.dedent('''
       import flax.linen as nn
-      from jax_resnet import blocks
+      from jax_resnet.models import blocks
 
       class MyBlock(blocks.ResidualBlock):
         @nn.compact
@@ -185,7 +185,7 @@ def test_block_from_user_module(tmp_path, monkeypatch):
   assert blocks.get_block('my_blocks:MyBlock').__name__ == 'MyBlock'
   config = default.get_config().model
   config.update(block='my_blocks:MyBlock', depth=8)
-  model = models.create_model(config, 10)
+  model = registry.create_model(config, 10)
   y = model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))),
                   jnp.zeros((1, 32, 32, 3)))
   assert y.shape == (1, 10)
@@ -201,3 +201,12 @@ def test_block_from_user_module(tmp_path, monkeypatch):
 def test_register_block_rejects_duplicates():
   with pytest.raises(ValueError, match='already registered'):
     blocks.register_block('basic')(blocks.BasicBlock)
+
+
+def test_public_block_api_is_the_models_module():
+  """``jax_resnet.blocks`` (the documented name) is ``models.blocks`` itself."""
+  # pylint: disable-next=g-import-not-at-top
+  from jax_resnet import blocks as public
+  assert public is blocks
+  assert public.ResidualBlock is blocks.ResidualBlock
+  assert public.get_block('basic') is blocks.BasicBlock

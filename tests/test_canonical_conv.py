@@ -8,7 +8,7 @@ from jax import lax
 import numpy as np
 import pytest
 
-from jax_resnet import canonical_conv
+from jax_resnet.ops import canonical_conv
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 

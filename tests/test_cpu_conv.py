@@ -12,11 +12,11 @@ from jax import lax
 import numpy as np
 import pytest
 
-from jax_resnet import cpu_conv
-from jax_resnet import cpu_kernels
-from jax_resnet import layers
-from jax_resnet import models
-from jax_resnet import native_build
+from jax_resnet.ops import cpu_conv
+from jax_resnet.ops import cpu_kernels
+from jax_resnet.models import layers
+from jax_resnet.models import registry
+from jax_resnet.ops import native_build
 from configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ def test_backend_resolution_and_errors():
   config = default.get_config().model
   config.conv_backend = 'onednn'
   with pytest.raises(ValueError, match='model.conv_backend'):
-    models.create_model(config, 10)
+    registry.create_model(config, 10)
 
 
 @kernels_only
@@ -171,7 +171,7 @@ def test_network_uses_the_kernels_and_matches_xla():
   results = {}
   for backend in ('xla', 'cpu_kernels'):
     config.conv_backend = backend
-    model = models.create_model(config, 10)
+    model = registry.create_model(config, 10)
     variables = model.init(jax.random.PRNGKey(0), x, train=False)
 
     def loss(params, model=model, variables=variables):
@@ -234,11 +234,12 @@ def test_concurrent_builds_leave_a_whole_library(tmp_path, monkeypatch):
 
 _PROBE = '''
 import jax, jax.numpy as jnp
-from jax_resnet import cpu_kernels, models
+from jax_resnet.models import registry
+from jax_resnet.ops import cpu_kernels
 from configs import default
 config = default.get_config().model
 config.depth = 8
-model = models.create_model(config, 10)
+model = registry.create_model(config, 10)
 variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
 print('backend', cpu_kernels.resolve('auto'), model.conv_backend)
 try:

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from configs import default
-from jax_resnet import gradflow
-from jax_resnet import models
+from jax_resnet.tools import gradflow
+from jax_resnet.models import registry
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -24,7 +24,7 @@ def init_norms(block, depth, batch=4, seed=0):
   """Gradient norms of a freshly initialised network on random images."""
   config = default.get_config()
   config.model.block, config.model.depth = block, depth
-  model = models.create_model(config.model, 10)
+  model = registry.create_model(config.model, 10)
   # Eagerly: op by op is quicker here than compiling each deep initialiser.
   variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)),
                          train=False)
@@ -102,7 +102,7 @@ def test_plain_gradient_at_the_stem_is_larger_than_residual():
 
 def test_command_line_refuses_an_unknown_field():
   proc = subprocess.run(
-      [sys.executable, '-m', 'jax_resnet.gradflow', '--config',
+      [sys.executable, '-m', 'jax_resnet.tools.gradflow', '--config',
        'configs/plain20_cifar10.py', '--config.model.deptth=8'], cwd=ROOT,
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from jax_resnet import checkpoints
 from jax_resnet import config_overrides
-from jax_resnet import grid
+from jax_resnet.tools import grid
 from jax_resnet import metric_logging
 
 NO_DATA = os.path.join(ROOT, 'tests', 'no_such_tfds_dir')
@@ -209,7 +209,7 @@ def test_dry_run_lists_every_state(tmp_path):
 def _grid_command(args, module=True):
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1',
              TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='', MOCK_EXAMPLES='40')
-  command = ([sys.executable, '-m', 'jax_resnet.grid'] if module else
+  command = ([sys.executable, '-m', 'jax_resnet.tools.grid'] if module else
              [sys.executable, os.path.join(ROOT, 'tests', 'mock_grid.py')])
   env['PYTHONPATH'] = os.path.join(ROOT, 'tests')
   return subprocess.run(command + args, cwd=ROOT, env=env,

@@ -155,6 +155,15 @@ def test_unknown_config_field_lists_valid_fields():
   assert 'model.depth' in out.stderr  # The full list of valid fields.
 
 
+def test_missing_config_file_is_one_line():
+  out = run_main(['--config', 'configs/nope.py'], mock=False, check=False)
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1, out.stderr
+  assert lines[0].startswith('error: no config file configs/nope.py.')
+  assert 'resnet20_cifar10.py' in lines[0]
+
+
 def test_missing_dataset_stops_before_training(tmp_path):
   out = run_main(TINY + ['--config.dataset=cifar100',
                          f'--workdir={tmp_path / "run"}'], mock=False,

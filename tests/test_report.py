@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from conftest import ROOT
-from jax_resnet import baselines
-from jax_resnet import blocks
-from jax_resnet import grid
+from jax_resnet.tools import baselines
+from jax_resnet.models import blocks
+from jax_resnet.tools import grid
 from jax_resnet import metric_logging
-from jax_resnet import report
+from jax_resnet.tools import report
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 NUM_EPOCHS = 3
@@ -174,13 +174,13 @@ def test_every_baseline_names_a_registered_block_and_a_source():
 def test_command_line(synthetic_grid):
   env = dict(os.environ, MPLBACKEND='Agg')
   proc = subprocess.run(
-      [sys.executable, '-m', 'jax_resnet.report', str(synthetic_grid),
+      [sys.executable, '-m', 'jax_resnet.tools.report', str(synthetic_grid),
        '--baselines', '--metric=test_accuracy,train_loss'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert os.path.exists(synthetic_grid / 'curves_train_loss.png')
   bad = subprocess.run(
-      [sys.executable, '-m', 'jax_resnet.report', str(synthetic_grid),
+      [sys.executable, '-m', 'jax_resnet.tools.report', str(synthetic_grid),
        '--metric=accuracy'], cwd=ROOT, env=env, capture_output=True,
       text=True, timeout=300)
   assert bad.returncode == 2 and 'valid: test_accuracy' in bad.stderr

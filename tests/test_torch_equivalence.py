@@ -1,7 +1,7 @@
 """The Flax networks, optimiser and schedule against their PyTorch references.
 
-PyTorch weights reach Flax through jax_resnet.convert, the importer users run,
-so these tests check the importer too. Every comparison prints its measured
+PyTorch weights reach Flax through jax_resnet.interop.torch_import, the
+importer users run, so these tests check the importer too. Every comparison prints its measured
 maximum difference (run with -s to see them):
 
   python -m pytest -s tests/test_torch_equivalence.py | grep 'torch equivalence'
@@ -30,12 +30,12 @@ torch = pytest.importorskip('torch')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import ROOT, tiny_config
 from jax_resnet import checkpoints
-from jax_resnet import convert
+from jax_resnet.interop import torch_import
 from jax_resnet import input_pipeline
-from jax_resnet import models
+from jax_resnet.models import registry
 from jax_resnet import train
 import tensorflow_datasets as tfds
-from jax_resnet import torch_reference
+from jax_resnet.interop import torch_reference
 
 torch.set_num_threads(1)
 
@@ -157,10 +157,10 @@ def make_config(case: str, scan_blocks: bool = True, **model_overrides):
 def make_pair(case: str, scan_blocks: bool = True, **model_overrides):
   """(config, Flax model, randomised PyTorch reference, converted variables)."""
   config = make_config(case, scan_blocks, **model_overrides)
-  model = models.create_model(config.model, 10)
+  model = registry.create_model(config.model, 10)
   torch.manual_seed(0)
   reference = randomize(CASES[case].reference(config.model, model))
-  variables = convert.torch_to_flax(reference.state_dict(), model)
+  variables = torch_import.torch_to_flax(reference.state_dict(), model)
   return config, model, reference, variables
 
 
@@ -238,7 +238,7 @@ def test_train_forward_and_batchnorm_statistics(network):
   report(f'{network} train logits, max abs diff', diff)
   assert diff < 1e-4
 
-  torch_stats = convert.torch_to_flax(after, model)['batch_stats']
+  torch_stats = torch_import.torch_to_flax(after, model)['batch_stats']
   ours = updated['batch_stats']
   mean_diff = max_abs_diff(dict(_leaves_named(ours, 'mean')),
                            dict(_leaves_named(torch_stats, 'mean')))
@@ -250,7 +250,7 @@ def test_train_forward_and_batchnorm_statistics(network):
   # momentum * var_batch / (n - 1).
   ours_var = dict(_leaves_named(ours, 'var'))
   raw = max_rel_diff(ours_var, dict(_leaves_named(torch_stats, 'var')))
-  corrected_stats = convert.torch_to_flax(
+  corrected_stats = torch_import.torch_to_flax(
       bessel_corrected(before, after, counts), model)['batch_stats']
   corrected = max_rel_diff(ours_var,
                            dict(_leaves_named(corrected_stats, 'var')))
@@ -302,7 +302,7 @@ def test_three_sgd_steps_match_torch_sgd(nesterov):
     optimizer.step()
     scheduler.step()
 
-  expected = convert.torch_to_flax(reference.state_dict(), model)
+  expected = torch_import.torch_to_flax(reference.state_dict(), model)
   diff = max_rel_diff(state.params, expected['params'])
   report(f'params after {num_steps} SGD steps (nesterov={nesterov}), '
          'max rel diff', diff)
@@ -382,10 +382,10 @@ INIT_CASES = {'basic': 8, 'split_attention': 8, 'wide_resnet': None,
 def test_initialisation_follows_the_reference_distributions(network):
   depth = INIT_CASES[network]
   config = make_config(network, **({'depth': depth} if depth else {}))
-  model = models.create_model(config.model, 10)
+  model = registry.create_model(config.model, 10)
   torch.manual_seed(0)
   reference = CASES[network].reference(config.model, model)
-  theirs = convert.torch_to_flax(reference.state_dict(), model)
+  theirs = torch_import.torch_to_flax(reference.state_dict(), model)
   size = CASES[network].image_size
   ours = jax.jit(model.init)(jax.random.PRNGKey(0),
                              np.zeros((1, size, size, 3), np.float32))
@@ -462,9 +462,9 @@ def test_importer_reads_bare_wrapped_and_dataparallel_checkpoints(tmp_path):
       'fc_head': {'net': with_fc, 'acc': 91.0},
   }
   for form, checkpoint in forms.items():
-    loaded = convert.load_torch_checkpoint(
+    loaded = torch_import.load_torch_checkpoint(
         saved_checkpoint(tmp_path, checkpoint, f'{form}.pt'))
-    converted = convert.torch_to_flax(loaded, model)
+    converted = torch_import.torch_to_flax(loaded, model)
     assert max_abs_diff(converted, variables) == 0.0, form
 
 
@@ -485,15 +485,15 @@ def test_importer_refuses_a_checkpoint_that_does_not_fit(tmp_path, edit,
   edit(state_dict)
   path = saved_checkpoint(tmp_path, state_dict)
   workdir = tmp_path / 'run'
-  with pytest.raises(convert.ConversionError, match=message):
-    convert.convert(config, path, str(workdir))
+  with pytest.raises(torch_import.ConversionError, match=message):
+    torch_import.convert(config, path, str(workdir))
   assert not workdir.exists()  # No partial import.
 
 
 def test_importer_refuses_a_pickled_module(tmp_path):
   path = saved_checkpoint(tmp_path, torch.nn.Linear(2, 2))
-  with pytest.raises(convert.ConversionError, match='not pickled modules'):
-    convert.load_torch_checkpoint(path)
+  with pytest.raises(torch_import.ConversionError, match='not pickled modules'):
+    torch_import.load_torch_checkpoint(path)
 
 
 def test_importer_lists_every_problem():
@@ -502,8 +502,8 @@ def test_importer_lists_every_problem():
   del state_dict['bn1.running_var'], state_dict['linear.bias']
   state_dict['layer1.0.conv1.weight'] = torch.zeros(16, 16, 1, 1)
   state_dict['extra.weight'] = torch.zeros(3)
-  with pytest.raises(convert.ConversionError) as error:
-    convert.torch_to_flax(state_dict, model)
+  with pytest.raises(torch_import.ConversionError) as error:
+    torch_import.torch_to_flax(state_dict, model)
   text = str(error.value)
   for key in ('bn1.running_var', 'linear.bias or fc.bias', 'extra.weight',
               'layer1.0.conv1.weight: checkpoint (16, 16, 1, 1)'):
@@ -566,4 +566,4 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
   finally:
     ckpt.close()
   with pytest.raises(FileExistsError, match='already holds checkpoints'):
-    convert.convert(config, checkpoint, workdir)
+    torch_import.convert(config, checkpoint, workdir)

@@ -185,14 +185,29 @@ def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
     np.testing.assert_array_equal(a, b)  # Bitwise.
 
 
+def _workdir_bytes(workdir) -> dict[str, bytes]:
+  """Every file under ``workdir``, by relative path."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, workdir)] = f.read()
+  return out
+
+
 def test_checkpoint_of_another_setting_is_refused(mock_cifar, tmp_path):
+  """Refused, and the refused command leaves the workdir byte-identical."""
   del mock_cifar
   train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  before = _workdir_bytes(tmp_path)
+  assert 'config.json' in before
   other = tiny_config(num_epochs=2)
   other.model.depth = 14
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match="depth: checkpoint 8, command 14"):
     train.train_and_evaluate(other, str(tmp_path))
+  assert _workdir_bytes(tmp_path) == before
   other = tiny_config(num_epochs=2)
   other.model.block = 'preact'
   with pytest.raises(checkpoints.CheckpointMismatchError, match='block'):
@@ -201,6 +216,7 @@ def test_checkpoint_of_another_setting_is_refused(mock_cifar, tmp_path):
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match='steps per epoch'):
     train.train_and_evaluate(other, str(tmp_path))
+  assert _workdir_bytes(tmp_path) == before
 
 
 def test_corrupted_latest_falls_back_to_previous(mock_cifar, tmp_path,

@@ -15,13 +15,13 @@ import pytest
 
 from conftest import ROOT
 from configs import default
-from jax_resnet import blocks
-from jax_resnet import layers
-from jax_resnet import models
-from jax_resnet import pyramidnet
-from jax_resnet import summary
+from jax_resnet.models import blocks
+from jax_resnet.models import layers
+from jax_resnet.models import registry
+from jax_resnet.models import pyramidnet
+from jax_resnet.tools import summary
 from jax_resnet import train
-from jax_resnet import zoo
+from jax_resnet.tools import zoo
 
 # Parameters of every config file's network with 10 classes.
 PARAMS = {
@@ -95,7 +95,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 @functools.lru_cache(maxsize=None)
 def abstract_params(config_name: str):
   """Parameter shapes of a config file's network, 10 classes; no compute."""
-  model = models.create_model(zoo.load_config(config_name).model, 10)
+  model = registry.create_model(zoo.load_config(config_name).model, 10)
   return summary.abstract_variables(model)['params']
 
 
@@ -113,7 +113,7 @@ class TestTablesAreComplete:
 
   def test_every_registered_network_has_an_entry(self):
     names = {zoo.load_config(c).model.name for c in PARAMS}
-    assert names == set(models.NETWORKS)
+    assert names == set(registry.NETWORKS)
 
   def test_every_registered_block_has_an_entry(self):
     assert sorted(BLOCK_PARAMS) == sorted(blocks.BLOCKS)
@@ -146,7 +146,7 @@ def test_parameter_count(config_name):
 
 @pytest.mark.parametrize('block', sorted(BLOCK_PARAMS))
 def test_block_parameter_count(block):
-  model = models.create_model(model_config(block=block), 10)
+  model = registry.create_model(model_config(block=block), 10)
   params = summary.abstract_variables(model)['params']
   assert summary.count_params(params) == BLOCK_PARAMS[block]
 
@@ -165,7 +165,7 @@ def test_cifar100_only_widens_the_head(family):
   counts = {}
   for classes in (10, 100):
     params = summary.abstract_variables(
-        models.create_model(config, classes))['params']
+        registry.create_model(config, classes))['params']
     counts[classes] = summary.count_params(params)
   fan_in = params['head']['kernel'].shape[0]
   assert counts[100] - counts[10] == 90 * (fan_in + 1)
@@ -236,7 +236,7 @@ class TestBlockHyperParameters:
   """Config fields reach the blocks and change what they build."""
 
   def params(self, **overrides):
-    model = models.create_model(model_config(**overrides), 10)
+    model = registry.create_model(model_config(**overrides), 10)
     return summary.abstract_variables(model)['params']
 
   def test_resnext_cardinality_and_width(self):
@@ -272,22 +272,22 @@ class TestMultiplyAccumulates:
   @pytest.mark.parametrize('depth,expected', [
       (20, 40_551_040), (56, 125_485_696), (110, 252_887_680)])
   def test_cifar_resnets(self, depth, expected):
-    model = models.create_model(model_config(depth=depth), 10)
+    model = registry.create_model(model_config(depth=depth), 10)
     assert summary.count_macs(model, summary.abstract_variables(model)) == (
         expected)
 
   def test_scanned_equals_unrolled(self):
     counts = []
     for scan in (True, False):
-      model = models.create_model(model_config(scan_blocks=scan), 10)
+      model = registry.create_model(model_config(scan_blocks=scan), 10)
       counts.append(summary.count_macs(model,
                                        summary.abstract_variables(model)))
     assert counts[0] == counts[1] == 40_551_040
 
   def test_grouped_conv_costs_its_groups(self):
-    full = models.create_model(model_config(block='resnext', cardinality=1,
+    full = registry.create_model(model_config(block='resnext', cardinality=1,
                                             base_width=64), 10)
-    grouped = models.create_model(model_config(block='resnext', cardinality=4,
+    grouped = registry.create_model(model_config(block='resnext', cardinality=4,
                                                base_width=16), 10)
     by_module = [summary.macs_by_module(m, summary.abstract_variables(m))
                  for m in (full, grouped)]
@@ -313,7 +313,7 @@ IMAGE_SIZE = {'resnet': 8}
 @pytest.mark.parametrize('family', sorted(set(SMALL) - {'preact_resnet'}))
 def test_forward_and_training_step(family):
   """Eval forward and one SGD step that updates weights and statistics."""
-  model = models.create_model(model_config(**SMALL[family]), 10)
+  model = registry.create_model(model_config(**SMALL[family]), 10)
   size = IMAGE_SIZE.get(family, 16)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
   labels = jnp.array([3, 7])
@@ -357,7 +357,7 @@ def test_dropout_draws_from_the_training_stream(family):
   """Training draws differ by key; evaluation is deterministic."""
   config = model_config(**SMALL[family])
   config.dropout_rate = 0.5
-  model = models.create_model(config, 10)
+  model = registry.create_model(config, 10)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
   variables = _init(model, x)
 
@@ -453,7 +453,7 @@ def test_summary_of_a_network_without_scan():
 ])
 def test_invalid_settings_say_what_is_valid(overrides, message):
   with pytest.raises(ValueError) as error:
-    models.create_model(model_config(**overrides), 10)
+    registry.create_model(model_config(**overrides), 10)
   assert message in str(error.value)
 
 
@@ -463,6 +463,6 @@ def test_invalid_settings_say_what_is_valid(overrides, message):
 ])
 def test_widths_that_do_not_fit_are_explained(overrides, message):
   """Caught when the block sees its width, at initialisation."""
-  model = models.create_model(model_config(**overrides), 10)
+  model = registry.create_model(model_config(**overrides), 10)
   with pytest.raises(ValueError, match=message):
     summary.abstract_variables(model)

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 
-from jax_resnet import blocks
-from jax_resnet import layers
+from jax_resnet.models import blocks
+from jax_resnet.models import layers
 
 # Network hyper-parameters of config.model this network reads.
 FIELDS = ('widen_factor', 'dropout_rate')

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jax_resnet import cpu_kernels
+from jax_resnet.ops import cpu_kernels
 
 
 def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,

@@ -1,6 +1,6 @@
 """Imports a PyTorch checkpoint of a CIFAR network as this project's checkpoint.
 
-  python -m jax_resnet.convert --torch-checkpoint resnet20.th \\
+  python -m jax_resnet.interop.torch_import --torch-checkpoint resnet20.th \\
       --config configs/resnet20_cifar10.py --workdir runs/resnet20_imported
   python main.py --config configs/resnet20_cifar10.py \\
       --workdir runs/resnet20_imported --mode eval
@@ -45,13 +45,14 @@ import numpy as np
 
 from jax_resnet import checkpoints
 from jax_resnet import config_overrides
-from jax_resnet import densenet
+from jax_resnet.models import densenet
 from jax_resnet import input_pipeline
-from jax_resnet import models
-from jax_resnet import platform
+from jax_resnet.models import backbone
+from jax_resnet.models import registry
+from jax_resnet import runtime
 from jax_resnet import train
 from jax_resnet import validation
-from jax_resnet import wide_resnet
+from jax_resnet.models import wide_resnet
 
 # Keys a checkpoint may nest its state_dict under (training scripts save the
 # epoch and optimiser next to it).
@@ -257,7 +258,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Any
 
   Args:
     state_dict: a bare state_dict (see unwrap_state_dict), tensors or arrays.
-    model: the Flax network, e.g. ``models.create_model(config.model, 10)``;
+    model: the Flax network, e.g. ``registry.create_model(config.model, 10)``;
       scanned blocks are filled from the per-block PyTorch keys.
 
   Returns:
@@ -313,7 +314,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Any
   for collection, flat in variables.items():
     tree = _unflatten(flat)
     if flat_model is not model:
-      tree = models.stack_scanned_blocks(tree)
+      tree = backbone.stack_scanned_blocks(tree)
     out[collection] = tree
   return out
 
@@ -358,7 +359,7 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
       raise FileExistsError(f'{path} already holds checkpoints; import into '
                             'a new --workdir.')
   state_dict = load_torch_checkpoint(torch_checkpoint)
-  model = models.create_model(config.model,
+  model = registry.create_model(config.model,
                               input_pipeline.num_classes(config.dataset))
   variables = torch_to_flax(state_dict, model)
 
@@ -404,7 +405,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  platform.start_command(argv)
+  runtime.start_command(argv)
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
   try:

@@ -1,7 +1,7 @@
 """Gradient norms reaching the stem and each block, at init and after SGD.
 
-  python -m jax_resnet.gradflow --config configs/plain20_cifar10.py
-  python -m jax_resnet.gradflow --config configs/resnet20_cifar10.py \
+  python -m jax_resnet.tools.gradflow --config configs/plain20_cifar10.py
+  python -m jax_resnet.tools.gradflow --config configs/resnet20_cifar10.py \
       --blocks plain,basic --depths 20,56,110 --steps 50 \
       --out runs/gradflow/plain_vs_basic
 
@@ -41,12 +41,12 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from jax_resnet import blocks
+from jax_resnet.models import blocks
 from jax_resnet import config_overrides
 from jax_resnet import input_pipeline
-from jax_resnet import layers
-from jax_resnet import models
-from jax_resnet import platform
+from jax_resnet.models import layers
+from jax_resnet.models import registry
+from jax_resnet import runtime
 from jax_resnet import train
 
 STEM = 'stem'
@@ -170,7 +170,7 @@ def measure(config: ml_collections.ConfigDict, train_split: Any,
   config = config_overrides.apply(config, {'model.scan_blocks': False,
                                            'batch_size': batch_size})
   num_classes = input_pipeline.num_classes(config.dataset)
-  model = models.create_model(config.model, num_classes)
+  model = registry.create_model(config.model, num_classes)
   steps_per_epoch = max(
       (config.data.train_examples or CIFAR_TRAIN_EXAMPLES) // batch_size, 1)
   state = train.create_train_state(config, model, steps_per_epoch)
@@ -194,7 +194,7 @@ def measure(config: ml_collections.ConfigDict, train_split: Any,
 
   result = {
       'label': f'{config.model.block}-{config.model.depth}',
-      'network': models.describe(config.model),
+      'network': registry.describe(config.model),
       'block': config.model.block, 'depth': config.model.depth,
       'dataset': config.dataset, 'seed': config.seed,
       'positions': positions, 'init': snapshot(state),
@@ -294,7 +294,7 @@ def run(configs: Sequence[ml_collections.ConfigDict], out: str,
     if splits[key].num_examples < batch_size:
       raise ValueError(f'{splits[key].num_examples} training examples make '
                        f'no batch of {batch_size}.')
-    print(f'{models.describe(config.model)} on {config.dataset}: '
+    print(f'{registry.describe(config.model)} on {config.dataset}: '
           f'{batch_size} images, {steps} steps.', flush=True)
     results.append(measure(config, splits[key], batch_size, steps))
     jax.clear_caches()
@@ -335,7 +335,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  platform.start_command(argv)
+  runtime.start_command(argv)
   args = flags.FLAGS
   config_path = config_flags.get_config_filename(args['config'])
   name = os.path.splitext(os.path.basename(config_path))[0]
@@ -372,7 +372,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  platform.restart_with_process_settings()
+  runtime.restart_with_process_settings()
   config_overrides.check_command_line(sys.argv)
   define_flags()
   app.run(main)

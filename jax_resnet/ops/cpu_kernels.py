@@ -81,7 +81,7 @@ def load() -> tuple[bool, str]:
   if not ok:
     return ok, reason
   # Imported here: building needs no JAX backend, and the import is heavy.
-  from jax_resnet import native_build  # pylint: disable=g-import-not-at-top
+  from jax_resnet.ops import native_build  # pylint: disable=g-import-not-at-top
   flags = _FLAGS + ('-isystem', jax.ffi.include_dir())
   key = (' '.join(sorted(cpu_features())) +
          f' jaxlib {jax.lib.__version__}')

@@ -13,10 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_resnet import batch_norm
-from jax_resnet import canonical_conv
-from jax_resnet import cpu_conv
-from jax_resnet import cpu_kernels
+from jax_resnet.ops import batch_norm
+from jax_resnet.ops import canonical_conv
+from jax_resnet.ops import cpu_conv
+from jax_resnet.ops import cpu_kernels
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

@@ -10,7 +10,7 @@ into the same layout.
 
 from typing import Any
 
-from jax_resnet import blocks
+from jax_resnet.models import blocks
 
 STAGE_PLANES = (64, 128, 256)
 

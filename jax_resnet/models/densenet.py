@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_resnet import blocks
-from jax_resnet import layers
+from jax_resnet.models import blocks
+from jax_resnet.models import layers
 
 ModuleDef = Any
 

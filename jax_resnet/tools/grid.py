@@ -1,6 +1,6 @@
 """A grid of ordinary training runs: every (block, setting, seed), resumable.
 
-  python -m jax_resnet.grid \
+  python -m jax_resnet.tools.grid \
       --blocks basic,preact,gated,stochastic_depth,custom \
       --settings resnet20-cifar10,resnet56-cifar100,resnet110-cifar100 \
       --seeds 0,1,2 --root runs/grid
@@ -42,10 +42,9 @@ from ml_collections import config_flags
 
 from jax_resnet import config_overrides
 from jax_resnet import metric_logging
-from jax_resnet import platform
+from jax_resnet import runtime
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'configs')
+CONFIG_DIR = config_overrides.CONFIG_DIR
 STATUS_FILE = 'status.json'
 GRID_FILE = 'grid.json'
 # The grid sets these per run; overriding them for all runs makes no sense.
@@ -56,10 +55,7 @@ RESUMABLE_DIFFERENCES = ('data_dir', 'data.download', 'log_every_steps',
                          'checkpoints_to_keep', 'eval_checkpoint')
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """configs/default.py's config: the fields every setting has."""
-  return config_overrides.load_config_file(
-      os.path.join(CONFIG_DIR, 'default.py'))
+default_config = config_overrides.default_config
 
 
 def define_flags() -> None:
@@ -293,9 +289,9 @@ def count_parameters(config: ml_collections.ConfigDict) -> int:
   """Parameters of the configured network (shapes only, nothing computed)."""
   # pylint: disable=g-import-not-at-top
   from jax_resnet import input_pipeline
-  from jax_resnet import models
-  from jax_resnet import summary
-  model = models.create_model(config.model,
+  from jax_resnet.models import registry
+  from jax_resnet.tools import summary
+  model = registry.create_model(config.model,
                               input_pipeline.num_classes(config.dataset))
   return summary.count_params(summary.abstract_variables(model)['params'])
 
@@ -444,7 +440,7 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 
 
 def main(argv):
-  platform.start_command(argv)
+  runtime.start_command(argv)
   from jax_resnet import validation  # pylint: disable=g-import-not-at-top
 
   args = flags.FLAGS
@@ -488,7 +484,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  platform.restart_with_process_settings()
+  runtime.restart_with_process_settings()
   # Before the flags: ml_collections reads the overrides when --config is
   # defined, and its error for an unknown field is a traceback.
   config_overrides.exit_on_unknown_fields(sys.argv, default_config())

@@ -1,8 +1,8 @@
 """Results of a grid: a table per block and setting, and learning curves.
 
-  python -m jax_resnet.report runs/grid
-  python -m jax_resnet.report runs/grid --baselines
-  python -m jax_resnet.report runs/degradation --metric train_error \
+  python -m jax_resnet.tools.report runs/grid
+  python -m jax_resnet.tools.report runs/grid --baselines
+  python -m jax_resnet.tools.report runs/degradation --metric train_error \
       --layout single
 
 Reads every run under the root (the grid's ``status.json`` and
@@ -34,8 +34,8 @@ from typing import Any, Callable, Optional, Sequence
 from absl import app
 from absl import flags
 
-from jax_resnet import baselines
-from jax_resnet import grid
+from jax_resnet.tools import baselines
+from jax_resnet.tools import grid
 from jax_resnet import metric_logging
 
 # Metric name -> (axis label, value of an epoch record).
@@ -516,7 +516,7 @@ def write_report(root: str, metrics: Sequence[str] = ('test_accuracy',),
 def define_flags() -> None:
   """Defines the command-line flags of the report command."""
   flags.DEFINE_bool('baselines', False, 'Show published figures '
-                    '(jax_resnet/baselines.py) beside the measured rows.')
+                    '(jax_resnet/tools/baselines.py) beside the measured rows.')
   flags.DEFINE_list('metric', ['test_accuracy'], 'Curves to draw: '
                     f'{", ".join(METRICS)}.')
   flags.DEFINE_enum('layout', 'by_setting', list(LAYOUTS),
@@ -525,7 +525,7 @@ def define_flags() -> None:
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError('Usage: python -m jax_resnet.report ROOT '
+    raise app.UsageError('Usage: python -m jax_resnet.tools.report ROOT '
                          '[--baselines] [--metric M] [--layout L]')
   args = flags.FLAGS
   try:

@@ -7,7 +7,7 @@ add + ReLU forward+backward. Multiplied by how often the network uses each,
 they give a per-op budget; what the step takes beyond their sum is
 scheduling, memory traffic between ops, the head, loss and optimiser. The
 same is measured for PyTorch, so the two budgets can be compared line by
-line. Run through ``python -m jax_resnet.benchmark --ops``.
+line. Run through ``python -m jax_resnet.bench.benchmark --ops``.
 """
 
 import collections
@@ -82,9 +82,9 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
   import jax.numpy as jnp
   from jax import lax
   import numpy as np
-  from jax_resnet import batch_norm
-  from jax_resnet import cpu_conv
-  from jax_resnet import cpu_kernels
+  from jax_resnet.ops import batch_norm
+  from jax_resnet.ops import cpu_conv
+  from jax_resnet.ops import cpu_kernels
   # pylint: enable=g-import-not-at-top
   kernels = cpu_kernels.resolve(conv_backend) == 'cpu_kernels'
   conv_general_dilated = (cpu_conv.conv_general_dilated if kernels

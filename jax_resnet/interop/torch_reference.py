@@ -1,7 +1,7 @@
 """PyTorch reference networks for the equivalence tests and the benchmark.
 
 PyTorch is a test extra (requirements-test.txt), not a dependency of the
-package; only the tests and ``jax_resnet.benchmark`` import this module.
+package; only the tests and ``jax_resnet.bench.benchmark`` import this module.
 
 Written the way PyTorch CIFAR code usually writes them, so that their
 ``state_dict`` keys and initialisation are the ones real checkpoints and

@@ -1,6 +1,6 @@
 """The network zoo: every published network's size and cost next to the paper's.
 
-  python -m jax_resnet.zoo > docs/zoo.md
+  python -m jax_resnet.tools.zoo > docs/zoo.md
 
 Each row builds a config file's network for 10 classes and counts its
 parameters (``jax.eval_shape``) and multiply-accumulates per image (from the
@@ -13,10 +13,10 @@ from typing import Optional
 
 import ml_collections
 
-from jax_resnet import blocks
-from jax_resnet import models
-from jax_resnet import platform
-from jax_resnet import summary
+from jax_resnet.models import blocks
+from jax_resnet.models import registry
+from jax_resnet import runtime
+from jax_resnet.tools import summary
 
 NUM_CLASSES = 10
 
@@ -111,7 +111,7 @@ def load_config(name: str) -> ml_collections.ConfigDict:
 def measure(model_config: ml_collections.ConfigDict,
             num_classes: int = NUM_CLASSES) -> tuple[int, int]:
   """(parameters, multiply-accumulates per image) of a configured network."""
-  model = models.create_model(model_config, num_classes)
+  model = registry.create_model(model_config, num_classes)
   variables = summary.abstract_variables(model)
   return (summary.count_params(variables['params']),
           summary.count_macs(model, variables))
@@ -170,7 +170,7 @@ def markdown() -> str:
       'BatchNorm, activations, pooling and additions are not counted. '
       '"Paper" is the count the source prints, next to ours rounded the same '
       'way; [*] marks a difference, explained below the table. Regenerate '
-      'with `python -m jax_resnet.zoo > docs/zoo.md`.',
+      'with `python -m jax_resnet.tools.zoo > docs/zoo.md`.',
       '',
   ]
   lines += network_table()
@@ -192,7 +192,7 @@ def markdown() -> str:
 
 def main() -> None:
   """Prints the zoo page (markdown)."""
-  platform.configure()
+  runtime.configure()
   print(markdown())
 
 

@@ -1,13 +1,11 @@
-"""The residual backbone, the network registry and ``create_model``.
+"""The residual backbone: stem, stages of any registered block, pool, head.
 
-``CifarResNet`` (stem, stages of any registered block, pool, head) is the
-backbone of every residual network here: the CIFAR ResNets, the ImageNet
-ResNet layouts, ResNeXt-29 and the wide ResNets differ only in layout
-(``resnet.py``, ``resnext.py``, ``wide_resnet.py``). PyramidNet and DenseNet
-have backbones of their own. ``config.model.name`` picks one from NETWORKS.
+``CifarResNet`` is the backbone of every residual network here: the CIFAR
+ResNets, the ImageNet ResNet layouts, ResNeXt-29 and the wide ResNets differ
+only in layout (``cifar_resnet.py``, ``resnet.py``, ``resnext.py``,
+``wide_resnet.py``). PyramidNet and DenseNet have backbones of their own.
 """
 
-import dataclasses
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax
@@ -15,28 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_resnet import blocks
-from jax_resnet import densenet
-from jax_resnet import layers
-from jax_resnet import pyramidnet
-from jax_resnet import resnet
-from jax_resnet import resnext
-from jax_resnet import wide_resnet
-
-# Shared with every network (layers.py); kept under their old names here.
-DTYPES = layers.DTYPES
-conv_kernel_init = layers.conv_kernel_init
-torch_linear_bias_init = layers.torch_linear_bias_init
-survival_probabilities = blocks.survival_probabilities
-
-
-def cifar_stage_sizes(depth: int) -> tuple[int, int, int]:
-  """Blocks per stage for a CIFAR ResNet of depth 6n+2."""
-  if depth < 8 or (depth - 2) % 6:
-    raise ValueError(f'CIFAR ResNet depth must be 6n+2 with n >= 1 '
-                     f'(20, 32, 44, 56, 110, 1202, ...); got {depth}.')
-  n = (depth - 2) // 6
-  return (n, n, n)
+from jax_resnet.models import blocks
+from jax_resnet.models import layers
 
 
 class _ScannedBlock(nn.Module):
@@ -117,7 +95,7 @@ class CifarResNet(nn.Module):
       x = norm(name='stem_bn')(x, relu=True)
 
     num_blocks = sum(self.stage_sizes)
-    survival = survival_probabilities(num_blocks,
+    survival = blocks.survival_probabilities(num_blocks,
                                       self.final_survival_probability)
     stochastic = self.final_survival_probability < 1.0
     in_planes = stem_planes
@@ -158,15 +136,6 @@ class CifarResNet(nn.Module):
       x = norm(name='final_bn')(x, relu=True)
     return layers.classifier(x, self.num_classes, self.dtype,
                              self.weight_init)
-
-
-def cifar_resnet_layout(model_config) -> dict[str, Any]:
-  """He et al.'s CIFAR ResNet: 6n+2 layers, stages of 16/32/64 planes."""
-  block_cls = blocks.get_block(model_config.block)
-  return dict(block_cls=block_cls,
-              stage_sizes=cifar_stage_sizes(model_config.depth),
-              stage_planes=(16, 32, 64),
-              block_options=blocks.block_options(block_cls, model_config))
 
 
 def create_residual_network(model_config, num_classes: int, *,
@@ -229,72 +198,6 @@ def residual_network(layout: Callable[[Any], dict[str, Any]]
                                    **layout(model_config))
 
   return create
-
-
-@dataclasses.dataclass(frozen=True)
-class Network:
-  """A registered network: its builder, a display name and its own fields.
-
-  Attributes:
-    create: ``(config.model, num_classes) -> nn.Module`` with
-      ``__call__(x, train)``, ``shortcut_type`` and
-      ``final_survival_probability`` (read by the run signature).
-    describe: ``config.model -> str``, e.g. 'WRN-28-10'.
-    fields: the NETWORK_FIELDS it reads; setting any other one is an error.
-  """
-
-  create: Callable[[Any, int], nn.Module]
-  describe: Callable[[Any], str]
-  fields: tuple[str, ...] = ()
-
-
-def _describe_cifar_resnet(model_config) -> str:
-  return f'ResNet-{model_config.depth} ({model_config.block} blocks)'
-
-
-NETWORKS: dict[str, Network] = {
-    'cifar_resnet': Network(residual_network(cifar_resnet_layout),
-                            _describe_cifar_resnet),
-    'resnet': Network(residual_network(resnet.layout), resnet.describe),
-    'resnext': Network(residual_network(resnext.layout), resnext.describe),
-    'wide_resnet': Network(residual_network(wide_resnet.layout),
-                           wide_resnet.describe, wide_resnet.FIELDS),
-    'pyramidnet': Network(pyramidnet.create, pyramidnet.describe,
-                          pyramidnet.FIELDS),
-    'densenet': Network(densenet.create, densenet.describe, densenet.FIELDS),
-}
-
-# Network hyper-parameters in config.model; None there keeps the network's
-# default.
-NETWORK_FIELDS = ('widen_factor', 'dropout_rate', 'pyramid_alpha',
-                  'growth_rate', 'compression')
-
-
-def get_network(name: str) -> Network:
-  """The registered network ``name``; unknown names list the valid ones."""
-  if name not in NETWORKS:
-    raise ValueError(f'Unknown model.name {name!r}; valid networks: '
-                     f'{", ".join(sorted(NETWORKS))}.')
-  return NETWORKS[name]
-
-
-def describe(model_config) -> str:
-  """A human name of the configured network, e.g. 'WRN-28-10'."""
-  return get_network(model_config.get('name', 'cifar_resnet')).describe(
-      model_config)
-
-
-def create_model(model_config, num_classes: int) -> nn.Module:
-  """Builds the network ``config.model.name`` (default 'cifar_resnet')."""
-  name = model_config.get('name', 'cifar_resnet')
-  network = get_network(name)
-  for field in NETWORK_FIELDS:
-    if model_config.get(field) is not None and field not in network.fields:
-      takers = sorted(n for n, net in NETWORKS.items() if field in net.fields)
-      raise ValueError(
-          f'model.{field} does not apply to network {name!r}; networks that '
-          f'take it: {", ".join(takers)}. Leave it unset (None) otherwise.')
-  return network.create(model_config, num_classes)
 
 
 def stack_scanned_blocks(tree: dict[str, Any]) -> dict[str, Any]:

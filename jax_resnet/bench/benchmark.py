@@ -1,11 +1,12 @@
 """Train-step and eval throughput: JAX with XLA's convolutions, JAX with the
 project's CPU kernels, and PyTorch, side by side.
 
-  python -m jax_resnet.benchmark                  # ResNet-20/56/110, all three
-  python -m jax_resnet.benchmark --depths=20 --frameworks=jax_kernels,torch
-  python -m jax_resnet.benchmark --depths= --networks=wrn16_8_cifar10
-  python -m jax_resnet.benchmark --set=model.scan_blocks=True    # a lever
-  python -m jax_resnet.benchmark --depths=20 --ops   # + per-op budget
+  python -m jax_resnet.bench.benchmark      # ResNet-20/56/110, all three
+  python -m jax_resnet.bench.benchmark --depths=20 \
+      --frameworks=jax_kernels,torch
+  python -m jax_resnet.bench.benchmark --depths= --networks=wrn16_8_cifar10
+  python -m jax_resnet.bench.benchmark --config.model.scan_blocks=True
+  python -m jax_resnet.bench.benchmark --depths=20 --ops   # + per-op budget
 
 Frameworks: ``jax_xla`` (``model.conv_backend=xla``, with the project's XLA
 CPU flags), ``jax_kernels`` (``model.conv_backend=cpu_kernels``, the
@@ -30,8 +31,11 @@ import time
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
-from jax_resnet import op_profile
+from jax_resnet import config_overrides
+
+from jax_resnet.bench import op_profile
 
 _DEPTHS = flags.DEFINE_list('depths', ['20', '56', '110'],
                             'CIFAR ResNet depths (6n+2).')
@@ -49,8 +53,10 @@ _EVAL_STEPS = flags.DEFINE_integer('eval_steps', 10, 'Timed eval batches.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compile.')
 _THREADS = flags.DEFINE_integer('torch_threads', 0,
                                 'PyTorch intra-op threads; 0 = all cores.')
-_SET = flags.DEFINE_multi_string(
-    'set', [], 'Config override for the JAX runs, e.g. model.dtype=bfloat16.')
+# ml_collections parses --config.FIELD=VALUE, typed by configs/default.py.
+_CONFIG = config_flags.DEFINE_config_dict(
+    'config', config_overrides.default_config(),
+    'Config overrides for the JAX runs, e.g. --config.model.dtype=bfloat16.')
 _NO_PROJECT_FLAGS = flags.DEFINE_bool(
     'no_project_flags', False, 'JAX without the project XLA CPU flags (XLA '
     'defaults), to measure what they give.')
@@ -67,20 +73,9 @@ _WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:NETWORK '
 CONV_BACKENDS = {'jax_xla': 'xla', 'jax_kernels': 'cpu_kernels'}
 
 
-def _apply_override(config, assignment: str):
-  key, _, text = assignment.partition('=')
-  *parents, leaf = key.split('.')
-  node = config
-  for parent in parents:
-    node = node[parent]
-  current = node[leaf]
-  if isinstance(current, bool):
-    value = text.lower() in ('1', 'true', 'yes')
-  elif current is None:
-    value = float(text)
-  else:
-    value = type(current)(text)
-  node[leaf] = value
+def overrides() -> dict[str, object]:
+  """The --config.FIELD=VALUE overrides of the command line."""
+  return dict(config_flags.get_override_values(flags.FLAGS['config']))
 
 
 def _time_loop(run, steps: int, sync) -> float:
@@ -94,9 +89,9 @@ def _time_loop(run, steps: int, sync) -> float:
 
 def _setup_jax(framework: str) -> None:
   """XLA flags for the framework's conv backend, unless --no_project_flags."""
-  from jax_resnet import platform  # pylint: disable=g-import-not-at-top
+  from jax_resnet import runtime  # pylint: disable=g-import-not-at-top
   if not _NO_PROJECT_FLAGS.value:
-    platform.configure(CONV_BACKENDS[framework])
+    runtime.configure(CONV_BACKENDS[framework])
 
 
 def _setup_torch():
@@ -122,13 +117,14 @@ def network_name(network: str) -> str:
   """A display name, e.g. 'ResNet-20' or 'WRN-16-8'."""
   if network.isdigit():
     return f'ResNet-{network}'
-  from jax_resnet import models  # pylint: disable=g-import-not-at-top
-  return models.describe(network_config(network).model)
+  from jax_resnet.models import registry  # pylint: disable=g-import-not-at-top
+  return registry.describe(network_config(network).model)
 
 
 def torch_model(network: str, num_classes: int = 10):
   """The PyTorch reference of a network key."""
-  from jax_resnet import torch_reference  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jax_resnet.interop import torch_reference
   model = network_config(network).model
   get = lambda field, default: default if model.get(field) is None else (
       model.get(field))
@@ -153,7 +149,7 @@ def jax_worker(framework: str, network: str) -> dict[str, float]:
   import functools
   import jax
   import numpy as np
-  from jax_resnet import models
+  from jax_resnet.models import registry
   from jax_resnet import train
   # pylint: enable=g-import-not-at-top
 
@@ -161,9 +157,8 @@ def jax_worker(framework: str, network: str) -> dict[str, float]:
   config.dataset = 'cifar10'
   config.batch_size = _BATCH_SIZE.value
   config.model.conv_backend = CONV_BACKENDS[framework]
-  for assignment in _SET.value:
-    _apply_override(config, assignment)
-  model = models.create_model(config.model, 10)
+  config = config_overrides.apply(config, overrides())
+  model = registry.create_model(config.model, 10)
   state = train.create_train_state(config, model, steps_per_epoch=390)
   cfg = train.step_config(config)
   rng = np.random.default_rng(0)
@@ -270,12 +265,13 @@ def _worker(framework: str):
 
 def run_worker(framework: str, network: str) -> dict[str, float]:
   """Runs one measurement in a child process of its own."""
-  args = [sys.executable, '-m', 'jax_resnet.benchmark',
+  args = [sys.executable, '-m', 'jax_resnet.bench.benchmark',
           f'--worker={framework}:{network}'] + [
               a for a in sys.argv[1:] if not a.startswith('--worker')]
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  from jax_resnet import platform  # pylint: disable=g-import-not-at-top
-  env = platform.process_environment(dict(os.environ,
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  from jax_resnet import runtime  # pylint: disable=g-import-not-at-top
+  env = runtime.process_environment(dict(os.environ,
                                           TF_CPP_MIN_LOG_LEVEL='2'))
   env['PYTHONPATH'] = os.pathsep.join(
       [root] + [p for p in [env.get('PYTHONPATH')] if p])
@@ -371,4 +367,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # ml_collections' own error for an unknown field is a traceback.
+  config_overrides.exit_on_unknown_fields(sys.argv,
+                                          config_overrides.default_config())
   app.run(main)

@@ -26,7 +26,7 @@ def configure(conv_backend: str = 'auto') -> None:
   convolutions will be XLA's: ``conv_backend='xla'`` or a CPU the project's
   kernels do not run on.
   """
-  from jax_resnet import cpu_kernels  # pylint: disable=g-import-not-at-top
+  from jax_resnet.ops import cpu_kernels  # pylint: disable=g-import-not-at-top
   xla_flags = os.environ.get('XLA_FLAGS', '')
   wanted = CPU_XLA_FLAGS
   if conv_backend != 'xla' and cpu_kernels.cpu_can_run()[0]:

@@ -6,8 +6,8 @@ and explicit ISA flags, never ``-march=native``, and cached under
 ``~/.cache/jax_resnet``). The file name is a hash of the source and its
 headers, the compiler command, the CPU's features and the jaxlib version whose
 FFI headers it was built against, so any change builds a new library and never
-loads a stale one. The compiler writes to a temporary file that is renamed into place, so
-two processes compiling at once each end with a whole library.
+loads a stale one. The compiler writes to a temporary file that is renamed
+into place, so two processes compiling at once each end with a whole library.
 """
 
 import hashlib

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jax_resnet import input_pipeline
-from jax_resnet import models
+from jax_resnet.models import registry
 
 IMAGE_SHAPE = (32, 32, 3)
 
@@ -122,7 +122,7 @@ def _format_macs(macs: int) -> str:
 
 def summarize(config: ml_collections.ConfigDict) -> str:
   """Parameters and MACs, plus per-stage rows where the network has stages."""
-  model = models.create_model(config.model,
+  model = registry.create_model(config.model,
                               input_pipeline.num_classes(config.dataset))
   variables = abstract_variables(model)
   x = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
@@ -138,7 +138,7 @@ def summarize(config: ml_collections.ConfigDict) -> str:
     title = (f'{config.dataset} ResNet-{config.model.depth}, block '
              f'{config.model.block}, shortcut {model.shortcut_type}')
   else:
-    title = f'{config.dataset} {models.describe(config.model)} ({name})'
+    title = f'{config.dataset} {registry.describe(config.model)} ({name})'
   lines = [
       f'{title}: {total:,} parameters',
       f'{sum(macs.values()):,} multiply-accumulates per image (convolutions '

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_resnet import blocks
-from jax_resnet import layers
+from jax_resnet.models import blocks
+from jax_resnet.models import layers
 
 # Network hyper-parameters of config.model this network reads.
 FIELDS = ('pyramid_alpha',)

@@ -10,8 +10,8 @@ projections are a bare 1x1 convolution, on the pre-activated input).
 
 from typing import Any
 
-from jax_resnet import blocks
-from jax_resnet import layers
+from jax_resnet.models import blocks
+from jax_resnet.models import layers
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
                101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}

@@ -20,8 +20,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from jax_resnet import canonical_conv
-from jax_resnet import cpu_kernels
+from jax_resnet.ops import canonical_conv
+from jax_resnet.ops import cpu_kernels
 
 _FORWARD = 'jax_resnet_conv_forward'
 _INPUT_GRAD = 'jax_resnet_conv_input_grad'

@@ -1,0 +1,1 @@
+"""Speed: train/eval throughput against PyTorch and the per-op profile."""

@@ -1,0 +1,1 @@
+"""PyTorch interop: the checkpoint importer and the reference networks."""

@@ -1,0 +1,2 @@
+"""Networks: blocks, shared layers, the residual backbone, each family and
+the registry (``registry.create_model``)."""
