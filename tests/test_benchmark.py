@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -92,27 +91,3 @@ def test_ops_needs_torch():
   assert proc.returncode != 0
   assert '--frameworks must include torch' in proc.stderr
 
-
-def test_config_overrides_are_ml_collections_typed():
-  """--config.FIELD=VALUE is parsed by ml_collections, placeholders included."""
-  proc = subprocess.run(
-      [sys.executable, '-c', textwrap.dedent('''
-          import sys
-          from absl import flags
-          from jax_resnet.bench import benchmark
-          flags.FLAGS(sys.argv[:1] + ['--config.model.cardinality=8',
-                                      '--config.model.scan_blocks=True'])
-          print(sorted(benchmark.overrides().items()))
-          ''')], cwd=ROOT, capture_output=True, text=True, check=True)
-  assert proc.stdout.strip() == (
-      "[('model.cardinality', 8), ('model.scan_blocks', True)]")
-
-
-def test_unknown_config_field_is_one_error_line():
-  proc = subprocess.run(
-      [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
-       '--config.model.cardinalty=8'], cwd=ROOT, capture_output=True,
-      text=True, check=False)
-  assert proc.returncode == 2
-  assert "unknown config field 'model.cardinalty'" in proc.stderr
-  assert 'Did you mean model.cardinality' in proc.stderr

@@ -1,11 +1,10 @@
 """Train-step and eval throughput: JAX with XLA's convolutions, JAX with the
 project's CPU kernels, and PyTorch, side by side.
 
-  python -m jax_resnet.bench.benchmark      # ResNet-20/56/110, all three
-  python -m jax_resnet.bench.benchmark --depths=20 \
-      --frameworks=jax_kernels,torch
+  python -m jax_resnet.bench.benchmark                  # ResNet-20/56/110, all three
+  python -m jax_resnet.bench.benchmark --depths=20 --frameworks=jax_kernels,torch
   python -m jax_resnet.bench.benchmark --depths= --networks=wrn16_8_cifar10
-  python -m jax_resnet.bench.benchmark --config.model.scan_blocks=True
+  python -m jax_resnet.bench.benchmark --set=model.scan_blocks=True    # a lever
   python -m jax_resnet.bench.benchmark --depths=20 --ops   # + per-op budget
 
 Frameworks: ``jax_xla`` (``model.conv_backend=xla``, with the project's XLA
@@ -31,9 +30,6 @@ import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
-
-from jax_resnet import config_overrides
 
 from jax_resnet.bench import op_profile
 
@@ -53,10 +49,8 @@ _EVAL_STEPS = flags.DEFINE_integer('eval_steps', 10, 'Timed eval batches.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compile.')
 _THREADS = flags.DEFINE_integer('torch_threads', 0,
                                 'PyTorch intra-op threads; 0 = all cores.')
-# ml_collections parses --config.FIELD=VALUE, typed by configs/default.py.
-_CONFIG = config_flags.DEFINE_config_dict(
-    'config', config_overrides.default_config(),
-    'Config overrides for the JAX runs, e.g. --config.model.dtype=bfloat16.')
+_SET = flags.DEFINE_multi_string(
+    'set', [], 'Config override for the JAX runs, e.g. model.dtype=bfloat16.')
 _NO_PROJECT_FLAGS = flags.DEFINE_bool(
     'no_project_flags', False, 'JAX without the project XLA CPU flags (XLA '
     'defaults), to measure what they give.')
@@ -73,9 +67,20 @@ _WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:NETWORK '
 CONV_BACKENDS = {'jax_xla': 'xla', 'jax_kernels': 'cpu_kernels'}
 
 
-def overrides() -> dict[str, object]:
-  """The --config.FIELD=VALUE overrides of the command line."""
-  return dict(config_flags.get_override_values(flags.FLAGS['config']))
+def _apply_override(config, assignment: str):
+  key, _, text = assignment.partition('=')
+  *parents, leaf = key.split('.')
+  node = config
+  for parent in parents:
+    node = node[parent]
+  current = node[leaf]
+  if isinstance(current, bool):
+    value = text.lower() in ('1', 'true', 'yes')
+  elif current is None:
+    value = float(text)
+  else:
+    value = type(current)(text)
+  node[leaf] = value
 
 
 def _time_loop(run, steps: int, sync) -> float:
@@ -123,8 +128,7 @@ def network_name(network: str) -> str:
 
 def torch_model(network: str, num_classes: int = 10):
   """The PyTorch reference of a network key."""
-  # pylint: disable-next=g-import-not-at-top
-  from jax_resnet.interop import torch_reference
+  from jax_resnet.interop import torch_reference  # pylint: disable=g-import-not-at-top
   model = network_config(network).model
   get = lambda field, default: default if model.get(field) is None else (
       model.get(field))
@@ -157,7 +161,8 @@ def jax_worker(framework: str, network: str) -> dict[str, float]:
   config.dataset = 'cifar10'
   config.batch_size = _BATCH_SIZE.value
   config.model.conv_backend = CONV_BACKENDS[framework]
-  config = config_overrides.apply(config, overrides())
+  for assignment in _SET.value:
+    _apply_override(config, assignment)
   model = registry.create_model(config.model, 10)
   state = train.create_train_state(config, model, steps_per_epoch=390)
   cfg = train.step_config(config)
@@ -367,7 +372,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # ml_collections' own error for an unknown field is a traceback.
-  config_overrides.exit_on_unknown_fields(sys.argv,
-                                          config_overrides.default_config())
   app.run(main)
