@@ -34,6 +34,6 @@ class NaNBlock(blocks.ResidualBlock):
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
   with tfds.testing.mock_data(num_examples=num_examples):
-    config_overrides.exit_on_unknown_fields(sys.argv, grid.default_config())
+    config_overrides.exit_on_unknown_fields(sys.argv, config_overrides.default_config())
     grid.define_flags()
     app.run(grid.main)

@@ -44,7 +44,6 @@ from jax_resnet import config_overrides
 from jax_resnet import metric_logging
 from jax_resnet import runtime
 
-CONFIG_DIR = config_overrides.CONFIG_DIR
 STATUS_FILE = 'status.json'
 GRID_FILE = 'grid.json'
 # The grid sets these per run; overriding them for all runs makes no sense.
@@ -53,9 +52,6 @@ GRID_FIELDS = {'seed': '--seeds', 'model.block': '--blocks'}
 # logging): they do not change what is trained.
 RESUMABLE_DIFFERENCES = ('data_dir', 'data.download', 'log_every_steps',
                          'checkpoints_to_keep', 'eval_checkpoint')
-
-
-default_config = config_overrides.default_config
 
 
 def define_flags() -> None:
@@ -81,7 +77,8 @@ def define_flags() -> None:
   # Typed parsing of --config.FIELD=VALUE by ml_collections, against the
   # defaults that every setting's config starts from.
   config_flags.DEFINE_config_dict(
-      'config', default_config(), 'Overrides for every run, e.g. '
+      'config', config_overrides.default_config(),
+      'Overrides for every run, e.g. '
       '--config.data_dir=DIR.')
 
 
@@ -110,14 +107,16 @@ class RunState:
 
 def setting_config_path(setting: str) -> str:
   """configs/<setting with - as _>.py."""
-  return os.path.join(CONFIG_DIR, setting.replace('-', '_') + '.py')
+  return os.path.join(config_overrides.CONFIG_DIR,
+                      setting.replace('-', '_') + '.py')
 
 
 def load_setting(setting: str) -> ml_collections.ConfigDict:
   """The config of a setting name; unknown names list the config files."""
   path = setting_config_path(setting)
   if not os.path.exists(path):
-    names = sorted(f[:-3].replace('_', '-') for f in os.listdir(CONFIG_DIR)
+    names = sorted(f[:-3].replace('_', '-')
+                   for f in os.listdir(config_overrides.CONFIG_DIR)
                    if f.endswith('.py') and f not in ('__init__.py',
                                                       'default.py'))
     raise ValueError(f'Unknown setting {setting!r} (no {path}); valid '
@@ -487,6 +486,7 @@ if __name__ == '__main__':
   runtime.restart_with_process_settings()
   # Before the flags: ml_collections reads the overrides when --config is
   # defined, and its error for an unknown field is a traceback.
-  config_overrides.exit_on_unknown_fields(sys.argv, default_config())
+  config_overrides.exit_on_unknown_fields(
+      sys.argv, config_overrides.default_config())
   define_flags()
   app.run(main)
