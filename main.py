@@ -16,9 +16,8 @@ from ml_collections import config_flags
 from jax_resnet import config_overrides
 from jax_resnet import runtime
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. configs/resnet20_cifar10.py.',
-    lock_config=True)
+_CONFIG = config_overrides.define_config_file(
+    'Config file, e.g. configs/resnet20_cifar10.py.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory; default runs/<config file name>.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary'],
@@ -31,9 +30,12 @@ def main(argv):
   runtime.start_command(argv, _CONFIG.value.model.get('conv_backend',
                                                        'auto'))
   # Imported after the platform settings, which must precede JAX's backend.
-  from jax_resnet.tools import summary  # pylint: disable=g-import-not-at-top
-  from jax_resnet import train  # pylint: disable=g-import-not-at-top
-  from jax_resnet import validation  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jax_resnet import errors
+  from jax_resnet import train
+  from jax_resnet import validation
+  from jax_resnet.tools import summary
+  # pylint: enable=g-import-not-at-top
 
   config = _CONFIG.value
   config_name = os.path.splitext(os.path.basename(
@@ -41,10 +43,11 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join('runs', config_name)
   try:
     validation.validate_config(config)
+    model = train.resolve_model(config)
     if _MODE.value == 'summary':
-      print(summary.summarize(config))
+      print(summary.summarize(config, model))
     elif _MODE.value == 'eval':
-      result = train.evaluate(config, workdir)
+      result = train.evaluate(config, workdir, model)
       print(f'test loss {result["test_loss"]:.4f}, test accuracy '
             f'{result["test_accuracy"]:.2f}% ({config.eval_checkpoint} '
             f'checkpoint, epoch {result["checkpoint_epoch"]}, step '
@@ -52,9 +55,10 @@ def main(argv):
       print(json.dumps({k: result[k] for k in
                         ('test_accuracy', 'test_loss', 'checkpoint_step')}))
     else:
-      train.train_and_evaluate(config, workdir)
-  except (ValueError, FileNotFoundError, RuntimeError,
-          FloatingPointError) as e:
+      train.train_and_evaluate(config, workdir, model)
+  except errors.Error as e:
+    # The project's own errors are one line; anything else (a user's block
+    # raising, a bug) keeps its traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 

@@ -69,27 +69,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'
   # Scan over the identical blocks of a stage (nn.scan, parameters stacked on a
   # leading axis under stage{s}_blocks): compile time independent of depth.
-  # Off by default: XLA:CPU runs convolutions inside loops 5-50x slower (see
-  # README, Performance); worth it on GPU/TPU for very deep networks.
+  # Off by default: it costs step speed on CPU (README, Performance); worth it
+  # for very deep networks, where it saves compile time and memory.
   config.model.scan_blocks = False
   # Convolution and BatchNorm backend: 'auto' (the project's AVX-512 CPU
   # kernels on an x86-64 CPU that has them, XLA elsewhere: GPU, TPU, other
   # CPUs), 'xla', or 'cpu_kernels' (an error where they cannot run). See
   # jax_resnet/ops/cpu_kernels.py.
   config.model.conv_backend = 'auto'
-  # Block hyper-parameters: None keeps the block's default (in brackets);
-  # setting one the block does not take is an error.
-  # Groups of the 3x3 stage (resnext 8, split_attention 1).
-  config.model.cardinality = config_dict.placeholder(int)
-  # Channels per group for 64 planes (resnext 64, res2net 26, split_attention
-  # 64).
-  config.model.base_width = config_dict.placeholder(int)
-  # Res2Net splits of the 3x3 stage (4).
-  config.model.scale = config_dict.placeholder(int)
-  # Squeeze-and-excitation channel reduction of se / se_bottleneck (16).
-  config.model.se_reduction = config_dict.placeholder(int)
-  # Split-attention radix (2).
-  config.model.radix = config_dict.placeholder(int)
+  # The block's own hyper-parameters, by field name: the dataclass fields of
+  # the block class beyond the block contract, e.g.
+  # --config.model.block_kwargs.cardinality=16 for resnext, or any field of
+  # your own block. Unset fields keep the block's defaults; an unknown name is
+  # an error that lists the block's fields. Zoo blocks: resnext (cardinality
+  # 8, base_width 64), res2net (base_width 26, scale 4), split_attention
+  # (radix 2, cardinality 1, base_width 64), se / se_bottleneck
+  # (se_reduction 16).
+  config.model.block_kwargs = ml_collections.ConfigDict()
+  # Modules imported before the block is looked up, so that their
+  # @blocks.register_block('name') classes can be named by model.block, e.g.
+  # --config.model.block_modules="('my_blocks',)" (found on PYTHONPATH).
+  config.model.block_modules = ()
   # Network hyper-parameters: None keeps the network's default (in brackets);
   # setting one the network does not take is an error.
   # wide_resnet width multiplier k of WRN-d-k (10).

@@ -13,6 +13,6 @@ def get_config():
   config.model.name = 'resnext'
   config.model.block = 'resnext'
   config.model.depth = 29
-  config.model.cardinality = 8
-  config.model.base_width = 64
+  config.model.block_kwargs.cardinality = 8
+  config.model.block_kwargs.base_width = 64
   return config

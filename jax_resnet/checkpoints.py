@@ -1,83 +1,168 @@
 """Orbax checkpoints: the latest few epochs and the best one, with resume.
 
-A checkpoint holds everything exact continuation needs: the train state
-(params, batch_stats, optimiser state, step, RNG key) and JSON metadata (epoch,
-best test accuracy, and the run's signature: the settings a checkpoint must
-match to be restored into a run).
+One Orbax ``CheckpointManager`` writes the train state once per epoch into
+``<workdir>/checkpoints/<step>``; its preservation policy keeps the newest
+``checkpoints_to_keep`` steps and the step with the best test accuracy (the
+checkpoint's Orbax metric). A checkpoint holds everything exact continuation
+needs: the train state (params, batch_stats, optimiser state, step, RNG key)
+and JSON metadata (epoch, best test accuracy, steps per epoch and the run's
+signature: the settings a checkpoint must match to be restored into a run).
+
+Workdirs written before the single manager also have ``<workdir>/best``; it
+is read (never written) as a candidate for the best checkpoint, and their
+metadata carries the older signature layout (``legacy_signature``).
 """
 
+import dataclasses
 import os
 from typing import Any, Optional
 
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
-LATEST_DIR = 'checkpoints'
-BEST_DIR = 'best'
+from jax_resnet import errors
+
+CHECKPOINT_DIR = 'checkpoints'
+LEGACY_BEST_DIR = 'best'
 CHECKPOINT_KINDS = ('best', 'latest')
+# The Orbax metric the best checkpoint is chosen by.
+BEST_METRIC = 'test_accuracy'
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.Error, ValueError):
   """The workdir's checkpoint was written by a different run setting."""
 
 
-class NoCheckpointError(FileNotFoundError):
+class NoCheckpointError(errors.Error, FileNotFoundError):
   """No checkpoint to restore."""
 
 
-def _manager(directory: str, max_to_keep: Optional[int],
-             read_only: bool = False) -> ocp.CheckpointManager:
+def _best_metric(metrics: Any) -> float:
+  return metrics[BEST_METRIC]
+
+
+def _manager(directory: str, keep: Optional[int],
+             read_only: bool) -> ocp.CheckpointManager:
+  policies = [checkpoint_managers.BestN(
+      get_metric_fn=_best_metric, n=1,
+      keep_checkpoints_without_metrics=False)]
+  if keep is not None:
+    policies.append(checkpoint_managers.LatestN(n=keep))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=('state', 'meta'))
+      create=not read_only, read_only=read_only,
+      enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+      best_fn=_best_metric, best_mode='max',
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  """What a checkpoint must match to continue or evaluate this command.
+
+  Attributes:
+    signature: the run signature (``train.run_signature``).
+    legacy_signature: the same settings in the layout of checkpoints written
+      before signatures had a version (``legacy_signature``).
+    steps_per_epoch: the command's steps per epoch; None (evaluation)
+      accepts any.
+  """
+
+  signature: dict[str, Any]
+  legacy_signature: Optional[dict[str, Any]] = None
+  steps_per_epoch: Optional[int] = None
+
+  def check(self, meta: dict[str, Any], where: str) -> None:
+    """Raises CheckpointMismatchError naming every difference."""
+    saved = meta.get('signature') or {}
+    current = (self.signature if 'version' in saved or
+               self.legacy_signature is None else self.legacy_signature)
+    if saved != current:
+      raise CheckpointMismatchError(
+          f'The checkpoint in {where} was written by a different setting and '
+          f'cannot continue this run: {_describe_mismatch(saved, current)}. '
+          'Use another --workdir, or the command that wrote it.')
+    if (self.steps_per_epoch is not None and
+        meta['steps_per_epoch'] != self.steps_per_epoch):
+      raise CheckpointMismatchError(
+          f'The checkpoint in {where} was written with '
+          f'{meta["steps_per_epoch"]} steps per epoch; this command has '
+          f'{self.steps_per_epoch} (batch_size or data.train_examples '
+          'differ). Use another --workdir, or the command that wrote it.')
 
 
 def _describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str:
   keys = sorted(set(saved) | set(current))
-  return '; '.join(f'{k}: checkpoint {saved.get(k)!r}, command {current.get(k)!r}'
+  return '; '.join(f'{k}: checkpoint {saved.get(k)!r}, command '
+                   f'{current.get(k)!r}'
                    for k in keys if saved.get(k) != current.get(k))
 
 
 class Checkpointer:
-  """Saves and restores the latest and the best checkpoints of a workdir."""
+  """Saves and restores the checkpoints of a workdir."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.workdir = workdir
-    self._read_only = read_only
-    self._managers = {
-        'latest': _manager(os.path.join(workdir, LATEST_DIR), keep, read_only),
-        'best': _manager(os.path.join(workdir, BEST_DIR), 1, read_only),
-    }
+    self.directory = os.path.join(workdir, CHECKPOINT_DIR)
+    self._manager = _manager(self.directory, None if read_only else keep,
+                             read_only)
+    legacy = os.path.join(workdir, LEGACY_BEST_DIR)
+    self._legacy_best = (_manager(legacy, None, read_only=True)
+                         if os.path.isdir(legacy) else None)
 
-  def steps(self, kind: str = 'latest') -> list[int]:
-    """Saved steps of one kind, oldest first."""
-    return sorted(self._managers[kind].all_steps())
+  def steps(self) -> list[int]:
+    """Saved steps, oldest first."""
+    return sorted(self._manager.all_steps())
 
-  def save(self, kind: str, step: int, state: Any, meta: dict[str, Any]):
+  def save(self, step: int, state: Any, meta: dict[str, Any],
+           test_accuracy: float):
     """Saves ``state`` and ``meta`` under ``step``; a saved step is kept as is.
 
     A run resumed after a kill repeats the epoch it lost; that epoch is
     deterministic, so a checkpoint that already exists for its step is equal.
     """
-    manager = self._managers[kind]
-    if step in manager.all_steps():
+    if step in self._manager.all_steps():
       return
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
+    self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)),
+        metrics={BEST_METRIC: test_accuracy})
+    self._manager.wait_until_finished()
+
+  def _candidates(self, kind: str) -> list[tuple[ocp.CheckpointManager, int,
+                                                 str]]:
+    """(manager, step, directory) to try for ``kind``, most wanted first."""
+    if kind == 'latest':
+      return [(self._manager, step, self.directory)
+              for step in sorted(self._manager.all_steps(), reverse=True)]
+    ranked = []
+    for step in self._manager.all_steps():
+      metrics = self._manager.metrics(step)
+      if metrics is not None:
+        ranked.append((_best_metric(metrics), step, self._manager,
+                       self.directory))
+    if self._legacy_best is not None:
+      where = os.path.join(self.workdir, LEGACY_BEST_DIR)
+      for step in self._legacy_best.all_steps():
+        try:
+          meta = _restore_meta(self._legacy_best, step)
+        except Exception:  # pylint: disable=broad-except
+          meta = {'test_accuracy': -1.0}  # Unreadable: tried last.
+        ranked.append((meta['test_accuracy'], step, self._legacy_best, where))
+    ranked.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return [(manager, step, where) for _, step, manager, where in ranked]
 
   def restore(self, kind: str, abstract_state: Any,
-              signature: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Restores the newest readable checkpoint of ``kind``.
+              fit: Fit) -> tuple[Any, dict[str, Any]]:
+    """Restores the newest (or best) readable checkpoint.
 
     Args:
       kind: 'latest' or 'best'.
-      abstract_state: the state's structure, shapes, dtypes and shardings.
-      signature: the current run's signature; a checkpoint with another one
-        raises CheckpointMismatchError.
+      abstract_state: the state's structure, shapes, dtypes and shardings
+        (e.g. ``jax.eval_shape`` of the initialiser).
+      fit: what the checkpoint must match.
 
     Returns:
       (state, meta).
@@ -87,50 +172,85 @@ class Checkpointer:
       CheckpointMismatchError: the checkpoint belongs to another setting.
     """
     if kind not in CHECKPOINT_KINDS:
-      raise ValueError(f'Unknown checkpoint {kind!r}; valid: '
-                       f'{", ".join(CHECKPOINT_KINDS)}.')
-    manager = self._managers[kind]
-    steps = sorted(manager.all_steps(), reverse=True)
-    directory = os.path.join(self.workdir,
-                             LATEST_DIR if kind == 'latest' else BEST_DIR)
-    if not steps:
-      raise NoCheckpointError(f'No {kind} checkpoint in {directory}.')
-    errors = []
-    for step in steps:
+      raise errors.ConfigError(f'Unknown checkpoint {kind!r}; valid: '
+                               f'{", ".join(CHECKPOINT_KINDS)}.')
+    candidates = self._candidates(kind)
+    if not candidates:
+      raise NoCheckpointError(f'No {kind} checkpoint in {self.directory}.')
+    errors_seen = []
+    for manager, step, where in candidates:
       try:
-        meta = manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))['meta']
+        meta = _restore_meta(manager, step)
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f'step {step}: {type(e).__name__}: {e}')
+        errors_seen.append(f'step {step}: {type(e).__name__}: {e}')
         logging.warning('Checkpoint %s/%d is unreadable (%s); trying the '
-                        'previous one.', directory, step, e)
+                        'previous one.', where, step, e)
         continue
-      if meta.get('signature') != signature:
-        raise CheckpointMismatchError(
-            f'The checkpoint in {directory} (step {step}) was written by a '
-            'different setting and cannot continue this run: '
-            f'{_describe_mismatch(meta.get("signature") or {}, signature)}. '
-            'Use another --workdir, or the command that wrote it.')
+      fit.check(meta, f'{where} (step {step})')
       try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f'step {step}: {type(e).__name__}: {e}')
+        errors_seen.append(f'step {step}: {type(e).__name__}: {e}')
         logging.warning('Checkpoint %s/%d is unreadable (%s); trying the '
-                        'previous one.', directory, step, e)
+                        'previous one.', where, step, e)
         continue
-      if step != steps[0]:
+      if (manager, step, where) != candidates[0]:
         logging.warning('Restored the older checkpoint %s/%d instead of the '
-                        'unreadable newer ones.', directory, step)
+                        'unreadable newer ones.', where, step)
       return restored['state'], meta
-    raise NoCheckpointError(f'No readable {kind} checkpoint in {directory}: '
-                            + ' | '.join(errors))
+    raise NoCheckpointError(f'No readable {kind} checkpoint in '
+                            f'{self.directory}: ' + ' | '.join(errors_seen))
 
   def close(self):
-    for manager in self._managers.values():
-      manager.close()
+    self._manager.close()
+    if self._legacy_best is not None:
+      self._legacy_best.close()
 
 
-def abstract(tree: Any) -> Any:
-  """Shape/dtype/sharding structs of a pytree of arrays, for restoring."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+
+
+def with_sharding(abstract_tree: Any, sharding: Any) -> Any:
+  """Shape/dtype structs of an abstract pytree, placed on ``sharding``."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      abstract_tree)
+
+
+# The model fields of the signature before it had a version, in order; a
+# None there meant "not set in the config".
+_LEGACY_BLOCK_FIELDS = ('cardinality', 'base_width', 'scale', 'se_reduction',
+                        'radix')
+_LEGACY_NETWORK_FIELDS = ('widen_factor', 'dropout_rate', 'pyramid_alpha',
+                          'growth_rate', 'compression')
+# What the networks without a shortcut_type field recorded.
+_LEGACY_SHORTCUTS = {'pyramidnet': 'pyramid', 'densenet': 'none'}
+
+
+def legacy_signature(signature: dict[str, Any],
+                     given_block_kwargs: dict[str, Any],
+                     given_network_kwargs: dict[str, Any]
+                     ) -> Optional[dict[str, Any]]:
+  """The signature checkpoints written before signature versions would hold.
+
+  None when the settings could not have been written then (a block
+  hyper-parameter that had no config field).
+  """
+  if set(given_block_kwargs) - set(_LEGACY_BLOCK_FIELDS):
+    return None
+  legacy = {'dataset': signature['dataset'], 'name': signature['name'],
+            'block': signature['block'], 'depth': signature['depth'],
+            'scan_blocks': signature['scan_blocks']}
+  for field in _LEGACY_BLOCK_FIELDS:
+    legacy[field] = given_block_kwargs.get(field)
+  for field in _LEGACY_NETWORK_FIELDS:
+    legacy[field] = given_network_kwargs.get(field)
+  legacy['shortcut'] = (signature['shortcut'] if signature['shortcut']
+                        is not None else _LEGACY_SHORTCUTS[signature['name']])
+  legacy['final_survival_probability'] = (
+      signature['final_survival_probability']
+      if signature['final_survival_probability'] is not None else 1.0)
+  return legacy

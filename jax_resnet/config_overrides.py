@@ -1,11 +1,16 @@
-"""Command-line config overrides shared by the tools that run many configs.
+"""Command-line config overrides: ml_collections' own, for every command.
 
-``main.py`` takes one config file and ml_collections parses its
-``--config.FIELD=VALUE`` overrides. The grid and the gradient-flow tool run
-several configs with one set of overrides: ml_collections parses the values
-(typed by the config the flag was defined with) and ``apply`` copies them into
-every config. ``check_fields`` runs before flag parsing, so an unknown field
-stops with the valid ones listed rather than with ml_collections' traceback.
+Every command defines its ``--config`` flag here (``define_config_file`` or
+``define_config_dict``), so ml_collections parses ``--config.FIELD=VALUE``
+the same way everywhere, typed by the field's value. Tools that run several
+configs with one set of overrides (grid, gradflow, benchmark) take the parsed
+values (``config_flags.get_override_values``) and ``apply`` them to each.
+
+``model.block_kwargs`` is open: its keys are the fields of whatever block
+the run uses, so ``--config.model.block_kwargs.NAME=VALUE`` may add a key
+(parsed as a Python literal, else a string); the block then checks the name.
+Every other unknown field stops before flag parsing (``check_fields``) with
+the valid ones listed rather than with ml_collections' traceback.
 """
 
 import copy
@@ -16,13 +21,18 @@ import sys
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import ml_collections
+from ml_collections import config_flags
+
+from jax_resnet import errors
 
 PREFIXES = ('--config.', '--noconfig.')
+# ConfigDicts whose keys the command line may add.
+OPEN_FIELDS = ('model.block_kwargs',)
 CONFIG_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
-class UnknownFieldError(ValueError):
+class UnknownFieldError(errors.ConfigError):
   """A ``--config.FIELD`` override names no field of the config."""
 
 
@@ -46,17 +56,39 @@ def overridden_fields(argv: Sequence[str]) -> list[str]:
   return names
 
 
+# Fields of earlier versions, and where they went.
+MOVED_FIELDS = {f'model.{name}': f'model.block_kwargs.{name}' for name in (
+    'cardinality', 'base_width', 'scale', 'se_reduction', 'radix')}
+
+
+def _check_names(names: Sequence[str], valid: set[str]) -> None:
+  for field in names:
+    if field in valid or field.startswith(tuple(f + '.'
+                                                for f in OPEN_FIELDS)):
+      continue
+    if field in MOVED_FIELDS:
+      raise UnknownFieldError(f'config field {field!r} is now '
+                              f'{MOVED_FIELDS[field]!r}.')
+    close = difflib.get_close_matches(field, valid, n=3)
+    hint = f' Did you mean {", ".join(close)}?' if close else ''
+    raise UnknownFieldError(
+        f'unknown config field {field!r}.{hint} Valid fields: '
+        f'{", ".join(sorted(valid))}.')
+
+
 def check_fields(argv: Sequence[str],
                  config: ml_collections.ConfigDict) -> None:
   """Raises UnknownFieldError listing the valid fields for an unknown one."""
-  valid = set(field_names(config))
-  for field in overridden_fields(argv):
-    if field not in valid:
-      close = difflib.get_close_matches(field, valid, n=3)
-      hint = f' Did you mean {", ".join(close)}?' if close else ''
-      raise UnknownFieldError(
-          f'unknown config field {field!r}.{hint} Valid fields: '
-          f'{", ".join(sorted(valid))}.')
+  _check_names(overridden_fields(argv), set(field_names(config)))
+
+
+def check_config_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises UnknownFieldError for a field configs/default.py does not have.
+
+  A config file that sets an unknown field (a typo, a field of an earlier
+  version) would otherwise have it silently ignored.
+  """
+  _check_names(list(field_names(config)), set(field_names(default_config())))
 
 
 def exit_on_unknown_fields(argv: Sequence[str],
@@ -99,6 +131,20 @@ def check_command_line(argv: Sequence[str]) -> None:
   exit_on_unknown_fields(argv, load_config_file(path))
 
 
+def define_config_file(help_string: str, name: str = 'config'):
+  """``--config`` as a config file with ``--config.FIELD`` overrides."""
+  return config_flags.DEFINE_config_file(
+      name, None, help_string, lock_config=False, accept_new_attributes=True)
+
+
+def define_config_dict(config: ml_collections.ConfigDict, help_string: str,
+                       name: str = 'config'):
+  """``--config.FIELD`` overrides of ``config`` (no file)."""
+  return config_flags.DEFINE_config_dict(
+      name, config, help_string, lock_config=False,
+      accept_new_attributes=True)
+
+
 def apply(config: ml_collections.ConfigDict,
           values: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A copy of ``config`` with flat ``{'model.depth': 8}`` values set."""
@@ -116,7 +162,7 @@ def apply(config: ml_collections.ConfigDict,
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """``get_config()`` of a config file such as configs/resnet20_cifar10.py."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f'No config file {path}.')
+    raise errors.ConfigError(f'No config file {path}.')
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   # Config files import ``configs.default`` from the repository root.
   if root not in sys.path:

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_resnet import errors
+
 DATASETS = {'cifar10': 10, 'cifar100': 100}
 
 # Per-channel mean and std of the training images, on the 0-1 scale.
@@ -24,7 +26,7 @@ NORMALIZATIONS = {
 }
 
 
-class DatasetNotFoundError(RuntimeError):
+class DatasetNotFoundError(errors.Error, RuntimeError):
   """The dataset is not prepared in data_dir and could not be downloaded."""
 
 
@@ -42,8 +44,8 @@ class Split:
 def num_classes(dataset: str) -> int:
   """Number of classes of a supported dataset."""
   if dataset not in DATASETS:
-    raise ValueError(f'Unknown dataset {dataset!r}; valid datasets: '
-                     f'{", ".join(DATASETS)}.')
+    raise errors.ConfigError(f'Unknown dataset {dataset!r}; valid datasets: '
+                             f'{", ".join(DATASETS)}.')
   return DATASETS[dataset]
 
 
@@ -52,8 +54,9 @@ def normalization_stats(name: str, dataset: str) -> tuple[np.ndarray,
   """Mean and std (0-255 scale) for a preset; 'dataset' picks the dataset's."""
   key = dataset if name == 'dataset' else name
   if key not in NORMALIZATIONS:
-    raise ValueError(f'Unknown data.normalization {name!r}; valid: dataset, '
-                     f'{", ".join(NORMALIZATIONS)}.')
+    raise errors.ConfigError(
+        f'Unknown data.normalization {name!r}; valid: dataset, '
+        f'{", ".join(NORMALIZATIONS)}.')
   mean, std = NORMALIZATIONS[key]
   return (np.asarray(mean, np.float32) * 255.0,
           np.asarray(std, np.float32) * 255.0)

@@ -41,11 +41,11 @@ def configure(conv_backend: str = 'auto') -> None:
 
 
 # glibc's malloc serves every allocation above 32 MB with a fresh mmap, and
-# XLA:CPU allocates a step's temporaries as one such buffer (247 MB for a
-# batch-128 ResNet-20 training step), so every step faulted in ~60,000 zeroed
-# 4 KB pages: 150 ms of kernel time per step on two cores. With this glibc
-# tunable those buffers are backed by transparent huge pages (~650 faults per
-# step). glibc reads tunables only at process start.
+# XLA:CPU allocates a step's temporaries as one such buffer, so every step
+# faults in tens of thousands of zeroed 4 KB pages. With this glibc tunable
+# those buffers are backed by transparent huge pages, a hundred times fewer
+# faults (README, Performance, has the measurement). glibc reads tunables
+# only at process start.
 MALLOC_TUNABLE = 'glibc.malloc.hugetlb=1'
 
 

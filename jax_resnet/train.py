@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jax_resnet import checkpoints
+from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
 from jax_resnet.models import layers
@@ -32,7 +33,7 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.Error, FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
@@ -101,9 +102,19 @@ def shuffle_key(seed: int) -> jax.Array:
   return jax.random.split(jax.random.PRNGKey(seed), 3)[2]
 
 
+def resolve_model(config: ml_collections.ConfigDict
+                  ) -> registry.ResolvedModel:
+  """The network of ``config.model`` for ``config.dataset``, resolved once."""
+  return registry.resolve(config.model,
+                          input_pipeline.num_classes(config.dataset))
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        steps_per_epoch: int) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and optimiser state."""
+  """Initialises parameters, BatchNorm statistics and optimiser state.
+
+  Under ``jax.eval_shape`` it gives the state's shapes without computing.
+  """
   init_rng, state_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   dtype = layers.DTYPES[config.model.dtype]
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -177,14 +188,14 @@ class Trainer:
   """Holds the device mesh, the device-resident data and compiled steps."""
 
   def __init__(self, config: ml_collections.ConfigDict,
+               model: registry.ResolvedModel,
                train_split: Optional[input_pipeline.Split],
                test_split: input_pipeline.Split):
     self.config = config
     self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P('data'))
-    self.model = registry.create_model(
-        config.model, input_pipeline.num_classes(config.dataset))
+    self.model = model.module
     self.step_cfg = step_config(config)
     self.num_train = train_split.num_examples if train_split else 0
     self.steps_per_epoch = self.num_train // config.batch_size
@@ -235,6 +246,13 @@ class Trainer:
     state = create_train_state(self.config, self.model,
                                max(self.steps_per_epoch, 1))
     return jax.device_put(state, self.replicated)
+
+  def abstract_state(self) -> TrainState:
+    """The train state's shapes, dtypes and shardings, nothing computed."""
+    return checkpoints.with_sharding(
+        jax.eval_shape(functools.partial(
+            create_train_state, self.config, self.model,
+            max(self.steps_per_epoch, 1))), self.replicated)
 
   def evaluate(self, state: TrainState) -> dict[str, float]:
     """Test loss and accuracy (percent) over the whole test set."""
@@ -292,23 +310,23 @@ def _progress_bar(total: int, epoch: int):
                    file=sys.stderr)
 
 
-# Model fields that change the parameter tree or what the network computes.
-_SIGNATURE_MODEL_FIELDS = (
-    'name', 'block', 'depth', 'scan_blocks', 'cardinality', 'base_width',
-    'scale', 'se_reduction', 'radix') + registry.NETWORK_FIELDS
-
-
-def run_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def run_signature(config: ml_collections.ConfigDict,
+                  model: registry.ResolvedModel) -> dict[str, Any]:
   """Settings a checkpoint must share with the run that restores it."""
-  model = registry.create_model(config.model,
-                              input_pipeline.num_classes(config.dataset))
-  signature = {'dataset': config.dataset}
-  for field in _SIGNATURE_MODEL_FIELDS:
-    signature[field] = config.model.get(field)
-  signature['shortcut'] = getattr(model, 'shortcut_type', None)
-  signature['final_survival_probability'] = getattr(
-      model, 'final_survival_probability', None)
-  return signature
+  return model.signature(config.dataset)
+
+
+def checkpoint_fit(config: ml_collections.ConfigDict,
+                   model: registry.ResolvedModel,
+                   steps_per_epoch: Optional[int] = None) -> checkpoints.Fit:
+  """What the workdir's checkpoint must match to serve this command."""
+  signature = run_signature(config, model)
+  return checkpoints.Fit(
+      signature=signature,
+      legacy_signature=checkpoints.legacy_signature(
+          signature, dict(model.settings.block_kwargs),
+          dict(model.network_kwargs)),
+      steps_per_epoch=steps_per_epoch)
 
 
 def load_data(config: ml_collections.ConfigDict, train: bool = True):
@@ -321,7 +339,7 @@ def load_data(config: ml_collections.ConfigDict, train: bool = True):
         config.dataset, 'train',
         max_examples=config.data.train_examples or None, **kwargs)
     if train_split.num_examples < config.batch_size:
-      raise ValueError(
+      raise errors.ConfigError(
           f'{train_split.num_examples} training examples make no batch of '
           f'{config.batch_size}; lower batch_size or raise '
           'data.train_examples.')
@@ -329,43 +347,40 @@ def load_data(config: ml_collections.ConfigDict, train: bool = True):
   return train_split, test_split
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       model: Optional[registry.ResolvedModel] = None
+                       ) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest checkpoint) and evaluates.
 
   Args:
     config: the run configuration (see configs/default.py).
     workdir: where checkpoints, metrics.jsonl and TensorBoard events go.
+    model: ``resolve_model(config)``, if the caller has it already.
 
   Returns:
     The last epoch's record plus 'final_test_accuracy'.
   """
   validation.validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  model = model or resolve_model(config)
   train_split, test_split = load_data(config)
-  trainer = Trainer(config, train_split, test_split)
-  signature = run_signature(config)
+  trainer = Trainer(config, model, train_split, test_split)
+  fit = checkpoint_fit(config, model, trainer.steps_per_epoch)
+  os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
-  state = trainer.init_state()
   start_epoch, best_accuracy = 0, 0.0
-  if ckpt.steps('latest'):
-    state, meta = ckpt.restore('latest', checkpoints.abstract(state),
-                               signature)
-    if meta['steps_per_epoch'] != trainer.steps_per_epoch:
-      raise checkpoints.CheckpointMismatchError(
-          f'The checkpoint in {workdir} was written with '
-          f'{meta["steps_per_epoch"]} steps per epoch; this command has '
-          f'{trainer.steps_per_epoch} (batch_size or data.train_examples '
-          'differ). Use another --workdir, or the command that wrote it.')
+  if ckpt.steps():
+    state, meta = ckpt.restore('latest', trainer.abstract_state(), fit)
     start_epoch, best_accuracy = meta['epoch'], meta['best_test_accuracy']
     print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
           f'{workdir}.', flush=True)
+  else:
+    state = trainer.init_state()
   # Written only once the workdir's checkpoint is known to fit this command:
   # a refused command leaves the workdir as it was.
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2))
   logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch)
-  print(f'{config.dataset} {registry.describe(config.model)}: '
+  print(f'{config.dataset} {model.description}: '
         f'{trainer.num_train} train / {trainer.num_test} test images, '
         f'{trainer.steps_per_epoch} steps per epoch, '
         f'{jax.device_count()} device(s).', flush=True)
@@ -392,12 +407,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       meta = {'epoch': epoch + 1, 'best_test_accuracy': best_accuracy,
               'test_accuracy': test_metrics['test_accuracy'],
               'steps_per_epoch': trainer.steps_per_epoch,
-              'signature': signature}
-      # Best before latest: a kill between the two repeats this epoch, which
-      # then finds its best checkpoint already written.
-      if test_metrics['test_accuracy'] >= best_accuracy:
-        ckpt.save('best', int(state.step), state, meta)
-      ckpt.save('latest', int(state.step), state, meta)
+              'signature': fit.signature}
+      ckpt.save(int(state.step), state, meta, test_metrics['test_accuracy'])
   finally:
     logger.close()
     ckpt.close()
@@ -414,18 +425,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return final
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             model: Optional[registry.ResolvedModel] = None
              ) -> dict[str, Any]:
   """Restores the best (or latest) checkpoint and evaluates the test set."""
   validation.validate_config(config)
+  model = model or resolve_model(config)
   _, test_split = load_data(config, train=False)
-  trainer = Trainer(config, None, test_split)
+  trainer = Trainer(config, model, None, test_split)
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
-  signature = run_signature(config)
   try:
     state, meta = ckpt.restore(config.eval_checkpoint,
-                               checkpoints.abstract(trainer.init_state()),
-                               signature)
+                               trainer.abstract_state(),
+                               checkpoint_fit(config, model))
   finally:
     ckpt.close()
   result = trainer.evaluate(state)

@@ -3,8 +3,9 @@
 import jax
 import ml_collections
 
+from jax_resnet import config_overrides
+from jax_resnet import errors
 from jax_resnet import input_pipeline
-from jax_resnet.models import registry
 
 SCHEDULE_GRANULARITIES = ('epoch', 'step')
 WEIGHT_DECAY_TARGETS = ('all', 'conv_dense')
@@ -13,19 +14,25 @@ EVAL_CHECKPOINTS = ('best', 'latest')
 
 def _choice(value, valid, field):
   if value not in valid:
-    raise ValueError(f'Unknown {field} {value!r}; valid: {", ".join(valid)}.')
+    raise errors.ConfigError(
+        f'Unknown {field} {value!r}; valid: {", ".join(valid)}.')
 
 
 def _at_least(value, minimum, field):
   if value < minimum:
-    raise ValueError(f'{field} must be at least {minimum}; got {value}.')
+    raise errors.ConfigError(
+        f'{field} must be at least {minimum}; got {value}.')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field and the valid choices."""
+  """Raises errors.ConfigError naming the field and the valid choices.
+
+  The model fields are checked where the network is resolved
+  (``registry.resolve``), once per command.
+  """
+  config_overrides.check_config_fields(config)
   input_pipeline.num_classes(config.dataset)
   input_pipeline.normalization_stats(config.data.normalization, config.dataset)
-  registry.create_model(config.model, 10)
   _choice(config.optimizer.schedule_granularity, SCHEDULE_GRANULARITIES,
           'optimizer.schedule_granularity')
   _choice(config.optimizer.weight_decay_on, WEIGHT_DECAY_TARGETS,
@@ -34,16 +41,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _at_least(config.num_epochs, 1, 'num_epochs')
   _at_least(config.optimizer.warmup_epochs, 0, 'optimizer.warmup_epochs')
   if config.optimizer.warmup_epochs >= config.num_epochs:
-    raise ValueError('optimizer.warmup_epochs must be below num_epochs; got '
+    raise errors.ConfigError('optimizer.warmup_epochs must be below num_epochs; got '
                      f'{config.optimizer.warmup_epochs} >= '
                      f'{config.num_epochs}.')
   _at_least(config.optimizer.learning_rate, 0.0, 'optimizer.learning_rate')
   _at_least(config.optimizer.weight_decay, 0.0, 'optimizer.weight_decay')
   if not 0.0 <= config.optimizer.momentum < 1.0:
-    raise ValueError('optimizer.momentum must be in [0, 1); got '
+    raise errors.ConfigError('optimizer.momentum must be in [0, 1); got '
                      f'{config.optimizer.momentum}.')
   if not 0.0 <= config.optimizer.label_smoothing < 1.0:
-    raise ValueError('optimizer.label_smoothing must be in [0, 1); got '
+    raise errors.ConfigError('optimizer.label_smoothing must be in [0, 1); got '
                      f'{config.optimizer.label_smoothing}.')
   _at_least(config.data.train_examples, 0, 'data.train_examples')
   _at_least(config.data.crop_padding, 0, 'data.crop_padding')
@@ -54,5 +61,5 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     value = config[field]
     _at_least(value, 1, field)
     if value % devices:
-      raise ValueError(f'{field}={value} does not split over {devices} '
+      raise errors.ConfigError(f'{field}={value} does not split over {devices} '
                        f'devices; use a multiple of {devices}.')

@@ -1,6 +1,8 @@
-"""Shared test setup: project XLA flags, tiny configs and TFDS mock data."""
+"""Shared test setup and helpers: project XLA flags, tiny configs, TFDS mock
+data, and the command line run as a user runs it."""
 
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,10 +19,21 @@ import pytest
 # Tiny models compile faster without XLA's heavier optimisation passes.
 jax.config.update('jax_disable_most_optimizations', True)
 
+import ml_collections
+
 from configs import default
+from jax_resnet import metric_logging
 import tensorflow_datasets as tfds
 
 MOCK_EXAMPLES = 40
+MOCK_MAIN = os.path.join(ROOT, 'tests', 'mock_main.py')
+# main.py arguments of a ResNet-8 run on mock data (tests/mock_main.py).
+TINY = ['--config', os.path.join(ROOT, 'configs', 'resnet20_cifar10.py'),
+        '--config.model.depth=8', '--config.batch_size=16',
+        '--config.eval_batch_size=16', '--config.log_every_steps=1',
+        '--config.data.download=False',
+        '--config.data_dir=' + os.path.join(ROOT, 'tests', 'no_such_tfds_dir')]
+TIMING_KEYS = ('images_per_sec', 'epoch_seconds')
 
 
 def tiny_config(dataset: str = 'cifar10', **overrides):
@@ -48,3 +61,56 @@ def mock_cifar():
   """Random CIFAR-shaped data in place of the real TFDS files."""
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     yield
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """``config.model`` of the defaults with ``overrides`` (block_kwargs as a
+  dict)."""
+  config = default.get_config().model
+  config.update(overrides)
+  return config
+
+
+def command_env(devices: int = 1, examples: int = MOCK_EXAMPLES,
+                pythonpath: str = '') -> dict[str, str]:
+  """Environment of a command run by a test: mock data size, devices."""
+  env = dict(os.environ)
+  env['MOCK_EXAMPLES'] = str(examples)
+  env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices}'
+                      if devices > 1 else '')
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  if pythonpath:
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (pythonpath, env.get('PYTHONPATH', '')) if p)
+  return env
+
+
+def run_main(args, devices=1, examples=MOCK_EXAMPLES, mock=True, check=True,
+             pythonpath='', script=None, extra_env=None):
+  """Runs main.py (on mock data unless mock=False); returns the process."""
+  script = script or (MOCK_MAIN if mock else os.path.join(ROOT, 'main.py'))
+  env = {**command_env(devices, examples, pythonpath), **(extra_env or {})}
+  proc = subprocess.run([sys.executable, script] + args, cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  if check and proc.returncode:
+    raise AssertionError(f'{os.path.basename(script)} {args} exited '
+                         f'{proc.returncode}:\n{proc.stdout}\n{proc.stderr}')
+  return proc
+
+
+def records(workdir):
+  """metrics.jsonl without the timing fields."""
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+          for r in metric_logging.read_metrics(str(workdir))]
+
+
+def workdir_bytes(workdir) -> dict[str, bytes]:
+  """Every file under ``workdir``, by relative path."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, workdir)] = f.read()
+  return out

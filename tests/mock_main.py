@@ -1,5 +1,14 @@
-"""Runs main.py on TFDS mock data, for tests that drive the command line."""
+"""Runs main.py on TFDS mock data, for tests that drive the command line.
 
+With COUNT_CALLS=1 it also counts, and prints as the last line of stderr,
+how often the command resolved a network (``registry.resolve``) and really
+initialised one (``train.Trainer.init_state``): a main.py train command
+resolves once, and initialises only when there is no checkpoint to resume.
+"""
+
+import atexit
+import collections
+import json
 import os
 import sys
 
@@ -12,8 +21,32 @@ import main
 from jax_resnet import config_overrides
 import tensorflow_datasets as tfds
 
+
+def count_calls() -> None:
+  """Wraps the functions counted and prints the counts at exit."""
+  from jax_resnet import train
+  from jax_resnet.models import registry
+  counts = collections.Counter()
+
+  def counted(owner, name):
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+      counts[name] += 1
+      return original(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+  counted(registry, 'resolve')
+  counted(train.Trainer, 'init_state')
+  atexit.register(lambda: print('calls ' + json.dumps(counts),
+                                file=sys.stderr, flush=True))
+
+
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
+  if os.environ.get('COUNT_CALLS'):
+    count_calls()
   with tfds.testing.mock_data(num_examples=num_examples):
     config_overrides.check_command_line(sys.argv)
     app.run(main.main)

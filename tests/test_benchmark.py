@@ -3,7 +3,6 @@
 import collections
 import functools
 import json
-import os
 import subprocess
 import sys
 
@@ -11,11 +10,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_resnet.models import registry
-from jax_resnet.bench import op_profile
+from conftest import ROOT
 from configs import default
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jax_resnet.bench import op_profile
+from jax_resnet.models import registry
 
 
 @pytest.mark.parametrize('depth', [8, 20, 56])
@@ -62,23 +60,25 @@ def test_format_table_sums_and_remainder():
   assert '| measured step | 70.0 | 40.0 | 20.0 | 2.00 |' in table
 
 
-def test_benchmark_with_ops_runs_all_frameworks():
+def test_benchmark_with_ops():
+  """The kernels against PyTorch, per-op budgets included (the jax_xla
+  framework is the same worker with another conv_backend)."""
   pytest.importorskip('torch')
   proc = subprocess.run(
       [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
        '--batch_size=4', '--eval_batch_size=4', '--steps=1', '--eval_steps=1',
-       '--warmup=1', '--ops'],
+       '--warmup=1', '--ops', '--frameworks=jax_kernels,torch'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr
   rows = json.loads(proc.stdout.strip().splitlines()[-1])
   row = rows[0]
   assert row['network'] == '8' and row['name'] == 'ResNet-8'
-  for framework in ('jax_xla', 'jax_kernels', 'torch'):
+  for framework in ('jax_kernels', 'torch'):
     assert row[framework]['train_images_per_sec'] > 0
     assert set(row[framework + '_ops']) == set(op_profile.CATEGORIES)
     assert all(v > 0 for v in row[framework + '_ops'].values())
   assert '| ResNet-8 | JAX, own CPU kernels |' in proc.stdout
-  assert '| ResNet-8 | JAX, XLA convolutions |' in proc.stdout
+  assert '| ResNet-8 | PyTorch |' in proc.stdout
   assert 'ResNet-8, ms per training step:' in proc.stdout
   assert '| measured step |' in proc.stdout
 
@@ -91,3 +91,21 @@ def test_ops_needs_torch():
   assert proc.returncode != 0
   assert '--frameworks must include torch' in proc.stderr
 
+
+
+def test_config_overrides_reach_the_jax_runs():
+  """--config.FIELD overrides, the same mechanism as main.py's."""
+  args = [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
+          '--frameworks=jax_xla', '--batch_size=4', '--eval_batch_size=4',
+          '--steps=1', '--eval_steps=1', '--warmup=1',
+          '--config.model.block=resnext']
+  proc = subprocess.run(args + ['--config.model.block_kwargs.cardinality=0'],
+                        cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode != 0
+  assert 'block_kwargs.cardinality must be at least 1; got 0' in proc.stderr
+  proc = subprocess.run(args + ['--config.model.dept=8'], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 2
+  assert "unknown config field 'model.dept'" in proc.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from jax_resnet import errors
 from jax_resnet.models import blocks
 from jax_resnet.models import layers
 from jax_resnet.models import registry
@@ -189,18 +190,21 @@ def test_block_from_user_module(tmp_path, monkeypatch):
   y = model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))),
                   jnp.zeros((1, 32, 32, 3)))
   assert y.shape == (1, 10)
-  with pytest.raises(ValueError, match='subclass'):
+  with pytest.raises(errors.ConfigError, match='subclass'):
     blocks.get_block('my_blocks:NotABlock')
-  with pytest.raises(ValueError, match='has no class'):
+  with pytest.raises(errors.ConfigError, match='has no class'):
     blocks.get_block('my_blocks:Missing')
-  with pytest.raises(ValueError, match='Cannot import'):
+  with pytest.raises(errors.ConfigError, match='Cannot import'):
     blocks.get_block('no_such_module_xyz:MyBlock')
   sys.modules.pop('my_blocks', None)
 
 
-def test_register_block_rejects_duplicates():
-  with pytest.raises(ValueError, match='already registered'):
-    blocks.register_block('basic')(blocks.BasicBlock)
+def test_register_block_rejects_a_second_class_under_a_name():
+  with pytest.raises(errors.ConfigError, match='already registered'):
+    blocks.register_block('basic')(blocks.PreActBlock)
+  # The same class again (its module imported twice) is no conflict.
+  assert blocks.register_block('basic')(blocks.BasicBlock) is (
+      blocks.BasicBlock)
 
 
 def test_public_block_api_is_the_models_module():

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, command_env
+import golden
 from jax_resnet import checkpoints
 from jax_resnet import config_overrides
 from jax_resnet.tools import grid
@@ -19,10 +20,7 @@ NO_DATA = os.path.join(ROOT, 'tests', 'no_such_tfds_dir')
 TINY = {'model.depth': 8, 'batch_size': 16, 'eval_batch_size': 16,
         'log_every_steps': 1, 'data.download': False, 'data_dir': NO_DATA,
         'num_epochs': 2}
-# ResNet-8 with 10 classes: stem 3x3x3x16 + BN; one basic block per stage
-# (16->16, 16->32, 32->64, option-A shortcuts); dense head 64x10 + 10.
-RESNET8_PARAMS = (432 + 32) + (2 * 2304 + 64) + (4608 + 9216 + 128) + (
-    18432 + 36864 + 256) + 650
+RESNET8_PARAMS = golden.CIFAR_RESNET_PARAMS[8]
 
 
 def tiny_runs(root, seeds=(0, 1), blocks=('basic',), **overrides):
@@ -102,10 +100,9 @@ def test_interrupted_run_resumes_and_finished_runs_are_skipped(
   (run,) = runs
   save = checkpoints.Checkpointer.save
 
-  def save_then_interrupt(self, kind, step, state, meta):
-    save(self, kind, step, state, meta)
-    if kind == 'latest':
-      raise KeyboardInterrupt  # As Ctrl-C right after epoch 1 is saved.
+  def save_then_interrupt(self, step, state, meta, test_accuracy):
+    save(self, step, state, meta, test_accuracy)
+    raise KeyboardInterrupt  # As Ctrl-C right after epoch 1 is saved.
 
   with monkeypatch.context() as patch:
     patch.setattr(checkpoints.Checkpointer, 'save', save_then_interrupt)
@@ -130,7 +127,8 @@ def test_interrupted_run_resumes_and_finished_runs_are_skipped(
   assert status['best_test_accuracy'] == history[-1]['best_test_accuracy']
   assert grid.run_state(run).state == 'done'
 
-  def must_not_train(config, workdir):
+  def must_not_train(config, workdir, model):
+    del model
     raise AssertionError(f'{workdir} trained again')
 
   outcome = grid.run_grid(runs, train_fn=must_not_train)
@@ -148,7 +146,8 @@ def test_failing_runs_are_recorded_and_the_grid_goes_on(tmp_path):
   runs = tiny_runs(tmp_path, seeds=(0, 1, 2))
   attempted = []
 
-  def fail(config, workdir):
+  def fail(config, workdir, model):
+    del model
     attempted.append(config.seed)
     if config.seed == 1:
       raise FloatingPointError('Training loss is nan at epoch 1, step 3.')
@@ -207,13 +206,11 @@ def test_dry_run_lists_every_state(tmp_path):
 
 
 def _grid_command(args, module=True):
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1',
-             TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='', MOCK_EXAMPLES='40')
   command = ([sys.executable, '-m', 'jax_resnet.tools.grid'] if module else
              [sys.executable, os.path.join(ROOT, 'tests', 'mock_grid.py')])
-  env['PYTHONPATH'] = os.path.join(ROOT, 'tests')
-  return subprocess.run(command + args, cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+      command + args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=command_env(pythonpath=os.path.join(ROOT, 'tests')))
 
 
 def test_command_line_records_a_nan_run_and_exits_nonzero(tmp_path):

@@ -14,49 +14,27 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import (MOCK_MAIN, ROOT, TINY, command_env, records, run_main,
+                      workdir_bytes)
+import golden
 from jax_resnet import metric_logging
 
-MOCK_MAIN = os.path.join(ROOT, 'tests', 'mock_main.py')
-TINY = ['--config', os.path.join(ROOT, 'configs', 'resnet20_cifar10.py'),
-        '--config.model.depth=8', '--config.batch_size=16',
-        '--config.eval_batch_size=16', '--config.log_every_steps=1',
-        '--config.data.download=False',
-        '--config.data_dir=' + os.path.join(ROOT, 'tests', 'no_such_tfds_dir')]
-TIMING_KEYS = ('images_per_sec', 'epoch_seconds')
+
+def calls(process) -> dict[str, int]:
+  """What a COUNT_CALLS=1 run of tests/mock_main.py counted."""
+  return json.loads(process.stderr.strip().splitlines()[-1].removeprefix(
+      'calls '))
 
 
-def _env(devices: int = 1, examples: int = 40) -> dict[str, str]:
-  env = dict(os.environ)
-  env['MOCK_EXAMPLES'] = str(examples)
-  env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
-  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices}'
-                      if devices > 1 else '')
-  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
-  return env
-
-
-def run_main(args, devices=1, examples=40, mock=True, check=True):
-  """Runs main.py (on mock data unless mock=False); returns the process."""
-  script = MOCK_MAIN if mock else os.path.join(ROOT, 'main.py')
-  proc = subprocess.run([sys.executable, script] + args, cwd=ROOT,
-                        env=_env(devices, examples), capture_output=True,
-                        text=True, timeout=600)
-  if check and proc.returncode:
-    raise AssertionError(f'main.py {args} exited {proc.returncode}:\n'
-                         f'{proc.stdout}\n{proc.stderr}')
-  return proc
-
-
-def records(workdir):
-  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
-          for r in metric_logging.read_metrics(str(workdir))]
-
-
-def test_train_then_eval_reproduces_logged_accuracy(tmp_path):
+def test_train_eval_refuse_and_resume_one_workdir(tmp_path):
+  """Eval reproduces the logged accuracy; a refused command changes nothing;
+  a resume continues."""
   workdir = str(tmp_path / 'run')
-  out = run_main(TINY + ['--config.num_epochs=3', f'--workdir={workdir}'])
+  out = run_main(TINY + ['--config.num_epochs=3', f'--workdir={workdir}'],
+                 extra_env={'COUNT_CALLS': '1'})
   assert 'epoch   3/3' in out.stdout and 'Final test accuracy' in out.stdout
+  # The network is resolved once per command and initialised once.
+  assert calls(out) == {'resolve': 1, 'init_state': 1}
   history = metric_logging.read_metrics(workdir)
   assert len(history) == 3
 
@@ -66,7 +44,7 @@ def test_train_then_eval_reproduces_logged_accuracy(tmp_path):
   assert set(result) == {'test_accuracy', 'test_loss', 'checkpoint_step'}
   best_record = max(history, key=lambda r: r['test_accuracy'])
   assert result['test_accuracy'] == best_record['best_test_accuracy']
-  # Ties go to the later epoch: the best checkpoint is saved on >=.
+  # Ties go to the later epoch, as the checkpoint manager ranks them.
   best_epoch = max(r['epoch'] for r in history
                    if r['test_accuracy'] == best_record['test_accuracy'])
   assert result['checkpoint_step'] == history[best_epoch - 1]['step']
@@ -79,6 +57,23 @@ def test_train_then_eval_reproduces_logged_accuracy(tmp_path):
                                               rel=1e-6)
   assert result['checkpoint_step'] == history[-1]['step']
 
+  # A command of another setting is refused and changes nothing there.
+  before = workdir_bytes(workdir)
+  out = run_main(TINY + ['--config.num_epochs=4', '--config.model.depth=14',
+                         f'--workdir={workdir}'], check=False)
+  assert out.returncode == 1
+  assert 'depth: checkpoint 8, command 14' in out.stderr
+  assert 'Traceback' not in out.stderr
+  assert workdir_bytes(workdir) == before
+
+  # Resuming resolves the network once and initialises nothing: the state's
+  # shapes come from jax.eval_shape, its values from the checkpoint.
+  out = run_main(TINY + ['--config.num_epochs=4', f'--workdir={workdir}'],
+                 extra_env={'COUNT_CALLS': '1'})
+  assert 'Resumed from epoch 3' in out.stdout
+  assert calls(out) == {'resolve': 1}
+  assert [r['epoch'] for r in records(workdir)] == [1, 2, 3, 4]
+
 
 def test_kill_9_mid_run_then_restart_equals_uninterrupted(tmp_path):
   args = TINY + ['--config.num_epochs=4', '--config.model.block=stochastic_depth']
@@ -88,7 +83,7 @@ def test_kill_9_mid_run_then_restart_equals_uninterrupted(tmp_path):
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(
       [sys.executable, MOCK_MAIN] + args + [f'--workdir={killed}'], cwd=ROOT,
-      env=_env(examples=160), stdout=subprocess.DEVNULL,
+      env=command_env(examples=160), stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   # Kill as soon as the first epoch is logged: inside its checkpoint save or
@@ -125,8 +120,9 @@ def test_summary_mode():
   out = run_main(['--config', os.path.join(ROOT, 'configs',
                                            'resnet56_cifar100.py'),
                   '--mode=summary'], mock=False)
-  assert '853,018' not in out.stdout  # CIFAR-100 has a wider head.
-  assert f'{853_018 + 90 * 64 + 90:,} parameters' in out.stdout
+  resnet56 = golden.CIFAR_RESNET_PARAMS[56]
+  assert f'{resnet56:,}' not in out.stdout  # CIFAR-100 has a wider head.
+  assert f'{resnet56 + 90 * 64 + 90:,} parameters' in out.stdout
   assert '8x8x64' in out.stdout
 
 
@@ -153,6 +149,14 @@ def test_unknown_config_field_lists_valid_fields():
   assert "unknown config field 'model.blok'" in out.stderr
   assert 'Did you mean model.block' in out.stderr
   assert 'model.depth' in out.stderr  # The full list of valid fields.
+
+
+def test_a_field_of_an_earlier_version_says_where_it_went():
+  out = run_main(TINY + ['--config.model.cardinality=8'], mock=False,
+                 check=False)
+  assert out.returncode == 2
+  assert out.stderr.strip() == ("error: config field 'model.cardinality' is "
+                                "now 'model.block_kwargs.cardinality'.")
 
 
 def test_missing_config_file_is_one_line():

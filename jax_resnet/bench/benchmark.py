@@ -4,7 +4,7 @@ project's CPU kernels, and PyTorch, side by side.
   python -m jax_resnet.bench.benchmark                  # ResNet-20/56/110, all three
   python -m jax_resnet.bench.benchmark --depths=20 --frameworks=jax_kernels,torch
   python -m jax_resnet.bench.benchmark --depths= --networks=wrn16_8_cifar10
-  python -m jax_resnet.bench.benchmark --set=model.scan_blocks=True    # a lever
+  python -m jax_resnet.bench.benchmark --config.model.scan_blocks=True  # a lever
   python -m jax_resnet.bench.benchmark --depths=20 --ops   # + per-op budget
 
 Frameworks: ``jax_xla`` (``model.conv_backend=xla``, with the project's XLA
@@ -49,8 +49,6 @@ _EVAL_STEPS = flags.DEFINE_integer('eval_steps', 10, 'Timed eval batches.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compile.')
 _THREADS = flags.DEFINE_integer('torch_threads', 0,
                                 'PyTorch intra-op threads; 0 = all cores.')
-_SET = flags.DEFINE_multi_string(
-    'set', [], 'Config override for the JAX runs, e.g. model.dtype=bfloat16.')
 _NO_PROJECT_FLAGS = flags.DEFINE_bool(
     'no_project_flags', False, 'JAX without the project XLA CPU flags (XLA '
     'defaults), to measure what they give.')
@@ -67,20 +65,24 @@ _WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:NETWORK '
 CONV_BACKENDS = {'jax_xla': 'xla', 'jax_kernels': 'cpu_kernels'}
 
 
-def _apply_override(config, assignment: str):
-  key, _, text = assignment.partition('=')
-  *parents, leaf = key.split('.')
-  node = config
-  for parent in parents:
-    node = node[parent]
-  current = node[leaf]
-  if isinstance(current, bool):
-    value = text.lower() in ('1', 'true', 'yes')
-  elif current is None:
-    value = float(text)
-  else:
-    value = type(current)(text)
-  node[leaf] = value
+def define_config_flag() -> None:
+  """``--config.FIELD=VALUE``: overrides of every JAX run's config.
+
+  Defined by the command only (a process, such as the tests, may import
+  modules that define ``--config`` too).
+  """
+  from jax_resnet import config_overrides  # pylint: disable=g-import-not-at-top
+  config_overrides.define_config_dict(
+      config_overrides.default_config(),
+      'Overrides of the JAX runs, e.g. --config.model.dtype=bfloat16.')
+
+
+def config_overrides_given() -> dict[str, object]:
+  """The ``--config.FIELD`` values of the command line ({} without one)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  if 'config' not in flags.FLAGS:
+    return {}
+  return dict(config_flags.get_override_values(flags.FLAGS['config']))
 
 
 def _time_loop(run, steps: int, sync) -> float:
@@ -118,29 +120,37 @@ def network_config(network: str):
   return importlib.import_module(f'configs.{network}').get_config()
 
 
+def resolve_network(network: str):
+  """The resolved network of a network key (XLA convolutions: nothing is
+  computed or loaded, so the parent process leaves JAX alone)."""
+  from jax_resnet.models import registry  # pylint: disable=g-import-not-at-top
+  model_config = network_config(network).model
+  model_config.conv_backend = 'xla'
+  return registry.resolve(model_config, 10)
+
+
 def network_name(network: str) -> str:
   """A display name, e.g. 'ResNet-20' or 'WRN-16-8'."""
   if network.isdigit():
     return f'ResNet-{network}'
-  from jax_resnet.models import registry  # pylint: disable=g-import-not-at-top
-  return registry.describe(network_config(network).model)
+  return resolve_network(network).description
 
 
 def torch_model(network: str, num_classes: int = 10):
   """The PyTorch reference of a network key."""
   from jax_resnet.interop import torch_reference  # pylint: disable=g-import-not-at-top
-  model = network_config(network).model
-  get = lambda field, default: default if model.get(field) is None else (
-      model.get(field))
-  if model.name == 'cifar_resnet':
-    return torch_reference.cifar_resnet(model.block, model.depth, num_classes)
-  if model.name == 'wide_resnet':
-    return torch_reference.WideResNet(model.depth, get('widen_factor', 10),
-                                      num_classes, get('dropout_rate', 0.0))
-  if model.name == 'densenet' and model.block == 'bottleneck':
-    return torch_reference.DenseNetBC(model.depth, get('growth_rate', 12),
-                                      get('compression', 0.5), num_classes,
-                                      get('dropout_rate', 0.0))
+  resolved = resolve_network(network)
+  block, depth = resolved.settings.block, resolved.settings.depth
+  kwargs = resolved.hyperparameters
+  if resolved.name == 'cifar_resnet':
+    return torch_reference.cifar_resnet(block, depth, num_classes)
+  if resolved.name == 'wide_resnet':
+    return torch_reference.WideResNet(depth, kwargs['widen_factor'],
+                                      num_classes, kwargs['dropout_rate'])
+  if resolved.name == 'densenet' and block == 'bottleneck':
+    return torch_reference.DenseNetBC(depth, kwargs['growth_rate'],
+                                      kwargs['compression'], num_classes,
+                                      kwargs['dropout_rate'])
   raise app.UsageError(f'No PyTorch reference for {network!r} in the '
                        'benchmark: use cifar_resnet, wide_resnet or densenet '
                        '(bottleneck) configs.')
@@ -153,7 +163,7 @@ def jax_worker(framework: str, network: str) -> dict[str, float]:
   import functools
   import jax
   import numpy as np
-  from jax_resnet.models import registry
+  from jax_resnet import config_overrides
   from jax_resnet import train
   # pylint: enable=g-import-not-at-top
 
@@ -161,9 +171,8 @@ def jax_worker(framework: str, network: str) -> dict[str, float]:
   config.dataset = 'cifar10'
   config.batch_size = _BATCH_SIZE.value
   config.model.conv_backend = CONV_BACKENDS[framework]
-  for assignment in _SET.value:
-    _apply_override(config, assignment)
-  model = registry.create_model(config.model, 10)
+  config = config_overrides.apply(config, config_overrides_given())
+  model = train.resolve_model(config).module
   state = train.create_train_state(config, model, steps_per_epoch=390)
   cfg = train.step_config(config)
   rng = np.random.default_rng(0)
@@ -372,4 +381,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # pylint: disable=g-import-not-at-top
+  from jax_resnet import config_overrides as _overrides
+  # pylint: enable=g-import-not-at-top
+  _overrides.exit_on_unknown_fields(sys.argv, _overrides.default_config())
+  define_config_flag()
   app.run(main)

@@ -40,18 +40,16 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
 from jax_resnet import checkpoints
 from jax_resnet import config_overrides
-from jax_resnet.models import densenet
-from jax_resnet import input_pipeline
-from jax_resnet.models import backbone
-from jax_resnet.models import registry
+from jax_resnet import errors
 from jax_resnet import runtime
 from jax_resnet import train
 from jax_resnet import validation
+from jax_resnet.models import backbone
+from jax_resnet.models import densenet
 from jax_resnet.models import wide_resnet
 
 # Keys a checkpoint may nest its state_dict under (training scripts save the
@@ -155,7 +153,7 @@ def torch_layout(model: Any) -> str:
   return 'residual'
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.Error, ValueError):
   """The PyTorch checkpoint does not fit the configured network."""
 
 
@@ -201,7 +199,7 @@ def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
     raise ConversionError('Reading a PyTorch checkpoint needs PyTorch: '
                           'pip install torch (the CPU build is enough).') from e
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'No PyTorch checkpoint at {path}.')
+    raise ConversionError(f'No PyTorch checkpoint at {path}.')
   try:
     # weights_only: a checkpoint is data; never run code pickled into it.
     checkpoint = torch.load(path, map_location='cpu', weights_only=True)
@@ -258,7 +256,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Any
 
   Args:
     state_dict: a bare state_dict (see unwrap_state_dict), tensors or arrays.
-    model: the Flax network, e.g. ``registry.create_model(config.model, 10)``;
+    model: the Flax network, e.g. ``train.resolve_model(config).module``;
       scanned blocks are filled from the per-block PyTorch keys.
 
   Returns:
@@ -331,7 +329,7 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
 
 def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
             workdir: str) -> dict[str, Any]:
-  """Writes a PyTorch checkpoint as the workdir's 'best' and 'latest' ones.
+  """Writes a PyTorch checkpoint as the workdir's first checkpoint (step 0).
 
   The train state is what a fresh run would start from (optimiser state,
   step 0, the seed's RNG key) with the imported parameters and BatchNorm
@@ -347,26 +345,25 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
     The checkpoint's metadata.
 
   Raises:
-    ConversionError: the checkpoint does not fit the configured network.
-    FileExistsError: the workdir already holds checkpoints.
+    ConversionError: the checkpoint does not fit the configured network, or
+      the workdir already holds checkpoints.
   """
   validation.validate_config(config)
-  for directory in (checkpoints.LATEST_DIR, checkpoints.BEST_DIR):
+  for directory in (checkpoints.CHECKPOINT_DIR, checkpoints.LEGACY_BEST_DIR):
     path = os.path.join(workdir, directory)
     if os.path.isdir(path) and os.listdir(path):
       # Checkpointer.save keeps an existing step as is, so writing step 0
       # again would silently keep the old weights.
-      raise FileExistsError(f'{path} already holds checkpoints; import into '
+      raise ConversionError(f'{path} already holds checkpoints; import into '
                             'a new --workdir.')
   state_dict = load_torch_checkpoint(torch_checkpoint)
-  model = registry.create_model(config.model,
-                              input_pipeline.num_classes(config.dataset))
-  variables = torch_to_flax(state_dict, model)
+  model = train.resolve_model(config)
+  variables = torch_to_flax(state_dict, model.module)
 
   # The training split sets steps_per_epoch, which a later --mode train
   # checks against the checkpoint.
   train_split, test_split = train.load_data(config)
-  trainer = train.Trainer(config, train_split, test_split)
+  trainer = train.Trainer(config, model, train_split, test_split)
   state = trainer.init_state()
   state = state.replace(params=variables['params'],
                         batch_stats=variables['batch_stats'],
@@ -374,7 +371,7 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
   state = jax.device_put(state, trainer.replicated)
   meta = {'epoch': 0, 'best_test_accuracy': 0.0, 'test_accuracy': None,
           'steps_per_epoch': trainer.steps_per_epoch,
-          'signature': train.run_signature(config),
+          'signature': train.run_signature(config, model),
           'imported_from': os.path.abspath(torch_checkpoint)}
 
   os.makedirs(workdir, exist_ok=True)
@@ -382,8 +379,9 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
     f.write(config.to_json(indent=2))
   ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
   try:
-    for kind in checkpoints.CHECKPOINT_KINDS:
-      ckpt.save(kind, 0, state, meta)
+    # Ranked as the best so far: any fine-tuned epoch that ties or beats it
+    # replaces it.
+    ckpt.save(0, state, meta, test_accuracy=0.0)
   finally:
     ckpt.close()
   return meta
@@ -393,10 +391,9 @@ def define_flags() -> None:
   """Defines the command-line flags of the convert command."""
   # Called by the entry points only: main.py defines --config and --workdir
   # too, and a process may import both modules.
-  config_flags.DEFINE_config_file(
-      'config', None, 'Config file of the network to import into, e.g. '
-      'configs/resnet20_cifar10.py; --config.X overrides apply.',
-      lock_config=True)
+  config_overrides.define_config_file(
+      'Config file of the network to import into, e.g. '
+      'configs/resnet20_cifar10.py; --config.X overrides apply.')
   flags.DEFINE_string('torch-checkpoint', None,
                       'PyTorch checkpoint (torch.save of a state_dict).')
   flags.DEFINE_string('workdir', None,
@@ -410,11 +407,11 @@ def main(argv):
   workdir = flags.FLAGS.workdir
   try:
     meta = convert(config, flags.FLAGS['torch-checkpoint'].value, workdir)
-  except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+  except errors.Error as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(f'Imported {meta["imported_from"]} into {workdir} (best and latest '
-        'checkpoints, step 0). Evaluate it with main.py --mode eval, the same '
+  print(f'Imported {meta["imported_from"]} into {workdir} (checkpoint of '
+        'step 0). Evaluate it with main.py --mode eval, the same '
         f'--config and --workdir {workdir}.')
   print(json.dumps({'workdir': workdir, 'signature': meta['signature']}))
 

@@ -1,2 +1,2 @@
 """Networks: blocks, shared layers, the residual backbone, each family and
-the registry (``registry.create_model``)."""
+the registry (``registry.resolve``)."""

@@ -6,15 +6,17 @@ only in layout (``cifar_resnet.py``, ``resnet.py``, ``resnext.py``,
 ``wide_resnet.py``). PyramidNet and DenseNet have backbones of their own.
 """
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_resnet import errors
 from jax_resnet.models import blocks
 from jax_resnet.models import layers
+from jax_resnet.models import settings as model_settings
 
 
 class _ScannedBlock(nn.Module):
@@ -51,7 +53,7 @@ class CifarResNet(nn.Module):
     num_classes: outputs of the dense head.
     stage_planes: base planes per stage.
     stem_planes: stem output channels; None uses ``stage_planes[0]``.
-    block_options: block hyper-parameters, e.g. ``{'cardinality': 8}``.
+    block_kwargs: the block's hyper-parameters, e.g. ``{'cardinality': 8}``.
     shortcut_type: 'A', 'B' or 'conv' (see blocks.ResidualBlock).
     final_survival_probability: stochastic depth p_L; 1.0 disables it.
     stochastic_depth_mode: 'batch' or 'example'.
@@ -69,7 +71,7 @@ class CifarResNet(nn.Module):
   num_classes: int
   stage_planes: Sequence[int] = (16, 32, 64)
   stem_planes: Optional[int] = None
-  block_options: Mapping[str, Any] = flax.core.FrozenDict()
+  block_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
   shortcut_type: str = 'A'
   final_survival_probability: float = 1.0
   stochastic_depth_mode: str = 'batch'
@@ -96,7 +98,7 @@ class CifarResNet(nn.Module):
 
     num_blocks = sum(self.stage_sizes)
     survival = blocks.survival_probabilities(num_blocks,
-                                      self.final_survival_probability)
+                                             self.final_survival_probability)
     stochastic = self.final_survival_probability < 1.0
     in_planes = stem_planes
     index = 0
@@ -105,7 +107,7 @@ class CifarResNet(nn.Module):
       common = dict(planes=planes, conv=conv, norm=norm,
                     shortcut_type=self.shortcut_type,
                     stochastic_depth_mode=self.stochastic_depth_mode,
-                    **self.block_options)
+                    **self.block_kwargs)
       first = self.block_cls(
           in_planes=in_planes, stride=2 if stage > 0 else 1,
           survival_probability=survival[index],
@@ -138,66 +140,62 @@ class CifarResNet(nn.Module):
                              self.weight_init)
 
 
-def create_residual_network(model_config, num_classes: int, *,
+def create_residual_network(settings: model_settings.Settings,
+                            num_classes: int, *,
                             block_cls: type[blocks.ResidualBlock],
                             stage_sizes: Sequence[int],
                             stage_planes: Sequence[int],
                             stem_planes: Optional[int] = None,
-                            block_options: Optional[Mapping[str, Any]] = None,
+                            block_kwargs: Optional[Mapping[str, Any]] = None,
                             default_shortcut: Optional[str] = None,
                             weight_init: layers.Init = layers.CIFAR_RESNET_INIT
                             ) -> CifarResNet:
-  """A CifarResNet with the given layout and ``config.model``'s settings.
+  """A CifarResNet with the given layout and the model settings.
 
   Args:
-    model_config: ``config.model`` (shortcut, stochastic depth, BatchNorm,
-      dtype, scan_blocks, conv_backend).
+    settings: the model settings (shortcut, stochastic depth, BatchNorm,
+      dtype, scan_blocks, conv_backend, block_kwargs).
     num_classes: outputs of the head.
     block_cls: the block class.
     stage_sizes: blocks per stage.
     stage_planes: base planes per stage.
     stem_planes: stem channels; None = ``stage_planes[0]``.
-    block_options: the block's hyper-parameters.
+    block_kwargs: the block's hyper-parameters, resolved; None resolves
+      ``settings.block_kwargs``.
     default_shortcut: what shortcut 'auto' means; None = the block's default.
     weight_init: initialisers of the convolutions and the head.
 
   Returns:
     The (unbound) network.
   """
-  shortcut = model_config.shortcut
+  if block_kwargs is None:
+    block_kwargs = blocks.resolve_kwargs(block_cls, settings.block_kwargs,
+                                         f'block {settings.block!r}')
+  shortcut = settings.shortcut
   if shortcut == 'auto':
     shortcut = default_shortcut or block_cls.default_shortcut
   if shortcut not in blocks.SHORTCUT_TYPES:
-    raise ValueError(f'Unknown shortcut {shortcut!r}; valid: auto, '
-                     f'{", ".join(blocks.SHORTCUT_TYPES)}.')
-  final_survival = blocks.final_survival_probability(block_cls, model_config)
+    raise errors.ConfigError(
+        f'Unknown model.shortcut {shortcut!r}; valid: auto, '
+        f'{", ".join(blocks.SHORTCUT_TYPES)}.')
   return CifarResNet(
       block_cls=block_cls,
       stage_sizes=tuple(stage_sizes),
       num_classes=num_classes,
       stage_planes=tuple(stage_planes),
       stem_planes=stem_planes,
-      block_options=flax.core.FrozenDict(block_options or {}),
+      block_kwargs=flax.core.FrozenDict(block_kwargs),
       shortcut_type=shortcut,
-      final_survival_probability=final_survival,
-      stochastic_depth_mode=model_config.stochastic_depth_mode,
-      bn_momentum=model_config.bn_momentum,
-      bn_epsilon=model_config.bn_epsilon,
-      dtype=layers.dtype_of(model_config),
-      scan_blocks=model_config.scan_blocks,
+      final_survival_probability=blocks.final_survival_probability(
+          block_cls, settings.final_survival_probability,
+          settings.stochastic_depth_mode),
+      stochastic_depth_mode=settings.stochastic_depth_mode,
+      bn_momentum=settings.bn_momentum,
+      bn_epsilon=settings.bn_epsilon,
+      dtype=settings.dtype,
+      scan_blocks=settings.scan_blocks,
       weight_init=weight_init,
-      conv_backend=layers.conv_backend_of(model_config))
-
-
-def residual_network(layout: Callable[[Any], dict[str, Any]]
-                     ) -> Callable[[Any, int], CifarResNet]:
-  """A network builder: ``layout(config.model)`` -> create_residual_network."""
-
-  def create(model_config, num_classes: int) -> CifarResNet:
-    return create_residual_network(model_config, num_classes,
-                                   **layout(model_config))
-
-  return create
+      conv_backend=settings.conv_backend)
 
 
 def stack_scanned_blocks(tree: dict[str, Any]) -> dict[str, Any]:

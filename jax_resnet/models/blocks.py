@@ -5,27 +5,26 @@ Every block is built from ``(in_planes, planes, stride)`` plus the ``conv`` and
 ``planes * expansion`` channels. Shortcut handling, stochastic depth and the
 registry live here so that a new block only writes its residual branch.
 
-A block's own hyper-parameters (cardinality, widths, ...) are dataclass fields
-named in ``hyperparameters``; the config fields of the same names set them
-(``block_options``).
+A block's own hyper-parameters (cardinality, widths, ...) are its dataclass
+fields beyond the contract; ``config.model.block_kwargs`` sets them
+(``hyperparameters``, ``resolve_kwargs``).
 """
 
+import dataclasses
 import importlib
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_resnet import errors
 from jax_resnet.models import layers
 
 ModuleDef = Any
 
 SHORTCUT_TYPES = ('A', 'B', 'conv')
 STOCHASTIC_DEPTH_MODES = ('batch', 'example')
-# Block hyper-parameters settable from config.model; None there keeps the
-# block's own default.
-BLOCK_FIELDS = ('cardinality', 'base_width', 'scale', 'se_reduction', 'radix')
 
 
 def shortcut_option_a(x: jax.Array, out_channels: int, stride: int) -> jax.Array:
@@ -34,7 +33,7 @@ def shortcut_option_a(x: jax.Array, out_channels: int, stride: int) -> jax.Array
     x = x[:, ::stride, ::stride, :]
   extra = out_channels - x.shape[-1]
   if extra < 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'Option-A shortcut cannot reduce channels ({x.shape[-1]} -> '
         f'{out_channels}); use shortcut "B".')
   if extra:
@@ -91,12 +90,16 @@ class ResidualBlock(nn.Module):
   default_final_survival_probability: ClassVar[float] = 1.0
   # Default shortcut when the config says 'auto'.
   default_shortcut: ClassVar[str] = 'A'
-  # Config fields (also dataclass fields of the block) it takes; see
-  # block_options.
-  hyperparameters: ClassVar[tuple[str, ...]] = ()
   # False for a block without a shortcut: dropping its branch would zero the
   # network, so stochastic depth is refused.
   has_shortcut: ClassVar[bool] = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    self.check_hyperparameters()
+
+  def check_hyperparameters(self) -> None:
+    """Raises errors.ConfigError for hyper-parameter values it cannot take."""
 
   @property
   def out_planes(self) -> int:
@@ -119,8 +122,8 @@ class ResidualBlock(nn.Module):
     if self.shortcut_type == 'conv':
       return self.conv(self.out_planes, (1, 1), strides=self.stride, padding=0,
                        name='shortcut_conv')(x)
-    raise ValueError(f'Unknown shortcut {self.shortcut_type!r}; valid: '
-                     f'{", ".join(SHORTCUT_TYPES)}.')
+    raise errors.ConfigError(f'Unknown shortcut {self.shortcut_type!r}; '
+                             f'valid: {", ".join(SHORTCUT_TYPES)}.')
 
   def drop_branch(self, branch: jax.Array, train: bool) -> jax.Array:
     """Stochastic depth on the residual branch (Huang et al. 2016).
@@ -140,7 +143,7 @@ class ResidualBlock(nn.Module):
     elif self.stochastic_depth_mode == 'example':
       shape = (branch.shape[0],) + (1,) * (branch.ndim - 1)
     else:
-      raise ValueError(
+      raise errors.ConfigError(
           f'Unknown stochastic_depth_mode {self.stochastic_depth_mode!r}; '
           f'valid: {", ".join(STOCHASTIC_DEPTH_MODES)}.')
     keep = jax.random.bernoulli(rng, p, shape)
@@ -240,6 +243,16 @@ class BottleneckBlock(ResidualBlock):
     return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
 
 
+def require_positive(block: nn.Module, *names: str) -> None:
+  """Raises errors.ConfigError unless the named fields are at least 1."""
+  for name in names:
+    value = getattr(block, name)
+    if value < 1:
+      raise errors.ConfigError(
+          f'{type(block).__name__}: block_kwargs.{name} must be at least 1; '
+          f'got {value}.')
+
+
 def group_width(planes: int, base_width: int, groups: int) -> int:
   """Width of a grouped 3x3 stage: ``floor(planes * base_width / 64)`` a group.
 
@@ -247,7 +260,7 @@ def group_width(planes: int, base_width: int, groups: int) -> int:
   """
   per_group = planes * base_width // 64
   if per_group < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f'planes {planes} x base_width {base_width} / 64 leaves no channel per '
         'group; raise model.base_width.')
   return per_group * groups
@@ -297,7 +310,8 @@ class SEBasicBlock(ResidualBlock):
 
   se_reduction: int = 16
 
-  hyperparameters: ClassVar[tuple[str, ...]] = ('se_reduction',)
+  def check_hyperparameters(self) -> None:
+    require_positive(self, 'se_reduction')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -313,7 +327,8 @@ class SEBottleneckBlock(ResidualBlock):
 
   expansion: ClassVar[int] = 4
   default_shortcut: ClassVar[str] = 'B'
-  hyperparameters: ClassVar[tuple[str, ...]] = ('se_reduction',)
+  def check_hyperparameters(self) -> None:
+    require_positive(self, 'se_reduction')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -334,7 +349,9 @@ class ResNeXtBlock(ResidualBlock):
 
   expansion: ClassVar[int] = 4
   default_shortcut: ClassVar[str] = 'B'
-  hyperparameters: ClassVar[tuple[str, ...]] = ('cardinality', 'base_width')
+
+  def check_hyperparameters(self) -> None:
+    require_positive(self, 'cardinality', 'base_width')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -359,7 +376,9 @@ class Res2NetBlock(ResidualBlock):
 
   expansion: ClassVar[int] = 4
   default_shortcut: ClassVar[str] = 'B'
-  hyperparameters: ClassVar[tuple[str, ...]] = ('base_width', 'scale')
+
+  def check_hyperparameters(self) -> None:
+    require_positive(self, 'base_width', 'scale')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -411,7 +430,7 @@ class SplitAttentionConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     groups = self.cardinality * self.radix
     if x.shape[-1] % groups:
-      raise ValueError(
+      raise errors.ConfigError(
           f'Split attention convolves {x.shape[-1]} channels in cardinality x '
           f'radix = {groups} groups, which do not divide them; change '
           'model.radix, model.cardinality or model.base_width.')
@@ -457,8 +476,9 @@ class SplitAttentionBlock(ResidualBlock):
 
   expansion: ClassVar[int] = 4
   default_shortcut: ClassVar[str] = 'B'
-  hyperparameters: ClassVar[tuple[str, ...]] = ('radix', 'cardinality',
-                                                'base_width')
+
+  def check_hyperparameters(self) -> None:
+    require_positive(self, 'radix', 'cardinality', 'base_width')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -511,6 +531,78 @@ BLOCKS: dict[str, type[ResidualBlock]] = {
 }
 
 
+# The fields every block takes from the backbone (and Flax's own); the
+# dataclass fields beyond these are a block's hyper-parameters.
+CONTRACT_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(ResidualBlock)) | {'parent', 'name'}
+
+
+def hyperparameters(block_cls: type[ResidualBlock]) -> dict[str, Any]:
+  """A block's own hyper-parameters and their defaults (MISSING: required).
+
+  They are the block's dataclass fields beyond the contract, so a field
+  declared on a block class is settable as ``config.model.block_kwargs.NAME``
+  with nothing else to register.
+  """
+  return {f.name: f.default for f in dataclasses.fields(block_cls)
+          if f.init and f.name not in CONTRACT_FIELDS}
+
+
+def resolve_kwargs(block_cls: type[ResidualBlock], given: Mapping[str, Any],
+                   owner: str) -> dict[str, Any]:
+  """The block's hyper-parameters: its defaults updated with ``given``.
+
+  Raises errors.ConfigError for a name the block does not take (listing
+  the ones it does) and for a required one left out; the block's own
+  ``check_hyperparameters`` then checks the values. ``owner`` names the
+  block in messages, e.g. "block 'resnext'".
+  """
+  fields = hyperparameters(block_cls)
+  unknown = sorted(set(given) - set(fields))
+  if unknown:
+    takes = (f'its hyper-parameters are {", ".join(sorted(fields))}' if fields
+             else 'it has no hyper-parameters')
+    raise errors.ConfigError(
+        f'model.block_kwargs.{unknown[0]} is not a field of {owner} '
+        f'({block_cls.__name__}); {takes}.')
+  resolved = {**fields, **given}
+  missing = sorted(k for k, v in resolved.items() if v is dataclasses.MISSING)
+  if missing:
+    raise errors.ConfigError(
+        f'{owner} ({block_cls.__name__}) needs '
+        f'{", ".join(f"model.block_kwargs.{k}" for k in missing)}.')
+  # An unbound instance runs the block's own checks of the values now,
+  # before anything is traced.
+  block_cls(in_planes=1, planes=1, stride=1, conv=None, norm=None,
+            **resolved)
+  return resolved
+
+
+def _import_block(name: str) -> type[ResidualBlock]:
+  """The class of ``module:ClassName``, imported from the user's module."""
+  module_name, _, class_name = name.partition(':')
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    # Only the module itself missing is a config error; an import failing
+    # inside the user's module keeps its traceback.
+    if e.name != module_name.split('.')[0] and e.name != module_name:
+      raise
+    raise errors.ConfigError(
+        f'Cannot import module {module_name!r} for block {name!r}: {e}. '
+        'Put it on PYTHONPATH, or use a registered block: '
+        f'{", ".join(sorted(BLOCKS))}.') from None
+  block_cls = getattr(module, class_name, None)
+  if block_cls is None:
+    raise errors.ConfigError(
+        f'Module {module_name!r} has no class {class_name!r}.')
+  if not (isinstance(block_cls, type) and
+          issubclass(block_cls, ResidualBlock)):
+    raise errors.ConfigError(
+        f'{name!r} must be a subclass of jax_resnet.blocks.ResidualBlock.')
+  return block_cls
+
+
 def get_block(name: str) -> type[ResidualBlock]:
   """Returns a block class by registry name or ``module:ClassName``.
 
@@ -518,86 +610,69 @@ def get_block(name: str) -> type[ResidualBlock]:
   ``sys.path``, e.g. via ``PYTHONPATH``); it must subclass ``ResidualBlock``.
   """
   if ':' in name:
-    module_name, _, class_name = name.partition(':')
-    try:
-      module = importlib.import_module(module_name)
-    except ImportError as e:
-      raise ValueError(
-          f'Cannot import module {module_name!r} for block {name!r}: {e}. '
-          'Put it on PYTHONPATH, or use a registered block: '
-          f'{", ".join(sorted(BLOCKS))}.') from e
-    block_cls = getattr(module, class_name, None)
-    if block_cls is None:
-      raise ValueError(f'Module {module_name!r} has no class {class_name!r}.')
-    if not (isinstance(block_cls, type) and
-            issubclass(block_cls, ResidualBlock)):
-      raise ValueError(
-          f'{name!r} must be a subclass of jax_resnet.blocks.ResidualBlock.')
-    return block_cls
+    return _import_block(name)
   if name not in BLOCKS:
-    raise ValueError(f'Unknown block {name!r}; valid blocks: '
-                     f'{", ".join(sorted(BLOCKS))}, or module:ClassName.')
+    raise errors.ConfigError(
+        f'Unknown block {name!r}; valid blocks: {", ".join(sorted(BLOCKS))}, '
+        'module:ClassName, or a name registered by a module in '
+        'model.block_modules.')
   return BLOCKS[name]
+
+
+def import_block_modules(modules) -> None:
+  """Imports each module of ``config.model.block_modules``.
+
+  Their ``@register_block('name')`` classes join the registry, so
+  ``model.block`` can name them. A module that is not found is a config error;
+  any other exception while importing it keeps its traceback.
+  """
+  for module_name in modules:
+    try:
+      importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+      if e.name != module_name.split('.')[0] and e.name != module_name:
+        raise
+      raise errors.ConfigError(
+          f'Cannot import model.block_modules entry {module_name!r}: {e}. '
+          'Put it on PYTHONPATH (e.g. PYTHONPATH=.).') from None
 
 
 def register_block(name: str) -> Callable[[type[ResidualBlock]],
                                           type[ResidualBlock]]:
-  """Class decorator that adds a block to the registry under ``name``."""
+  """Class decorator that adds a block to the registry under ``name``.
+
+  Registering the same class again (a module imported twice) is a no-op.
+  """
 
   def decorator(cls):
-    if name in BLOCKS:
-      raise ValueError(f'Block {name!r} is already registered.')
+    if BLOCKS.get(name, cls) is not cls:
+      raise errors.ConfigError(
+          f'Block {name!r} is already registered ({BLOCKS[name].__name__}).')
     BLOCKS[name] = cls
     return cls
 
   return decorator
 
 
-def block_options(block_cls: type[ResidualBlock], model_config,
-                  owner: str = '') -> dict[str, int]:
-  """The block hyper-parameters set in ``model_config`` (None = the default).
-
-  Raises ValueError for one the block does not take (it would silently do
-  nothing) and for values below 1. ``owner`` names the block in messages.
-  """
-  owner = owner or f'block {model_config.block!r}'
-  options = {}
-  for field in BLOCK_FIELDS:
-    value = model_config.get(field)
-    if value is None:
-      continue
-    if field not in block_cls.hyperparameters:
-      takers = sorted(name for name, cls in BLOCKS.items()
-                      if field in cls.hyperparameters)
-      raise ValueError(
-          f'model.{field} does not apply to {owner}; blocks that take it: '
-          f'{", ".join(takers)}. Leave it unset (None) otherwise.')
-    if value < 1:
-      raise ValueError(f'model.{field} must be at least 1; got {value}.')
-    options[field] = value
-  return options
-
-
 def final_survival_probability(block_cls: type[ResidualBlock],
-                               model_config) -> float:
-  """Checked stochastic-depth settings of ``config.model``; returns p_L.
+                               final: Any, mode: str) -> float:
+  """Checked stochastic-depth settings; returns p_L.
 
-  None means the block's default. Raises ValueError for p_L outside (0, 1], an
-  unknown draw mode, or stochastic depth on a block without a shortcut.
+  ``final`` None means the block's default. Raises errors.ConfigError for p_L
+  outside (0, 1], an unknown draw ``mode``, or stochastic depth on a block
+  without a shortcut.
   """
-  final = model_config.final_survival_probability
   if final is None:
     final = block_cls.default_final_survival_probability
   if not 0.0 < final <= 1.0:
-    raise ValueError('model.final_survival_probability must be in (0, 1]; '
-                     f'got {final}.')
+    raise errors.ConfigError('model.final_survival_probability must be in '
+                             f'(0, 1]; got {final}.')
   if final < 1.0 and not block_cls.has_shortcut:
-    raise ValueError(
+    raise errors.ConfigError(
         f'{block_cls.__name__} has no shortcut, so dropping its branch would '
         'cut the network; leave model.final_survival_probability unset.')
-  if model_config.stochastic_depth_mode not in STOCHASTIC_DEPTH_MODES:
-    raise ValueError(
-        f'Unknown model.stochastic_depth_mode '
-        f'{model_config.stochastic_depth_mode!r}; valid: '
+  if mode not in STOCHASTIC_DEPTH_MODES:
+    raise errors.ConfigError(
+        f'Unknown model.stochastic_depth_mode {mode!r}; valid: '
         f'{", ".join(STOCHASTIC_DEPTH_MODES)}.')
   return final

@@ -11,24 +11,19 @@ transitions and head: 3n+4, or 6n+4 with bottlenecks. With dropout, every
 convolution after the stem is followed by it.
 """
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_resnet.models import blocks
+from jax_resnet import errors
 from jax_resnet.models import layers
+from jax_resnet.models import settings as settings_lib
+from jax_resnet.models.settings import Settings
 
 ModuleDef = Any
 
-# Network hyper-parameters of config.model this network reads.
-FIELDS = ('growth_rate', 'compression', 'dropout_rate')
-DEFAULT_GROWTH_RATE = 12
-DEFAULT_COMPRESSION = 0.5
-DEFAULT_DROPOUT_RATE = 0.0
-# Values of config.model.block: plain or bottleneck dense layers.
-BLOCK_NAMES = ('basic', 'bottleneck')
 # Bottleneck width in multiples of the growth rate.
 BOTTLENECK_FACTOR = 4
 
@@ -105,11 +100,6 @@ class DenseNet(nn.Module):
   dtype: Any = jnp.float32
   conv_backend: str = 'auto'
 
-  # No residual branches: no shortcut and no stochastic depth (the run
-  # signature reads both).
-  shortcut_type: ClassVar[str] = 'none'
-  final_survival_probability: ClassVar[float] = 1.0
-
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = layers.conv_partial(self.dtype, layers.DENSENET_INIT,
@@ -132,60 +122,38 @@ class DenseNet(nn.Module):
                              layers.DENSENET_INIT)
 
 
-def _field(model_config, field: str, default: Any) -> Any:
-  value = model_config.get(field)
-  return default if value is None else value
-
-
-def create(model_config, num_classes: int) -> DenseNet:
-  """DenseNet of ``config.model`` (depth, block, growth_rate, ...)."""
-  if model_config.block not in BLOCK_NAMES:
-    raise ValueError(f'Network densenet takes model.block '
-                     f'{" or ".join(BLOCK_NAMES)} (plain or bottleneck dense '
-                     f'layers); got {model_config.block!r}.')
-  bottleneck = model_config.block == 'bottleneck'
-  per_layer, rule = (2, '6n+4') if bottleneck else (1, '3n+4')
-  depth = model_config.depth
-  if depth < 3 * per_layer + 4 or (depth - 4) % (3 * per_layer):
-    raise ValueError(f'DenseNet with {model_config.block} layers needs depth '
-                     f'{rule} with n >= 1 (100, 190, 250 for DenseNet-BC); '
-                     f'got {depth}.')
-  if model_config.shortcut != 'auto':
-    raise ValueError('Network densenet has no shortcuts; leave model.shortcut '
-                     f"at 'auto' (got {model_config.shortcut!r}).")
-  if model_config.final_survival_probability is not None:
-    raise ValueError('Network densenet has no residual branches for '
-                     'stochastic depth; leave model.final_survival_probability'
-                     ' unset.')
-  for field in blocks.BLOCK_FIELDS:
-    if model_config.get(field) is not None:
-      raise ValueError(f'model.{field} does not apply to network densenet; '
-                       'leave it unset (None).')
-  growth = _field(model_config, 'growth_rate', DEFAULT_GROWTH_RATE)
-  compression = _field(model_config, 'compression', DEFAULT_COMPRESSION)
-  dropout = _field(model_config, 'dropout_rate', DEFAULT_DROPOUT_RATE)
-  if growth < 1:
-    raise ValueError(f'model.growth_rate must be at least 1; got {growth}.')
+def create(settings: Settings, num_classes: int, *, growth_rate: int = 12,
+           compression: float = 0.5, dropout_rate: float = 0.0) -> DenseNet:
+  """DenseNet of ``settings.block`` (basic or bottleneck layers) and depth."""
+  bottleneck, n = settings_lib.own_units(
+      settings, 'densenet', 'dense layers', convolutions=(1, 2), offset=4,
+      shortcut='no shortcuts')
+  if settings.final_survival_probability is not None:
+    raise errors.ConfigError(
+        'Network densenet has no residual branches for stochastic depth; '
+        'leave model.final_survival_probability unset.')
+  if growth_rate < 1:
+    raise errors.ConfigError(
+        f'model.growth_rate must be at least 1; got {growth_rate}.')
   if not 0.0 < compression <= 1.0:
-    raise ValueError(f'model.compression must be in (0, 1]; got '
-                     f'{compression}.')
-  if not 0.0 <= dropout < 1.0:
-    raise ValueError(f'model.dropout_rate must be in [0, 1); got {dropout}.')
-  n = (depth - 4) // (3 * per_layer)
-  return DenseNet(stage_sizes=(n, n, n), growth_rate=growth,
+    raise errors.ConfigError(
+        f'model.compression must be in (0, 1]; got {compression}.')
+  if not 0.0 <= dropout_rate < 1.0:
+    raise errors.ConfigError(
+        f'model.dropout_rate must be in [0, 1); got {dropout_rate}.')
+  return DenseNet(stage_sizes=(n, n, n), growth_rate=growth_rate,
                   num_classes=num_classes, bottleneck=bottleneck,
-                  compression=compression, dropout_rate=dropout,
-                  bn_momentum=model_config.bn_momentum,
-                  bn_epsilon=model_config.bn_epsilon,
-                  dtype=layers.dtype_of(model_config),
-                  conv_backend=layers.conv_backend_of(model_config))
+                  compression=compression, dropout_rate=dropout_rate,
+                  bn_momentum=settings.bn_momentum,
+                  bn_epsilon=settings.bn_epsilon, dtype=settings.dtype,
+                  conv_backend=settings.conv_backend)
 
 
-def describe(model_config) -> str:
+def describe(settings: Settings, *, growth_rate: int = 12,
+             compression: float = 0.5, dropout_rate: float = 0.0) -> str:
   """E.g. 'DenseNet-BC-100 (k=12)'."""
-  bottleneck = model_config.block == 'bottleneck'
-  compressed = _field(model_config, 'compression', DEFAULT_COMPRESSION) < 1
-  suffix = ('B' if bottleneck else '') + ('C' if compressed else '')
+  del dropout_rate
+  suffix = (('B' if settings.block == 'bottleneck' else '') +
+            ('C' if compression < 1 else ''))
   kind = f'DenseNet-{suffix}' if suffix else 'DenseNet'
-  growth = _field(model_config, 'growth_rate', DEFAULT_GROWTH_RATE)
-  return f'{kind}-{model_config.depth} (k={growth})'
+  return f'{kind}-{settings.depth} (k={growth_rate})'

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_resnet import errors
 from jax_resnet.ops import batch_norm
 from jax_resnet.ops import canonical_conv
 from jax_resnet.ops import cpu_conv
@@ -38,12 +39,12 @@ def torch_linear_bias_init(fan_in: int):
   return init
 
 
-def dtype_of(model_config) -> Any:
+def dtype_of(name: str) -> Any:
   """The computation dtype named by ``model.dtype``."""
-  if model_config.dtype not in DTYPES:
-    raise ValueError(f'Unknown model.dtype {model_config.dtype!r}; valid: '
-                     f'{", ".join(DTYPES)}.')
-  return DTYPES[model_config.dtype]
+  if name not in DTYPES:
+    raise errors.ConfigError(f'Unknown model.dtype {name!r}; valid: '
+                             f'{", ".join(DTYPES)}.')
+  return DTYPES[name]
 
 
 # PyTorch's kaiming_normal_(fan_out, relu): the WRN, PyramidNet and DenseNet
@@ -92,13 +93,14 @@ DENSENET_INIT = Init(conv=conv_kernel_init_fan_out,
                      zero_head_bias=True)
 
 
-def conv_backend_of(model_config) -> str:
+def conv_backend_of(name: str) -> str:
   """``model.conv_backend`` resolved for this process: 'xla' or 'cpu_kernels'.
 
   Raises:
-    ValueError: an unknown backend, or 'cpu_kernels' where they cannot run.
+    errors.ConfigError: an unknown backend, or 'cpu_kernels' where they
+      cannot run.
   """
-  return cpu_kernels.resolve(model_config.get('conv_backend', 'auto'))
+  return cpu_kernels.resolve(name)
 
 
 def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,

@@ -14,15 +14,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_resnet import errors
 from jax_resnet.models import blocks
 from jax_resnet.models import layers
+from jax_resnet.models import settings as settings_lib
+from jax_resnet.models.settings import Settings
 
-# Network hyper-parameters of config.model this network reads.
-FIELDS = ('pyramid_alpha',)
-DEFAULT_ALPHA = 48.0
 STEM_PLANES = 16
-# Values of config.model.block: PyramidBlock or PyramidBottleneck.
-BLOCK_NAMES = ('basic', 'bottleneck')
 
 
 def pyramid_shortcut(x: jax.Array, out_channels: int,
@@ -36,8 +34,8 @@ def pyramid_shortcut(x: jax.Array, out_channels: int,
                     count_include_pad=False)
   extra = out_channels - x.shape[-1]
   if extra < 0:
-    raise ValueError(f'A PyramidNet shortcut cannot reduce channels '
-                     f'({x.shape[-1]} -> {out_channels}).')
+    raise errors.ConfigError(f'A PyramidNet shortcut cannot reduce channels '
+                             f'({x.shape[-1]} -> {out_channels}).')
   if extra:
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
   return x
@@ -118,9 +116,6 @@ class PyramidNet(nn.Module):
   dtype: Any = jnp.float32
   conv_backend: str = 'auto'
 
-  # The shortcut is part of the design; named for the run signature.
-  shortcut_type: ClassVar[str] = 'pyramid'
-
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = layers.conv_partial(self.dtype, layers.PYRAMIDNET_INIT,
@@ -152,46 +147,29 @@ class PyramidNet(nn.Module):
                              layers.PYRAMIDNET_INIT)
 
 
-def alpha_of(model_config) -> float:
-  """``model.pyramid_alpha``, or the default, checked."""
-  alpha = model_config.get('pyramid_alpha')
-  alpha = DEFAULT_ALPHA if alpha is None else alpha
-  if alpha < 0:
-    raise ValueError(f'model.pyramid_alpha must be at least 0; got {alpha}.')
-  return alpha
-
-
-def create(model_config, num_classes: int) -> PyramidNet:
-  """PyramidNet of ``config.model`` (depth, block, pyramid_alpha, ...)."""
-  if model_config.block not in BLOCK_NAMES:
-    raise ValueError(f'Network pyramidnet takes model.block '
-                     f'{" or ".join(BLOCK_NAMES)} (its own pyramid blocks); '
-                     f'got {model_config.block!r}.')
-  bottleneck = model_config.block == 'bottleneck'
-  per_block, rule = (3, '9n+2') if bottleneck else (2, '6n+2')
-  depth = model_config.depth
-  if depth < 3 * per_block + 2 or (depth - 2) % (3 * per_block):
-    raise ValueError(f'PyramidNet with {model_config.block} blocks needs '
-                     f'depth {rule} with n >= 1; got {depth}.')
-  if model_config.shortcut != 'auto':
-    raise ValueError('Network pyramidnet has its own zero-padded shortcut; '
-                     f"leave model.shortcut at 'auto' (got "
-                     f'{model_config.shortcut!r}).')
+def create(settings: Settings, num_classes: int, *,
+           pyramid_alpha: float = 48.0) -> PyramidNet:
+  """PyramidNet of ``settings.block`` (basic or bottleneck) and depth;
+  ``pyramid_alpha`` is the total widening."""
+  bottleneck, n = settings_lib.own_units(
+      settings, 'pyramidnet', 'pyramid blocks', convolutions=(2, 3),
+      offset=2, shortcut='its own zero-padded shortcut')
+  if pyramid_alpha < 0:
+    raise errors.ConfigError(
+        f'model.pyramid_alpha must be at least 0; got {pyramid_alpha}.')
   block_cls = PyramidBottleneck if bottleneck else PyramidBlock
-  blocks.block_options(block_cls, model_config, owner='network pyramidnet')
-  n = (depth - 2) // (3 * per_block)
   return PyramidNet(
-      stage_sizes=(n, n, n), alpha=alpha_of(model_config),
-      num_classes=num_classes, bottleneck=bottleneck,
+      stage_sizes=(n, n, n), alpha=pyramid_alpha, num_classes=num_classes,
+      bottleneck=bottleneck,
       final_survival_probability=blocks.final_survival_probability(
-          block_cls, model_config),
-      stochastic_depth_mode=model_config.stochastic_depth_mode,
-      bn_momentum=model_config.bn_momentum,
-      bn_epsilon=model_config.bn_epsilon, dtype=layers.dtype_of(model_config),
-      conv_backend=layers.conv_backend_of(model_config))
+          block_cls, settings.final_survival_probability,
+          settings.stochastic_depth_mode),
+      stochastic_depth_mode=settings.stochastic_depth_mode,
+      bn_momentum=settings.bn_momentum, bn_epsilon=settings.bn_epsilon,
+      dtype=settings.dtype, conv_backend=settings.conv_backend)
 
 
-def describe(model_config) -> str:
+def describe(settings: Settings, *, pyramid_alpha: float = 48.0) -> str:
   """E.g. 'PyramidNet-272 (alpha 200, bottleneck)'."""
-  return (f'PyramidNet-{model_config.depth} (alpha '
-          f'{alpha_of(model_config):g}, {model_config.block})')
+  return (f'PyramidNet-{settings.depth} (alpha {pyramid_alpha:g}, '
+          f'{settings.block})')

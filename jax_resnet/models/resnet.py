@@ -8,10 +8,11 @@ the shape changes. Any registered block fits: 'basic' makes ResNet-18/34,
 projections are a bare 1x1 convolution, on the pre-activated input).
 """
 
-from typing import Any
-
+from jax_resnet import errors
+from jax_resnet.models import backbone
 from jax_resnet.models import blocks
 from jax_resnet.models import layers
+from jax_resnet.models.settings import Settings
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
                101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -21,28 +22,29 @@ BASIC_DEPTHS = (18, 34)
 STAGE_PLANES = (64, 128, 256, 512)
 
 
-def layout(model_config) -> dict[str, Any]:
-  """CifarResNet layout of ResNet-``depth`` with ``config.model.block``."""
-  block_cls = blocks.get_block(model_config.block)
-  depth = model_config.depth
+def create(settings: Settings, num_classes: int) -> backbone.CifarResNet:
+  """ResNet-``depth`` with ``settings.block`` on a CIFAR stem."""
+  block_cls = blocks.get_block(settings.block)
+  depth = settings.depth
   if depth not in STAGE_SIZES:
-    raise ValueError(f'Network resnet has depths '
-                     f'{", ".join(map(str, STAGE_SIZES))}; got {depth}.')
+    raise errors.ConfigError(f'Network resnet has depths '
+                             f'{", ".join(map(str, STAGE_SIZES))}; got '
+                             f'{depth}.')
   expansion = 1 if depth in BASIC_DEPTHS else 4
   if block_cls.expansion != expansion:
     fitting = sorted(name for name, cls in blocks.BLOCKS.items()
                      if cls.expansion == expansion)
-    raise ValueError(
+    raise errors.ConfigError(
         f'ResNet-{depth} is built from blocks of expansion {expansion} '
-        f'({", ".join(fitting)}); block {model_config.block!r} has expansion '
+        f'({", ".join(fitting)}); block {settings.block!r} has expansion '
         f'{block_cls.expansion}.')
-  return dict(block_cls=block_cls, stage_sizes=STAGE_SIZES[depth],
-              stage_planes=STAGE_PLANES,
-              default_shortcut='conv' if block_cls.preactivation else 'B',
-              block_options=blocks.block_options(block_cls, model_config),
-              weight_init=layers.TORCH_DEFAULT_INIT)
+  return backbone.create_residual_network(
+      settings, num_classes, block_cls=block_cls,
+      stage_sizes=STAGE_SIZES[depth], stage_planes=STAGE_PLANES,
+      default_shortcut='conv' if block_cls.preactivation else 'B',
+      weight_init=layers.TORCH_DEFAULT_INIT)
 
 
-def describe(model_config) -> str:
+def describe(settings: Settings) -> str:
   """E.g. 'ResNet-50 (bottleneck blocks)'."""
-  return f'ResNet-{model_config.depth} ({model_config.block} blocks)'
+  return f'ResNet-{settings.depth} ({settings.block} blocks)'

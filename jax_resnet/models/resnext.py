@@ -8,9 +8,10 @@ expansion-4 block (res2net, split_attention, se_bottleneck, bottleneck) drops
 into the same layout.
 """
 
-from typing import Any
-
+from jax_resnet import errors
+from jax_resnet.models import backbone
 from jax_resnet.models import blocks
+from jax_resnet.models.settings import Settings
 
 STAGE_PLANES = (64, 128, 256)
 
@@ -18,33 +19,33 @@ STAGE_PLANES = (64, 128, 256)
 def stage_sizes(depth: int) -> tuple[int, int, int]:
   """Blocks per stage for depth 9n+2."""
   if depth < 11 or (depth - 2) % 9:
-    raise ValueError('Network resnext needs depth 9n+2 with n >= 1 (11, 20, '
-                     f'29, ...); got {depth}.')
+    raise errors.ConfigError('Network resnext needs depth 9n+2 with n >= 1 '
+                             f'(11, 20, 29, ...); got {depth}.')
   n = (depth - 2) // 9
   return (n, n, n)
 
 
-def layout(model_config) -> dict[str, Any]:
-  """CifarResNet layout of the configured ResNeXt."""
-  block_cls = blocks.get_block(model_config.block)
+def create(settings: Settings, num_classes: int) -> backbone.CifarResNet:
+  """The ResNeXt-29 layout with ``settings.block``."""
+  block_cls = blocks.get_block(settings.block)
   if block_cls.expansion != 4:
     fitting = sorted(name for name, cls in blocks.BLOCKS.items()
                      if cls.expansion == 4)
-    raise ValueError(
+    raise errors.ConfigError(
         'Network resnext is built from bottleneck blocks of expansion 4; set '
         f'model.block to one of {", ".join(fitting)} (got '
-        f'{model_config.block!r}).')
-  return dict(block_cls=block_cls,
-              stage_sizes=stage_sizes(model_config.depth),
-              stage_planes=STAGE_PLANES, default_shortcut='B',
-              block_options=blocks.block_options(block_cls, model_config))
+        f'{settings.block!r}).')
+  return backbone.create_residual_network(
+      settings, num_classes, block_cls=block_cls,
+      stage_sizes=stage_sizes(settings.depth), stage_planes=STAGE_PLANES,
+      default_shortcut='B')
 
 
-def describe(model_config) -> str:
+def describe(settings: Settings) -> str:
   """E.g. 'ResNeXt-29 (8x64d)'."""
-  if model_config.block == 'resnext':
-    block_cls = blocks.get_block('resnext')
-    cardinality = model_config.cardinality or block_cls.cardinality
-    width = model_config.base_width or block_cls.base_width
-    return f'ResNeXt-{model_config.depth} ({cardinality}x{width}d)'
-  return f'ResNeXt-{model_config.depth} layout ({model_config.block} blocks)'
+  if settings.block == 'resnext':
+    kwargs = {**blocks.hyperparameters(blocks.get_block('resnext')),
+              **settings.block_kwargs}
+    return (f'ResNeXt-{settings.depth} ({kwargs["cardinality"]}x'
+            f'{kwargs["base_width"]}d)')
+  return f'ResNeXt-{settings.depth} layout ({settings.block} blocks)'

@@ -7,18 +7,16 @@ shape changes, its shortcut is a 1x1 convolution of the pre-activated input.
 WRN-28-10 is the paper's flagship.
 """
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 
+from jax_resnet import errors
+from jax_resnet.models import backbone
 from jax_resnet.models import blocks
 from jax_resnet.models import layers
-
-# Network hyper-parameters of config.model this network reads.
-FIELDS = ('widen_factor', 'dropout_rate')
-DEFAULT_WIDEN_FACTOR = 10
-DEFAULT_DROPOUT_RATE = 0.0
+from jax_resnet.models.settings import Settings
 
 
 class WideBlock(blocks.PreActBlock):
@@ -28,50 +26,48 @@ class WideBlock(blocks.PreActBlock):
 
   default_shortcut: ClassVar[str] = 'conv'
 
+  def check_hyperparameters(self) -> None:
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise errors.ConfigError(
+          f'model.dropout_rate must be in [0, 1); got {self.dropout_rate}.')
+
   def between_convs(self, y: jax.Array, train: bool) -> jax.Array:
     return nn.Dropout(self.dropout_rate, rng_collection=layers.TRAINING_RNG)(
         y, deterministic=not train)
 
 
-def widen_factor(model_config) -> int:
-  """``model.widen_factor``, or the default, checked."""
-  k = model_config.get('widen_factor')
-  k = DEFAULT_WIDEN_FACTOR if k is None else k
-  if k < 1:
-    raise ValueError(f'model.widen_factor must be at least 1; got {k}.')
-  return k
-
-
-def dropout_rate(model_config) -> float:
-  """``model.dropout_rate``, or the default, checked."""
-  rate = model_config.get('dropout_rate')
-  rate = DEFAULT_DROPOUT_RATE if rate is None else rate
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f'model.dropout_rate must be in [0, 1); got {rate}.')
-  return rate
-
-
-def layout(model_config) -> dict[str, Any]:
-  """CifarResNet layout of WRN-depth-k."""
-  depth = model_config.depth
+def create(settings: Settings, num_classes: int, *, widen_factor: int = 10,
+           dropout_rate: float = 0.0) -> backbone.CifarResNet:
+  """WRN-depth-k: ``widen_factor`` is k, ``dropout_rate`` between the convs."""
+  depth = settings.depth
   if depth < 10 or (depth - 4) % 6:
-    raise ValueError('Network wide_resnet needs depth 6n+4 with n >= 1 (10, '
-                     f'16, 22, 28, 40, ...); got {depth}.')
-  if model_config.block != 'basic':
-    raise ValueError(
+    raise errors.ConfigError(
+        'Network wide_resnet needs depth 6n+4 with n >= 1 (10, 16, 22, 28, '
+        f'40, ...); got {depth}.')
+  if settings.block != 'basic':
+    raise errors.ConfigError(
         'Network wide_resnet builds its own pre-activation basic blocks (the '
         "paper's B(3,3)); leave model.block at 'basic' (got "
-        f'{model_config.block!r}).')
+        f'{settings.block!r}).')
+  if settings.block_kwargs:
+    raise errors.ConfigError(
+        'Network wide_resnet takes its block settings as model.widen_factor '
+        'and model.dropout_rate; leave model.block_kwargs empty.')
+  if widen_factor < 1:
+    raise errors.ConfigError(
+        f'model.widen_factor must be at least 1; got {widen_factor}.')
   n = (depth - 4) // 6
-  k = widen_factor(model_config)
-  options = blocks.block_options(WideBlock, model_config,
-                                 owner='network wide_resnet')
-  options['dropout_rate'] = dropout_rate(model_config)
-  return dict(block_cls=WideBlock, stage_sizes=(n, n, n),
-              stage_planes=(16 * k, 32 * k, 64 * k), stem_planes=16,
-              block_options=options, weight_init=layers.WIDE_RESNET_INIT)
+  k = widen_factor
+  return backbone.create_residual_network(
+      settings, num_classes, block_cls=WideBlock, stage_sizes=(n, n, n),
+      stage_planes=(16 * k, 32 * k, 64 * k), stem_planes=16,
+      block_kwargs=blocks.resolve_kwargs(
+          WideBlock, {'dropout_rate': dropout_rate}, 'network wide_resnet'),
+      weight_init=layers.WIDE_RESNET_INIT)
 
 
-def describe(model_config) -> str:
+def describe(settings: Settings, *, widen_factor: int = 10,
+             dropout_rate: float = 0.0) -> str:
   """E.g. 'WRN-28-10'."""
-  return f'WRN-{model_config.depth}-{widen_factor(model_config)}'
+  del dropout_rate
+  return f'WRN-{settings.depth}-{widen_factor}'

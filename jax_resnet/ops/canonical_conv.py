@@ -6,7 +6,7 @@ input gradient with a transposed kernel (``01oi``) and a kernel gradient with
 batch and features swapped (``f01b_i01o->01bf``). Outside loops XLA rewrites
 them into canonical form with explicit transposes; inside a while loop (the
 body of ``nn.scan`` over blocks) it does not, and they fall back to a naive
-loop nest 50-300x slower. ``conv_general_dilated`` here states both gradients
+loop nest, many times slower (README, Performance, has the measurement). ``conv_general_dilated`` here states both gradients
 as canonical convolutions of explicitly transposed operands, held apart by an
 optimization barrier so XLA cannot fold the transposes back in.
 

@@ -25,6 +25,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from jax_resnet import errors
+
 BACKENDS = ('auto', 'xla', 'cpu_kernels')
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,16 +116,17 @@ def resolve(backend: str) -> str:
   """``model.conv_backend`` -> the backend used here: 'xla' or 'cpu_kernels'.
 
   Raises:
-    ValueError: an unknown name, or 'cpu_kernels' where they cannot run.
+    errors.ConfigError: an unknown name, or 'cpu_kernels' where they cannot
+      run.
   """
   if backend not in BACKENDS:
-    raise ValueError(f'Unknown model.conv_backend {backend!r}; valid: '
-                     f'{", ".join(BACKENDS)}.')
+    raise errors.ConfigError(f'Unknown model.conv_backend {backend!r}; '
+                             f'valid: {", ".join(BACKENDS)}.')
   if backend == 'xla':
     return 'xla'
   if jax.default_backend() != 'cpu':
     if backend == 'cpu_kernels':
-      raise ValueError(
+      raise errors.ConfigError(
           "model.conv_backend='cpu_kernels' runs on the CPU backend only; "
           f"JAX's backend here is {jax.default_backend()!r}. Use 'auto' or "
           "'xla'.")
@@ -132,8 +135,9 @@ def resolve(backend: str) -> str:
   if ok:
     return 'cpu_kernels'
   if backend == 'cpu_kernels':
-    raise ValueError(f"model.conv_backend='cpu_kernels' cannot run here: "
-                     f"{reason}. Use 'auto' or 'xla'.")
+    raise errors.ConfigError(
+        f"model.conv_backend='cpu_kernels' cannot run here: {reason}. Use "
+        "'auto' or 'xla'.")
   _warn_fallback(reason)
   return 'xla'
 

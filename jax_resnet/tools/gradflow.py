@@ -43,9 +43,9 @@ import numpy as np
 
 from jax_resnet.models import blocks
 from jax_resnet import config_overrides
+from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet.models import layers
-from jax_resnet.models import registry
 from jax_resnet import runtime
 from jax_resnet import train
 
@@ -104,9 +104,10 @@ def gradient_norm_fn(model: nn.Module, variables: Any, images: jax.Array):
   """
   shapes = _probe_shapes(model, variables, images)
   if not shapes:
-    raise ValueError('No residual blocks found: gradient flow needs a network '
-                     'built from jax_resnet.blocks (cifar_resnet, resnet, '
-                     'resnext, wide_resnet, pyramidnet).')
+    raise errors.ConfigError(
+        'No residual blocks found: gradient flow needs a network built from '
+        'jax_resnet.blocks (cifar_resnet, resnet, resnext, wide_resnet, '
+        'pyramidnet).')
   positions = list(shapes)
   first_block = positions[1]
   num_classes = model.num_classes
@@ -169,8 +170,10 @@ def measure(config: ml_collections.ConfigDict, train_split: Any,
   """
   config = config_overrides.apply(config, {'model.scan_blocks': False,
                                            'batch_size': batch_size})
-  num_classes = input_pipeline.num_classes(config.dataset)
-  model = registry.create_model(config.model, num_classes)
+  resolved = train.resolve_model(config)
+  model = resolved.module
+  print(f'{resolved.description} on {config.dataset}: {batch_size} images, '
+        f'{steps} steps.', flush=True)
   steps_per_epoch = max(
       (config.data.train_examples or CIFAR_TRAIN_EXAMPLES) // batch_size, 1)
   state = train.create_train_state(config, model, steps_per_epoch)
@@ -194,7 +197,7 @@ def measure(config: ml_collections.ConfigDict, train_split: Any,
 
   result = {
       'label': f'{config.model.block}-{config.model.depth}',
-      'network': registry.describe(config.model),
+      'network': resolved.description,
       'block': config.model.block, 'depth': config.model.depth,
       'dataset': config.dataset, 'seed': config.seed,
       'positions': positions, 'init': snapshot(state),
@@ -292,10 +295,8 @@ def run(configs: Sequence[ml_collections.ConfigDict], out: str,
           download=config.data.download,
           max_examples=min(wanted, available or wanted))
     if splits[key].num_examples < batch_size:
-      raise ValueError(f'{splits[key].num_examples} training examples make '
-                       f'no batch of {batch_size}.')
-    print(f'{registry.describe(config.model)} on {config.dataset}: '
-          f'{batch_size} images, {steps} steps.', flush=True)
+      raise errors.ConfigError(f'{splits[key].num_examples} training '
+                               f'examples make no batch of {batch_size}.')
     results.append(measure(config, splits[key], batch_size, steps))
     jax.clear_caches()
   summary = {
@@ -316,10 +317,9 @@ def run(configs: Sequence[ml_collections.ConfigDict], out: str,
 
 def define_flags() -> None:
   """Defines the command-line flags of the gradflow command."""
-  config_flags.DEFINE_config_file(
-      'config', None, 'Config file, e.g. configs/plain20_cifar10.py; '
-      '--config.FIELD=VALUE overrides apply to every network.',
-      lock_config=True)
+  config_overrides.define_config_file(
+      'Config file, e.g. configs/plain20_cifar10.py; --config.FIELD=VALUE '
+      'overrides apply to every network.')
   flags.DEFINE_list('compare', [], 'More config files in the same figure.')
   flags.DEFINE_list('blocks', [], 'Blocks to compare, e.g. plain,basic '
                     "(default: each config's).")
@@ -348,16 +348,17 @@ def main(argv):
     try:
       depths = [int(d) for d in args.depths]
     except ValueError:
-      raise ValueError(f'--depths must be integers; got {args.depths}.'
-                       ) from None
+      raise errors.ConfigError(
+          f'--depths must be integers; got {args.depths}.') from None
     configs = variants(configs, args.blocks, depths)
     from jax_resnet import validation  # pylint: disable=g-import-not-at-top
     for config in configs:
       validation.validate_config(config)
     if args.steps < 0:
-      raise ValueError(f'--steps must be at least 0; got {args.steps}.')
+      raise errors.ConfigError(
+          f'--steps must be at least 0; got {args.steps}.')
     summary = run(configs, out, args.steps, args.batch_size)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
+  except errors.Error as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   for result in summary['results']:

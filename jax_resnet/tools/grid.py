@@ -41,6 +41,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from jax_resnet import config_overrides
+from jax_resnet import errors
 from jax_resnet import metric_logging
 from jax_resnet import runtime
 
@@ -76,10 +77,9 @@ def define_flags() -> None:
                     'resume from their last checkpoint).')
   # Typed parsing of --config.FIELD=VALUE by ml_collections, against the
   # defaults that every setting's config starts from.
-  config_flags.DEFINE_config_dict(
-      'config', config_overrides.default_config(),
-      'Overrides for every run, e.g. '
-      '--config.data_dir=DIR.')
+  config_overrides.define_config_dict(
+      config_overrides.default_config(),
+      'Overrides for every run, e.g. --config.data_dir=DIR.')
 
 
 @dataclasses.dataclass
@@ -91,6 +91,8 @@ class Run:
   seed: int
   workdir: str
   config: ml_collections.ConfigDict
+  # The resolved network (train.resolve_model), once validated.
+  model: Any = None
 
   @property
   def name(self) -> str:
@@ -119,8 +121,8 @@ def load_setting(setting: str) -> ml_collections.ConfigDict:
                    for f in os.listdir(config_overrides.CONFIG_DIR)
                    if f.endswith('.py') and f not in ('__init__.py',
                                                       'default.py'))
-    raise ValueError(f'Unknown setting {setting!r} (no {path}); valid '
-                     f'settings: {", ".join(names)}.')
+    raise errors.ConfigError(f'Unknown setting {setting!r} (no {path}); '
+                             f'valid settings: {", ".join(names)}.')
   return config_overrides.load_config_file(path)
 
 
@@ -146,20 +148,22 @@ def plan_runs(settings: Sequence[str], blocks: Sequence[str],
     The runs, with their configs and workdirs.
 
   Raises:
-    ValueError: an unknown setting or field, a duplicate, or an override of
+    errors.ConfigError: an unknown setting or field, a duplicate, or an override of
       a field the grid sets itself.
   """
   overrides = dict(overrides or {})
   for field, flag in GRID_FIELDS.items():
     if field in overrides:
-      raise ValueError(f'--config.{field} would be the same for every run; '
-                       f'use {flag}.')
+      raise errors.ConfigError(f'--config.{field} would be the same for '
+                               f'every run; use {flag}.')
   for axis, values in (('settings', settings), ('blocks', blocks),
                        ('seeds', seeds)):
     if len(set(values)) != len(values):
-      raise ValueError(f'--{axis} lists a value twice: {list(values)}.')
+      raise errors.ConfigError(
+          f'--{axis} lists a value twice: {list(values)}.')
   if not settings or not seeds:
-    raise ValueError('A grid needs at least one setting and one seed.')
+    raise errors.ConfigError(
+        'A grid needs at least one setting and one seed.')
   bases = {s: config_overrides.apply(load_setting(s), overrides)
            for s in settings}
   runs = []
@@ -181,8 +185,8 @@ def parse_shard(text: str) -> tuple[int, int]:
   except ValueError:
     index, count = -1, 0
   if not 0 <= index < count:
-    raise ValueError(f'--shard must be i/k with 0 <= i < k, e.g. 0/4; got '
-                     f'{text!r}.')
+    raise errors.ConfigError(
+        f'--shard must be i/k with 0 <= i < k, e.g. 0/4; got {text!r}.')
   return index, count
 
 
@@ -284,15 +288,10 @@ def run_state(run: Run) -> RunState:
   return RunState('interrupted', progress, epochs)
 
 
-def count_parameters(config: ml_collections.ConfigDict) -> int:
-  """Parameters of the configured network (shapes only, nothing computed)."""
-  # pylint: disable=g-import-not-at-top
-  from jax_resnet import input_pipeline
-  from jax_resnet.models import registry
-  from jax_resnet.tools import summary
-  model = registry.create_model(config.model,
-                              input_pipeline.num_classes(config.dataset))
-  return summary.count_params(summary.abstract_variables(model)['params'])
+def count_parameters(module: Any) -> int:
+  """Parameters of a network (shapes only, nothing computed)."""
+  from jax_resnet.tools import summary  # pylint: disable=g-import-not-at-top
+  return summary.count_params(summary.abstract_variables(module)['params'])
 
 
 def _base_status(run: Run) -> dict[str, Any]:
@@ -307,8 +306,8 @@ def execute(run: Run, train_fn: Optional[Callable[..., Any]] = None) -> bool:
 
   Args:
     run: the run.
-    train_fn: ``(config, workdir) -> final record``; default
-      ``train.train_and_evaluate``.
+    train_fn: ``(config, workdir, model) -> final record``, ``model`` the
+      resolved network; default ``train.train_and_evaluate``.
 
   Returns:
     True if it finished, False if it failed (the error is in status.json).
@@ -320,9 +319,10 @@ def execute(run: Run, train_fn: Optional[Callable[..., Any]] = None) -> bool:
   status.update(state='running', host=socket.gethostname(), pid=os.getpid(),
                 started=_now())
   try:
-    status['parameters'] = count_parameters(run.config)
+    model = run.model or train.resolve_model(run.config)
+    status['parameters'] = count_parameters(model.module)
     write_status(run.workdir, status)
-    final = train_fn(run.config, run.workdir)
+    final = train_fn(run.config, run.workdir, model)
   except KeyboardInterrupt:
     status.update(state='interrupted', stopped=_now())
     write_status(run.workdir, status)
@@ -440,29 +440,34 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 
 def main(argv):
   runtime.start_command(argv)
-  from jax_resnet import validation  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jax_resnet import train
+  from jax_resnet import validation
+  # pylint: enable=g-import-not-at-top
 
   args = flags.FLAGS
   overrides = dict(config_flags.get_override_values(args['config']))
   try:
     if not args.settings:
-      raise ValueError('--settings is required, e.g. '
-                       '--settings resnet20-cifar10.')
+      raise errors.ConfigError('--settings is required, e.g. '
+                               '--settings resnet20-cifar10.')
     if args.epochs is not None:
       if overrides.get('num_epochs', args.epochs) != args.epochs:
-        raise ValueError('--epochs and --config.num_epochs disagree.')
+        raise errors.ConfigError('--epochs and --config.num_epochs disagree.')
       overrides['num_epochs'] = args.epochs
     try:
       seeds = [int(s) for s in args.seeds]
     except ValueError:
-      raise ValueError(f'--seeds must be integers; got {args.seeds}.'
-                       ) from None
+      raise errors.ConfigError(
+          f'--seeds must be integers; got {args.seeds}.') from None
     shard = parse_shard(args.shard)
     runs = plan_runs(args.settings, args.blocks, seeds, args.root, overrides)
-    # Stop on a typo before hours of training, not when its run comes up.
+    # Stop on a typo before hours of training, not when its run comes up;
+    # each run keeps its resolved network.
     for run in runs:
       validation.validate_config(run.config)
-  except (ValueError, FileNotFoundError) as e:
+      run.model = train.resolve_model(run.config)
+  except errors.Error as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -13,7 +13,7 @@ import collections
 import functools
 import math
 import re
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,24 @@ def macs_by_module(model: Any, variables: Any) -> dict[str, int]:
 def count_macs(model: Any, variables: Any) -> int:
   """Multiply-accumulates of one image's evaluation forward pass."""
   return sum(macs_by_module(model, variables).values())
+
+
+def params_and_macs(model: Any) -> tuple[int, int]:
+  """(parameters, MACs of one image's forward pass) from one trace.
+
+  ``init`` runs the evaluation forward pass to create the variables, so the
+  jaxpr of ``init`` holds exactly the convolutions and dense layers that
+  ``count_macs`` counts (the initialisers add none), and its output shapes
+  are the variables: half the tracing of ``abstract_variables`` followed by
+  ``count_macs``, which matters for the deepest networks of the zoo.
+  """
+  x = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
+  closed, variables = jax.make_jaxpr(
+      lambda: model.init(jax.random.PRNGKey(0), x, train=False),
+      return_shape=True)()
+  counts = collections.Counter()
+  _count_jaxpr(closed.jaxpr, '', 1, counts)
+  return count_params(variables['params']), sum(counts.values())
 
 
 def _eqn_macs(eqn) -> int:
@@ -120,10 +138,15 @@ def _format_macs(macs: int) -> str:
   return f'{macs / 1e6:,.2f}M'
 
 
-def summarize(config: ml_collections.ConfigDict) -> str:
-  """Parameters and MACs, plus per-stage rows where the network has stages."""
-  model = registry.create_model(config.model,
-                              input_pipeline.num_classes(config.dataset))
+def summarize(config: ml_collections.ConfigDict,
+              resolved: Optional[registry.ResolvedModel] = None) -> str:
+  """Parameters and MACs, plus per-stage rows where the network has stages.
+
+  ``resolved`` is the config's network if the caller has resolved it.
+  """
+  resolved = resolved or registry.resolve(
+      config.model, input_pipeline.num_classes(config.dataset))
+  model = resolved.module
   variables = abstract_variables(model)
   x = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
   _, state = jax.eval_shape(
@@ -133,12 +156,14 @@ def summarize(config: ml_collections.ConfigDict) -> str:
   intermediates = state['intermediates']
   macs = macs_by_module(model, variables)
   total = count_params(params)
-  name = config.model.get('name', 'cifar_resnet')
-  if name == 'cifar_resnet':
-    title = (f'{config.dataset} ResNet-{config.model.depth}, block '
-             f'{config.model.block}, shortcut {model.shortcut_type}')
+  if resolved.name == 'cifar_resnet':
+    title = (f'{config.dataset} ResNet-{resolved.settings.depth}, block '
+             f'{resolved.settings.block}, shortcut {model.shortcut_type}')
   else:
-    title = f'{config.dataset} {registry.describe(config.model)} ({name})'
+    title = f'{config.dataset} {resolved.description} ({resolved.name})'
+  if resolved.block_kwargs:
+    title += ', ' + ', '.join(f'{k}={v}'
+                              for k, v in sorted(resolved.block_kwargs.items()))
   lines = [
       f'{title}: {total:,} parameters',
       f'{sum(macs.values()):,} multiply-accumulates per image (convolutions '
