@@ -105,21 +105,40 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.compression = config_dict.placeholder(float)
 
   config.optimizer = ml_collections.ConfigDict()
-  # Peak learning rate of SGD.
+  # 'sgd' (torch.optim.SGD), 'adam' (torch.optim.Adam: weight decay as L2 on
+  # the gradient) or 'adamw' (torch.optim.AdamW: decoupled weight decay).
+  config.optimizer.name = 'sgd'
+  # Peak learning rate.
   config.optimizer.learning_rate = 0.1
-  # SGD momentum.
+  # SGD momentum (sgd only).
   config.optimizer.momentum = 0.9
-  # Nesterov momentum.
+  # Nesterov momentum (sgd only).
   config.optimizer.nesterov = False
-  # L2 weight decay added to the gradient before momentum (PyTorch SGD).
+  # Adam and AdamW: PyTorch's betas and eps.
+  config.optimizer.betas = (0.9, 0.999)
+  config.optimizer.eps = 1e-8
+  # Weight decay: L2 added to the gradient (sgd: before momentum, as PyTorch
+  # SGD; adam: before Adam), or decoupled (adamw: p -= lr * decay * p).
   config.optimizer.weight_decay = 5e-4
   # Which parameters are decayed: 'all' (PyTorch default) or 'conv_dense'
   # (kernels only; no decay on BatchNorm scale/bias, biases and gates).
   config.optimizer.weight_decay_on = 'all'
-  # Linear warmup epochs before the cosine decay (0 = none).
+  # Learning-rate schedule (jax_resnet/schedules.py): 'cosine'
+  # (CosineAnnealingLR to 0 at num_epochs), 'multistep' (MultiStepLR),
+  # 'cosine_restarts' (SGDR, CosineAnnealingWarmRestarts) or 'constant'.
+  config.optimizer.schedule = 'cosine'
+  # multistep: epochs (of the whole run) at which the rate is multiplied by
+  # gamma; () = 50% and 75% of num_epochs, He et al.'s protocol.
+  config.optimizer.milestones = ()
+  config.optimizer.gamma = 0.1
+  # cosine_restarts: epochs of the first cycle (T_0) and the factor by which
+  # each cycle is longer than the one before (T_mult).
+  config.optimizer.restart_period = 10
+  config.optimizer.restart_mult = 1
+  # Linear warmup epochs before the schedule (0 = none).
   config.optimizer.warmup_epochs = 0
-  # Cosine annealing granularity: 'epoch' (constant within an epoch, like
-  # PyTorch's CosineAnnealingLR stepped per epoch) or 'step'.
+  # Schedule granularity: 'epoch' (constant within an epoch, like PyTorch's
+  # schedulers stepped per epoch) or 'step'.
   config.optimizer.schedule_granularity = 'epoch'
   # Label smoothing of the cross-entropy targets (0 = none).
   config.optimizer.label_smoothing = 0.0

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from absl import logging
 from flax.training import train_state
@@ -22,6 +22,8 @@ from jax_resnet import checkpoints
 from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
+from jax_resnet import optimizers
+from jax_resnet import schedules
 from jax_resnet.models import layers
 from jax_resnet.models import registry
 from jax_resnet import validation
@@ -59,44 +61,6 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                     dtype=layers.DTYPES[config.model.dtype])
 
 
-def learning_rate_fn(config: ml_collections.ConfigDict,
-                     steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
-  """Linear warmup, then cosine annealing to 0 at ``num_epochs``.
-
-  With granularity 'epoch' the rate is constant within an epoch and equals
-  PyTorch's CosineAnnealingLR(T_max=num_epochs - warmup) stepped once per
-  epoch; warmup epoch e (0-based) uses base * (e + 1) / warmup_epochs.
-  """
-  opt = config.optimizer
-  base, warmup = opt.learning_rate, opt.warmup_epochs
-  decay_epochs = config.num_epochs - warmup
-  per_epoch = opt.schedule_granularity == 'epoch'
-
-  def schedule(step):
-    epoch = step / steps_per_epoch
-    if per_epoch:
-      epoch = jnp.floor(epoch)
-    warm = base * (epoch + 1 if per_epoch else epoch) / max(warmup, 1)
-    progress = (epoch - warmup) / decay_epochs
-    cosine = 0.5 * base * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0, 1)))
-    return jnp.where(epoch < warmup, warm, cosine)
-
-  return schedule
-
-
-def create_optimizer(config: ml_collections.ConfigDict,
-                     steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD with PyTorch-style L2 weight decay (added before momentum)."""
-  opt = config.optimizer
-  mask = None
-  if opt.weight_decay_on == 'conv_dense':
-    mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay, mask=mask),
-      optax.sgd(learning_rate=learning_rate_fn(config, steps_per_epoch),
-                momentum=opt.momentum or None, nesterov=opt.nesterov))
-
-
 def shuffle_key(seed: int) -> jax.Array:
   """Key of the per-epoch data order, independent of the step keys."""
   return jax.random.split(jax.random.PRNGKey(seed), 3)[2]
@@ -122,7 +86,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables['batch_stats'],
-      tx=create_optimizer(config, steps_per_epoch), rng=state_rng)
+      tx=optimizers.create_optimizer(config, steps_per_epoch), rng=state_rng)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -221,7 +185,8 @@ class Trainer:
         donate_argnums=0, out_shardings=(self.replicated, self.replicated))
     self.eval_step = jax.jit(functools.partial(eval_step, cfg=self.step_cfg),
                              out_shardings=self.replicated)
-    self.learning_rate = learning_rate_fn(config, max(self.steps_per_epoch, 1))
+    self.learning_rate = schedules.learning_rate_fn(
+        config, max(self.steps_per_epoch, 1))
 
   def _load_test(self, test_split: input_pipeline.Split):
     """Pads the test set to whole eval batches; padding is masked out."""
@@ -312,8 +277,10 @@ def _progress_bar(total: int, epoch: int):
 
 def run_signature(config: ml_collections.ConfigDict,
                   model: registry.ResolvedModel) -> dict[str, Any]:
-  """Settings a checkpoint must share with the run that restores it."""
-  return model.signature(config.dataset)
+  """Settings a checkpoint must share with the run that restores it: the
+  network's, and the optimiser (its state's structure)."""
+  return {**model.signature(config.dataset),
+          'optimizer': config.optimizer.name}
 
 
 def checkpoint_fit(config: ml_collections.ConfigDict,
@@ -321,12 +288,12 @@ def checkpoint_fit(config: ml_collections.ConfigDict,
                    steps_per_epoch: Optional[int] = None) -> checkpoints.Fit:
   """What the workdir's checkpoint must match to serve this command."""
   signature = run_signature(config, model)
-  return checkpoints.Fit(
-      signature=signature,
-      legacy_signature=checkpoints.legacy_signature(
-          signature, dict(model.settings.block_kwargs),
-          dict(model.network_kwargs)),
-      steps_per_epoch=steps_per_epoch)
+  # Checkpoints before signature versions were all SGD's.
+  legacy = (checkpoints.legacy_signature(
+      signature, dict(model.settings.block_kwargs),
+      dict(model.network_kwargs)) if config.optimizer.name == 'sgd' else None)
+  return checkpoints.Fit(signature=signature, legacy_signature=legacy,
+                         steps_per_epoch=steps_per_epoch)
 
 
 def load_data(config: ml_collections.ConfigDict, train: bool = True):

@@ -6,9 +6,9 @@ import ml_collections
 from jax_resnet import config_overrides
 from jax_resnet import errors
 from jax_resnet import input_pipeline
+from jax_resnet import optimizers
+from jax_resnet import schedules
 
-SCHEDULE_GRANULARITIES = ('epoch', 'step')
-WEIGHT_DECAY_TARGETS = ('all', 'conv_dense')
 EVAL_CHECKPOINTS = ('best', 'latest')
 
 
@@ -33,10 +33,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_overrides.check_config_fields(config)
   input_pipeline.num_classes(config.dataset)
   input_pipeline.normalization_stats(config.data.normalization, config.dataset)
-  _choice(config.optimizer.schedule_granularity, SCHEDULE_GRANULARITIES,
-          'optimizer.schedule_granularity')
-  _choice(config.optimizer.weight_decay_on, WEIGHT_DECAY_TARGETS,
-          'optimizer.weight_decay_on')
+  _check_optimizer(config)
   _choice(config.eval_checkpoint, EVAL_CHECKPOINTS, 'eval_checkpoint')
   _at_least(config.num_epochs, 1, 'num_epochs')
   _at_least(config.optimizer.warmup_epochs, 0, 'optimizer.warmup_epochs')
@@ -63,3 +60,35 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if value % devices:
       raise errors.ConfigError(f'{field}={value} does not split over {devices} '
                        f'devices; use a multiple of {devices}.')
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+  """The optimiser and its schedule."""
+  opt = config.optimizer
+  _choice(opt.name, optimizers.OPTIMIZERS, 'optimizer.name')
+  _choice(opt.schedule, schedules.SCHEDULES, 'optimizer.schedule')
+  _choice(opt.schedule_granularity, schedules.GRANULARITIES,
+          'optimizer.schedule_granularity')
+  _choice(opt.weight_decay_on, optimizers.WEIGHT_DECAY_TARGETS,
+          'optimizer.weight_decay_on')
+  if opt.name != 'sgd' and opt.nesterov:
+    raise errors.ConfigError(
+        f'optimizer.nesterov applies to sgd only; optimizer.name is '
+        f'{opt.name!r}.')
+  if len(opt.betas) != 2 or not all(0.0 <= b < 1.0 for b in opt.betas):
+    raise errors.ConfigError(
+        f'optimizer.betas must be two numbers in [0, 1); got {opt.betas}.')
+  if opt.eps <= 0:
+    raise errors.ConfigError(f'optimizer.eps must be positive; got {opt.eps}.')
+  if opt.schedule == 'multistep':
+    marks = schedules.milestones(config)
+    if list(marks) != sorted(set(marks)) or marks[0] < 1:
+      raise errors.ConfigError(
+          'optimizer.milestones must be increasing epochs from 1; got '
+          f'{list(marks)}.')
+    if not 0.0 < opt.gamma <= 1.0:
+      raise errors.ConfigError(
+          f'optimizer.gamma must be in (0, 1]; got {opt.gamma}.')
+  if opt.schedule == 'cosine_restarts':
+    _at_least(opt.restart_period, 1, 'optimizer.restart_period')
+    _at_least(opt.restart_mult, 1, 'optimizer.restart_mult')

@@ -58,6 +58,11 @@ def test_checkpoint_of_another_setting_is_refused(mock_cifar, tmp_path):
                      match='steps per epoch'):
     train.train_and_evaluate(other, str(tmp_path))
   other = tiny_config(num_epochs=2)
+  other.optimizer.name = 'adam'
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match="optimizer: checkpoint 'sgd', command 'adam'"):
+    train.train_and_evaluate(other, str(tmp_path))
+  other = tiny_config(num_epochs=2)
   other.model.block = 'resnext'
   other.model.block_kwargs.cardinality = 2
   with pytest.raises(checkpoints.CheckpointMismatchError,

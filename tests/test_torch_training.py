@@ -1,4 +1,5 @@
-"""The train step and learning-rate schedules against torch.optim.
+"""The train step, the optimisers and the learning-rate schedules against
+torch.optim and torch.optim.lr_scheduler.
 
 The SGD comparison runs on ResNet-8. Compiled the way these tests compile
 (conftest's ``jax_disable_most_optimizations`` plus the project's XLA CPU
@@ -11,6 +12,7 @@ import functools
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 torch = pytest.importorskip('torch')
@@ -18,6 +20,8 @@ torch = pytest.importorskip('torch')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import tiny_config
 from jax_resnet import input_pipeline
+from jax_resnet import optimizers
+from jax_resnet import schedules
 from jax_resnet import train
 from jax_resnet.interop import torch_import
 from torch_cases import (BATCH, leaves_named, make_pair, max_abs_diff,
@@ -26,7 +30,7 @@ from torch_cases import (BATCH, leaves_named, make_pair, max_abs_diff,
 
 @pytest.mark.parametrize('nesterov', [False, True])
 def test_three_sgd_steps_match_torch_sgd(nesterov):
-  """train_step (create_optimizer, the schedule) vs torch.optim.SGD."""
+  """train_step (the optimiser, the schedule) vs torch.optim.SGD."""
   num_steps = 3
   # ResNet-8: see the module docstring on the precision of deeper networks
   # under the tests' jax_disable_most_optimizations.
@@ -40,7 +44,7 @@ def test_three_sgd_steps_match_torch_sgd(nesterov):
   state = train.TrainState.create(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables['batch_stats'],
-      tx=train.create_optimizer(config, steps_per_epoch=1),
+      tx=optimizers.create_optimizer(config, steps_per_epoch=1),
       rng=jax.random.PRNGKey(0))
   step = jax.jit(functools.partial(train.train_step,
                                    cfg=train.step_config(config)))
@@ -105,7 +109,7 @@ def test_schedule_matches_torch_schedulers(warmup_epochs):
   num_epochs, steps_per_epoch = 30, 7
   config = tiny_config(num_epochs=num_epochs)
   config.optimizer.warmup_epochs = warmup_epochs
-  schedule = jax.jit(train.learning_rate_fn(config, steps_per_epoch))
+  schedule = jax.jit(schedules.learning_rate_fn(config, steps_per_epoch))
   expected = torch_learning_rates(num_epochs, warmup_epochs)
   for offset in (0, steps_per_epoch - 1):  # First and last step of an epoch.
     steps = np.arange(num_epochs) * steps_per_epoch + offset
@@ -120,7 +124,7 @@ def test_per_step_schedule_matches_cosine_annealing_per_step():
   num_epochs, steps_per_epoch = 4, 5
   config = tiny_config(num_epochs=num_epochs)
   config.optimizer.schedule_granularity = 'step'
-  schedule = jax.jit(train.learning_rate_fn(config, steps_per_epoch))
+  schedule = jax.jit(schedules.learning_rate_fn(config, steps_per_epoch))
   optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
   scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
       optimizer, T_max=num_epochs * steps_per_epoch)
@@ -132,3 +136,87 @@ def test_per_step_schedule_matches_cosine_annealing_per_step():
     scheduler.step()
   report('per-step learning rate vs torch, max abs diff', diff)
   assert diff < 1e-6
+
+
+def torch_rates(scheduler_fn, num_epochs, warmup_epochs=0, base=0.1):
+  """The rate of each epoch under ``scheduler_fn(optimizer)``, after a
+  LinearLR warmup as SequentialLR chains them, stepped once per epoch."""
+  optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+  scheduler = scheduler_fn(optimizer)
+  if warmup_epochs:
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0 / warmup_epochs, end_factor=1.0,
+        total_iters=warmup_epochs - 1)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [warmup, scheduler], milestones=[warmup_epochs])
+  rates = []
+  for _ in range(num_epochs):
+    rates.append(optimizer.param_groups[0]['lr'])
+    optimizer.step()
+    scheduler.step()
+  return np.asarray(rates)
+
+
+@pytest.mark.parametrize('schedule,warmup,fields,reference', [
+    ('multistep', 0, {}, lambda o: torch.optim.lr_scheduler.MultiStepLR(
+        o, milestones=[15, 22], gamma=0.1)),
+    ('multistep', 3, dict(milestones=(10, 20), gamma=0.2),
+     # SequentialLR restarts the scheduler's epochs after the warmup.
+     lambda o: torch.optim.lr_scheduler.MultiStepLR(
+         o, milestones=[7, 17], gamma=0.2)),
+    ('cosine_restarts', 0, dict(restart_period=5, restart_mult=1),
+     lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+         o, T_0=5, T_mult=1)),
+    ('cosine_restarts', 2, dict(restart_period=3, restart_mult=2),
+     lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+         o, T_0=3, T_mult=2)),
+    ('constant', 4, {}, lambda o: torch.optim.lr_scheduler.ConstantLR(
+        o, factor=1.0)),
+])
+def test_schedules_match_torch_schedulers(schedule, warmup, fields,
+                                          reference):
+  num_epochs, steps_per_epoch = 30, 7
+  config = tiny_config(num_epochs=num_epochs)
+  config.optimizer.schedule = schedule
+  config.optimizer.warmup_epochs = warmup
+  for key, value in fields.items():
+    config.optimizer[key] = value
+  rate = jax.jit(schedules.learning_rate_fn(config, steps_per_epoch))
+  expected = torch_rates(reference, num_epochs, warmup)
+  for offset in (0, steps_per_epoch - 1):  # First and last step of an epoch.
+    ours = np.asarray([float(rate(e * steps_per_epoch + offset))
+                       for e in range(num_epochs)])
+    np.testing.assert_allclose(ours, expected, atol=1e-7)
+  report(f'{schedule} (warmup {warmup}) vs torch, max abs diff',
+         float(np.max(np.abs(ours - expected))))
+
+
+@pytest.mark.parametrize('name,torch_optimizer', [
+    ('adam', torch.optim.Adam), ('adamw', torch.optim.AdamW)])
+def test_adam_steps_match_torch(name, torch_optimizer):
+  """Five steps on a cosine schedule, weight decay large enough to matter."""
+  num_steps = 5
+  config = tiny_config(num_epochs=num_steps)
+  config.optimizer.update(name=name, learning_rate=0.01, weight_decay=0.1,
+                          betas=(0.8, 0.99), eps=1e-6)
+  tx = optimizers.create_optimizer(config, steps_per_epoch=1)
+  rng = np.random.default_rng(0)
+  start = rng.normal(size=(4, 3)).astype(np.float32)
+  params, state = {'w': start}, tx.init({'w': start})
+  weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
+  optimizer = torch_optimizer([weight], lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                              weight_decay=0.1)
+  scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                         T_max=num_steps)
+  for _ in range(num_steps):
+    grad = rng.normal(size=(4, 3)).astype(np.float32)
+    updates, state = tx.update({'w': grad}, state, params)
+    params = optax.apply_updates(params, updates)
+    weight.grad = torch.from_numpy(grad.copy())
+    optimizer.step()
+    scheduler.step()
+  expected = weight.detach().numpy()
+  diff = max_rel_diff(params['w'], expected)
+  report(f'{name}: parameters after {num_steps} steps, max rel diff', diff)
+  assert diff < 1e-5
+  assert max_rel_diff(start, expected) > 1e-2  # The steps moved them.

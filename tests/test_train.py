@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +12,13 @@ import pytest
 
 from conftest import MOCK_EXAMPLES, records, tiny_config
 from jax_resnet import checkpoints
+from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
+from jax_resnet import optimizers
+from jax_resnet import schedules
 from jax_resnet import train
+from jax_resnet import validation
 
 
 def restore_latest(config, workdir):
@@ -33,7 +38,7 @@ class TestSchedule:
 
   def test_per_epoch_cosine_matches_pytorch_formula(self):
     config = tiny_config(num_epochs=10)
-    lr = train.learning_rate_fn(config, steps_per_epoch=7)
+    lr = schedules.learning_rate_fn(config, steps_per_epoch=7)
     for epoch in range(10):
       expected = 0.05 * (1 + np.cos(np.pi * epoch / 10))
       for step in (epoch * 7, epoch * 7 + 6):  # Constant within the epoch.
@@ -42,7 +47,7 @@ class TestSchedule:
   def test_per_step_cosine(self):
     config = tiny_config(num_epochs=4)
     config.optimizer.schedule_granularity = 'step'
-    lr = train.learning_rate_fn(config, steps_per_epoch=10)
+    lr = schedules.learning_rate_fn(config, steps_per_epoch=10)
     assert float(lr(0)) == pytest.approx(0.1)
     assert float(lr(5)) == pytest.approx(0.05 * (1 + np.cos(np.pi * 5 / 40)))
     assert float(lr(40)) == pytest.approx(0.0, abs=1e-8)
@@ -50,7 +55,7 @@ class TestSchedule:
   def test_warmup_then_cosine(self):
     config = tiny_config(num_epochs=12)
     config.optimizer.warmup_epochs = 2
-    lr = train.learning_rate_fn(config, steps_per_epoch=5)
+    lr = schedules.learning_rate_fn(config, steps_per_epoch=5)
     assert [float(lr(s)) for s in (0, 5, 10)] == pytest.approx(
         [0.05, 0.1, 0.1])
     assert float(lr(15)) == pytest.approx(0.05 * (1 + np.cos(np.pi / 10)))
@@ -60,7 +65,7 @@ class TestSchedule:
 def test_sgd_is_pytorch_sgd_with_l2_before_momentum(nesterov):
   config = tiny_config(num_epochs=3)
   config.optimizer.nesterov = nesterov
-  tx = train.create_optimizer(config, steps_per_epoch=1)
+  tx = optimizers.create_optimizer(config, steps_per_epoch=1)
   rng = np.random.default_rng(0)
   params = {'w': rng.normal(size=(3, 3)).astype(np.float32)}
   grads = [{'w': rng.normal(size=(3, 3)).astype(np.float32)} for _ in range(3)]
@@ -77,11 +82,42 @@ def test_sgd_is_pytorch_sgd_with_l2_before_momentum(nesterov):
     np.testing.assert_allclose(params['w'], p, rtol=1e-5)
 
 
+@pytest.mark.parametrize('fields,message', [
+    (dict(name='rmsprop'),
+     "Unknown optimizer.name 'rmsprop'; valid: sgd, adam, adamw."),
+    (dict(schedule='linear'),
+     'valid: cosine, multistep, cosine_restarts, constant.'),
+    (dict(name='adam', nesterov=True), 'nesterov applies to sgd only'),
+    (dict(schedule='multistep', milestones=(20, 10)),
+     'milestones must be increasing epochs from 1; got [20, 10]'),
+    (dict(schedule='multistep', milestones=(1,), gamma=0.0),
+     'gamma must be in (0, 1]'),
+    (dict(schedule='cosine_restarts', restart_period=0),
+     'restart_period must be at least 1'),
+    (dict(betas=(0.9, 1.0)), 'betas must be two numbers in [0, 1)'),
+])
+def test_optimizer_settings_are_checked(fields, message):
+  config = tiny_config()
+  config.optimizer.update(fields)
+  with pytest.raises(errors.ConfigError, match=re.escape(message)):
+    validation.validate_config(config)
+
+
+def test_multistep_defaults_to_he_et_al():
+  """lr 0.1, divided by 10 at 50% and 75% of training."""
+  config = tiny_config(num_epochs=200)
+  config.optimizer.schedule = 'multistep'
+  lr = schedules.learning_rate_fn(config, steps_per_epoch=391)
+  rates = [float(lr(e * 391)) for e in (0, 99, 100, 149, 150, 199)]
+  np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001],
+                             rtol=1e-6)
+
+
 def test_weight_decay_on_kernels_only():
   config = tiny_config()
   config.optimizer.weight_decay_on = 'conv_dense'
   config.optimizer.momentum = 0.0
-  tx = train.create_optimizer(config, steps_per_epoch=1)
+  tx = optimizers.create_optimizer(config, steps_per_epoch=1)
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))}
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
@@ -181,14 +217,15 @@ def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
 def test_nan_loss_stops_with_epoch_and_step(mock_cifar, tmp_path,
                                             monkeypatch):
   del mock_cifar
-  schedule = train.learning_rate_fn
+  schedule = schedules.learning_rate_fn
 
   def exploding_after_first_epoch(config, steps_per_epoch):
     base = schedule(config, steps_per_epoch)
     return lambda step: jnp.where(step >= steps_per_epoch, jnp.inf,
                                   base(step))
 
-  monkeypatch.setattr(train, 'learning_rate_fn', exploding_after_first_epoch)
+  monkeypatch.setattr(schedules, 'learning_rate_fn',
+                      exploding_after_first_epoch)
   config = tiny_config(num_epochs=2)
   with pytest.raises(train.NonFiniteLossError,
                      match=r'at epoch 2, step 4 \(step 2 of the epoch\)'):
