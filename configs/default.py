@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.crop_padding = 4
   # Random horizontal flip in training.
   config.data.random_flip = True
+  # Cutout (DeVries & Taylor): zero a random NxN square of each normalised
+  # training image, which may hang over the border; 0 = off (16 is the
+  # paper's for CIFAR-10, 8 for CIFAR-100).
+  config.data.cutout = 0
   # Let TFDS try to download and prepare a missing dataset.
   config.data.download = True
 

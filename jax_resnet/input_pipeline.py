@@ -145,6 +145,27 @@ def random_crop_and_flip(rng: jax.Array, images: jax.Array,
   return images
 
 
+def cutout(rng: jax.Array, images: jax.Array, size: int) -> jax.Array:
+  """Zeroes a random ``size`` x ``size`` square of each image.
+
+  DeVries & Taylor (2017), as their code does it: the square's centre is
+  uniform over the image, so the square may hang over the border (and then
+  covers less); rows and columns ``[centre - size // 2, centre + size // 2)``
+  are zeroed. Applied to normalised images, as in that code, so the square
+  holds the dataset's mean colour.
+  """
+  batch, height, width = images.shape[:3]
+  y_rng, x_rng = jax.random.split(rng)
+  centre_y = jax.random.randint(y_rng, (batch, 1, 1, 1), 0, height)
+  centre_x = jax.random.randint(x_rng, (batch, 1, 1, 1), 0, width)
+  rows = jnp.arange(height).reshape(1, height, 1, 1)
+  cols = jnp.arange(width).reshape(1, 1, width, 1)
+  half = size // 2
+  inside = ((rows >= centre_y - half) & (rows < centre_y + half) &
+            (cols >= centre_x - half) & (cols < centre_x + half))
+  return jnp.where(inside, jnp.zeros((), images.dtype), images)
+
+
 def normalize(images: jax.Array, mean: np.ndarray, std: np.ndarray,
               dtype=jnp.float32) -> jax.Array:
   """uint8 (0-255) images to normalised floats."""

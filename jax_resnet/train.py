@@ -46,6 +46,7 @@ class StepConfig:
   std: tuple[float, ...]
   crop_padding: int
   random_flip: bool
+  cutout: int
   label_smoothing: float
   dtype: Any
 
@@ -57,6 +58,7 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   return StepConfig(mean=tuple(mean.tolist()), std=tuple(std.tolist()),
                     crop_padding=config.data.crop_padding,
                     random_flip=config.data.random_flip,
+                    cutout=config.data.cutout,
                     label_smoothing=config.optimizer.label_smoothing,
                     dtype=layers.DTYPES[config.model.dtype])
 
@@ -100,7 +102,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array],
                cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on a uint8 batch: augment, normalise, forward, update.
+  """One step on a uint8 batch: augment, normalise, forward, update.
 
   The step's randomness is ``fold_in(state.rng, state.step)``, so a resumed
   run draws exactly what an uninterrupted one would.
@@ -111,6 +113,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       augment_rng, batch['image'], cfg.crop_padding, cfg.random_flip)
   images = input_pipeline.normalize(images, np.asarray(cfg.mean),
                                     np.asarray(cfg.std), cfg.dtype)
+  if cfg.cutout:
+    # A stream of its own: the crop and flip draw as without cutout.
+    images = input_pipeline.cutout(jax.random.fold_in(augment_rng, 1),
+                                   images, cfg.cutout)
   labels = batch['label']
 
   def loss_fn(params):

@@ -51,6 +51,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'{config.optimizer.label_smoothing}.')
   _at_least(config.data.train_examples, 0, 'data.train_examples')
   _at_least(config.data.crop_padding, 0, 'data.crop_padding')
+  _at_least(config.data.cutout, 0, 'data.cutout')
   _at_least(config.log_every_steps, 1, 'log_every_steps')
   _at_least(config.checkpoints_to_keep, 1, 'checkpoints_to_keep')
   devices = jax.device_count()

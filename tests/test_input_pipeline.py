@@ -99,3 +99,64 @@ def test_missing_dataset_names_dataset_and_directory(tmp_path):
 def test_unknown_dataset():
   with pytest.raises(ValueError, match='valid datasets: cifar10, cifar100'):
     input_pipeline.num_classes('mnist')
+
+
+@pytest.mark.parametrize('size', [16, 8, 5])
+def test_cutout_zeroes_one_square_that_may_hang_over_the_border(size):
+  # Positive everywhere, so zeroed pixels are cutout's.
+  images = jnp.asarray(np.stack([known_image()] * 400), jnp.float32) + 1.0
+  out = np.asarray(input_pipeline.cutout(jax.random.PRNGKey(3), images, size))
+  zeroed = out == 0
+  assert np.all(zeroed.all(-1) == zeroed.any(-1))  # Whole pixels.
+  zeroed = zeroed[..., 0]
+  full = 2 * (size // 2)
+  clipped = 0
+  for mask in zeroed:
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    assert rows.size and cols.size  # Some of the square is always inside.
+    # One solid rectangle: the square, cut by the border.
+    assert mask.sum() == rows.size * cols.size
+    assert mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+    assert rows.size <= full and cols.size <= full
+    clipped += rows.size < full or cols.size < full
+    # Rows it covers run to the border whenever it is cut.
+    if rows.size < full:
+      assert rows[0] == 0 or rows[-1] == 31
+  # Centres are uniform over the image: a square is cut on an axis when its
+  # centre lies within half of the square of one border.
+  half = size // 2
+  cut_axis = (2 * half - 1) / 32
+  expected = 1 - (1 - cut_axis) ** 2
+  assert abs(clipped / len(zeroed) - expected) < 0.08
+  np.testing.assert_array_equal(out[~zeroed], np.asarray(images)[~zeroed])
+
+
+def test_cutout_in_the_train_step_leaves_crop_and_flip_as_they_were(
+    mock_cifar):
+  """Cutout draws from a stream of its own: with it on, the pixels it does
+  not zero are those of the run without it."""
+  del mock_cifar
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from jax_resnet import train  # pylint: disable=g-import-not-at-top
+  seen = {}
+  for cutout in (0, 8):
+    config = tiny_config(**{'data.cutout': cutout})
+    cfg = train.step_config(config)
+    rng = jax.random.PRNGKey(0)
+
+    def augment(images, cfg=cfg, rng=rng):
+      augment_rng, _ = jax.random.split(rng)
+      out = input_pipeline.random_crop_and_flip(
+          augment_rng, images, cfg.crop_padding, cfg.random_flip)
+      out = input_pipeline.normalize(out, np.asarray(cfg.mean),
+                                     np.asarray(cfg.std))
+      if cfg.cutout:
+        out = input_pipeline.cutout(jax.random.fold_in(augment_rng, 1), out,
+                                    cfg.cutout)
+      return out
+
+    seen[cutout] = np.asarray(augment(jnp.asarray(
+        np.stack([known_image()] * 8))))
+  kept = seen[8] != 0
+  np.testing.assert_array_equal(seen[8][kept], seen[0][kept])
+  assert (~kept).any()
