@@ -33,7 +33,6 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from jax_resnet import errors
   from jax_resnet import train
-  from jax_resnet import validation
   from jax_resnet.tools import summary
   # pylint: enable=g-import-not-at-top
 
@@ -42,8 +41,7 @@ def main(argv):
       config_flags.get_config_filename(flags.FLAGS['config'])))[0]
   workdir = _WORKDIR.value or os.path.join('runs', config_name)
   try:
-    validation.validate_config(config)
-    model = train.resolve_model(config)
+    model = train.validated_model(config)
     if _MODE.value == 'summary':
       print(summary.summarize(config, model))
     elif _MODE.value == 'eval':

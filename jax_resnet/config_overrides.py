@@ -15,6 +15,7 @@ the valid ones listed rather than with ml_collections' traceback.
 
 import copy
 import difflib
+import functools
 import importlib.util
 import os
 import sys
@@ -88,7 +89,13 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
   A config file that sets an unknown field (a typo, a field of an earlier
   version) would otherwise have it silently ignored.
   """
-  _check_names(list(field_names(config)), set(field_names(default_config())))
+  _check_names(list(field_names(config)), set(_default_field_names()))
+
+
+@functools.lru_cache(maxsize=None)
+def _default_field_names() -> frozenset[str]:
+  """The fields of configs/default.py, read once per process."""
+  return frozenset(field_names(default_config()))
 
 
 def exit_on_unknown_fields(argv: Sequence[str],

@@ -75,6 +75,14 @@ def resolve_model(config: ml_collections.ConfigDict
                           input_pipeline.num_classes(config.dataset))
 
 
+def validated_model(config: ml_collections.ConfigDict
+                    ) -> registry.ResolvedModel:
+  """Checks the whole config, then resolves its network: what a command
+  does once before it trains or evaluates."""
+  validation.validate_config(config)
+  return resolve_model(config)
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        steps_per_epoch: int) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimiser state.
@@ -328,13 +336,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Args:
     config: the run configuration (see configs/default.py).
     workdir: where checkpoints, metrics.jsonl and TensorBoard events go.
-    model: ``resolve_model(config)``, if the caller has it already.
+    model: ``validated_model(config)``, if the caller has it already.
 
   Returns:
     The last epoch's record plus 'final_test_accuracy'.
   """
-  validation.validate_config(config)
-  model = model or resolve_model(config)
+  model = model or validated_model(config)
   train_split, test_split = load_data(config)
   trainer = Trainer(config, model, train_split, test_split)
   fit = checkpoint_fit(config, model, trainer.steps_per_epoch)
@@ -401,9 +408,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              model: Optional[registry.ResolvedModel] = None
              ) -> dict[str, Any]:
-  """Restores the best (or latest) checkpoint and evaluates the test set."""
-  validation.validate_config(config)
-  model = model or resolve_model(config)
+  """Restores the best (or latest) checkpoint and evaluates the test set.
+
+  ``model`` as in ``train_and_evaluate``.
+  """
+  model = model or validated_model(config)
   _, test_split = load_data(config, train=False)
   trainer = Trainer(config, model, None, test_split)
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)

@@ -47,7 +47,6 @@ from jax_resnet import config_overrides
 from jax_resnet import errors
 from jax_resnet import runtime
 from jax_resnet import train
-from jax_resnet import validation
 from jax_resnet.models import backbone
 from jax_resnet.models import densenet
 from jax_resnet.models import wide_resnet
@@ -348,7 +347,7 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
     ConversionError: the checkpoint does not fit the configured network, or
       the workdir already holds checkpoints.
   """
-  validation.validate_config(config)
+  model = train.validated_model(config)
   for directory in (checkpoints.CHECKPOINT_DIR, checkpoints.LEGACY_BEST_DIR):
     path = os.path.join(workdir, directory)
     if os.path.isdir(path) and os.listdir(path):
@@ -357,7 +356,6 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
       raise ConversionError(f'{path} already holds checkpoints; import into '
                             'a new --workdir.')
   state_dict = load_torch_checkpoint(torch_checkpoint)
-  model = train.resolve_model(config)
   variables = torch_to_flax(state_dict, model.module)
 
   # The training split sets steps_per_epoch, which a later --mode train

@@ -149,10 +149,10 @@ def create(settings: Settings, num_classes: int, *, growth_rate: int = 12,
                   conv_backend=settings.conv_backend)
 
 
-def describe(settings: Settings, *, growth_rate: int = 12,
-             compression: float = 0.5, dropout_rate: float = 0.0) -> str:
+def describe(settings: Settings, *, growth_rate: int, compression: float,
+             **unused) -> str:
   """E.g. 'DenseNet-BC-100 (k=12)'."""
-  del dropout_rate
+  del unused
   suffix = (('B' if settings.block == 'bottleneck' else '') +
             ('C' if compression < 1 else ''))
   kind = f'DenseNet-{suffix}' if suffix else 'DenseNet'

@@ -169,7 +169,7 @@ def create(settings: Settings, num_classes: int, *,
       dtype=settings.dtype, conv_backend=settings.conv_backend)
 
 
-def describe(settings: Settings, *, pyramid_alpha: float = 48.0) -> str:
+def describe(settings: Settings, *, pyramid_alpha: float) -> str:
   """E.g. 'PyramidNet-272 (alpha 200, bottleneck)'."""
   return (f'PyramidNet-{settings.depth} (alpha {pyramid_alpha:g}, '
           f'{settings.block})')

@@ -36,7 +36,8 @@ class Network:
     create: ``(settings, num_classes, **hyperparameters) -> nn.Module`` with
       ``__call__(x, train)``. Its keyword-only parameters are the network's
       hyper-parameters, set by the ``config.model`` fields of the same names.
-    describe: ``(settings, **hyperparameters) -> str``, e.g. 'WRN-28-10'.
+    describe: ``(settings, **hyperparameters) -> str``, e.g. 'WRN-28-10';
+      it gets every hyper-parameter, the defaults of ``create`` filled in.
   """
 
   create: Callable[..., nn.Module]
@@ -176,8 +177,8 @@ def resolve(model_config: Mapping[str, Any], num_classes: int
   module = network.create(settings, num_classes, **network_kwargs)
   return ResolvedModel(
       name=name, settings=settings, network_kwargs=network_kwargs,
-      module=module,
-      description=network.describe(settings, **network_kwargs))
+      module=module, description=network.describe(
+          settings, **{**network.hyperparameters, **network_kwargs}))
 
 
 def create_model(model_config: Mapping[str, Any],

@@ -66,8 +66,7 @@ def create(settings: Settings, num_classes: int, *, widen_factor: int = 10,
       weight_init=layers.WIDE_RESNET_INIT)
 
 
-def describe(settings: Settings, *, widen_factor: int = 10,
-             dropout_rate: float = 0.0) -> str:
+def describe(settings: Settings, *, widen_factor: int, **unused) -> str:
   """E.g. 'WRN-28-10'."""
-  del dropout_rate
+  del unused
   return f'WRN-{settings.depth}-{widen_factor}'

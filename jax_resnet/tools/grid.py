@@ -91,7 +91,7 @@ class Run:
   seed: int
   workdir: str
   config: ml_collections.ConfigDict
-  # The resolved network (train.resolve_model), once validated.
+  # The resolved network (train.validated_model), once validated.
   model: Any = None
 
   @property
@@ -319,7 +319,7 @@ def execute(run: Run, train_fn: Optional[Callable[..., Any]] = None) -> bool:
   status.update(state='running', host=socket.gethostname(), pid=os.getpid(),
                 started=_now())
   try:
-    model = run.model or train.resolve_model(run.config)
+    model = run.model or train.validated_model(run.config)
     status['parameters'] = count_parameters(model.module)
     write_status(run.workdir, status)
     final = train_fn(run.config, run.workdir, model)
@@ -440,10 +440,7 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 
 def main(argv):
   runtime.start_command(argv)
-  # pylint: disable=g-import-not-at-top
-  from jax_resnet import train
-  from jax_resnet import validation
-  # pylint: enable=g-import-not-at-top
+  from jax_resnet import train  # pylint: disable=g-import-not-at-top
 
   args = flags.FLAGS
   overrides = dict(config_flags.get_override_values(args['config']))
@@ -465,8 +462,7 @@ def main(argv):
     # Stop on a typo before hours of training, not when its run comes up;
     # each run keeps its resolved network.
     for run in runs:
-      validation.validate_config(run.config)
-      run.model = train.resolve_model(run.config)
+      run.model = train.validated_model(run.config)
   except errors.Error as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
