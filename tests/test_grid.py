@@ -141,6 +141,20 @@ def test_interrupted_run_resumes_and_finished_runs_are_skipped(
   outcome = grid.run_grid([longer], train_fn=must_not_train)
   assert [run for run, _ in outcome.failed] == [longer]
 
+  # A workdir written before a config field existed: the field at its
+  # default is no conflict (the run is done), at another value it is.
+  config_path = os.path.join(run.workdir, 'config.json')
+  with open(config_path) as f:
+    saved = json.load(f)
+  del saved['data']['cutout']
+  with open(config_path, 'w') as f:
+    json.dump(saved, f)
+  assert grid.run_state(run).state == 'done'
+  (cutout,) = tiny_runs(tmp_path / 'grid', seeds=(0,),
+                        **{'data.cutout': 8})
+  assert grid.run_state(cutout).state == 'conflict'
+  assert 'data.cutout: workdir None, grid 8' in grid.run_state(cutout).detail
+
 
 def test_failing_runs_are_recorded_and_the_grid_goes_on(tmp_path):
   runs = tiny_runs(tmp_path, seeds=(0, 1, 2))

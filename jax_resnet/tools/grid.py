@@ -247,6 +247,13 @@ def config_differences(run: Run) -> list[str]:
   with open(path) as f:
     saved = _flat_config(json.load(f))
   current = _flat_config(json.loads(run.config.to_json()))
+  # A field added to the project after the workdir was written, at its
+  # default, trains what the workdir's code trained: no difference.
+  defaults = _flat_config(json.loads(
+      config_overrides.default_config().to_json()))
+  for key, value in current.items():
+    if key not in saved and key in defaults and defaults[key] == value:
+      saved[key] = value
   return [f'{k}: workdir {saved.get(k)!r}, grid {current.get(k)!r}'
           for k in sorted(set(saved) | set(current))
           if k not in RESUMABLE_DIFFERENCES and saved.get(k) != current.get(k)]
