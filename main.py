@@ -48,7 +48,7 @@ def main(argv):
       result = train.evaluate(config, workdir, model)
       print(f'test loss {result["test_loss"]:.4f}, test accuracy '
             f'{result["test_accuracy"]:.2f}% ({config.eval_checkpoint} '
-            f'checkpoint, epoch {result["checkpoint_epoch"]}, step '
+            f'checkpoint, {result["weights"]} weights, epoch {result["checkpoint_epoch"]}, step '
             f'{result["checkpoint_step"]})')
       print(json.dumps({k: result[k] for k in
                         ('test_accuracy', 'test_loss', 'checkpoint_step')}))

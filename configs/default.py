@@ -34,6 +34,15 @@ def get_config() -> ml_collections.ConfigDict:
   # training image, which may hang over the border; 0 = off (16 is the
   # paper's for CIFAR-10, 8 for CIFAR-100).
   config.data.cutout = 0
+  # Mixup (Zhang et al.) and CutMix (Yun et al.): Beta(alpha, alpha) mixing of
+  # each example with its neighbour in the batch, one lam per batch; 0 = off.
+  # The loss is taken against the mixed targets and the logged train accuracy
+  # is lam-weighted. With both positive, each batch uses CutMix with
+  # probability mix_switch_prob, else Mixup (the CIFAR tutorials: mixup 0.2,
+  # cutmix 1.0, 0.5).
+  config.data.mixup_alpha = 0.0
+  config.data.cutmix_alpha = 0.0
+  config.data.mix_switch_prob = 0.5
   # Let TFDS try to download and prepare a missing dataset.
   config.data.download = True
 
@@ -146,6 +155,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule_granularity = 'epoch'
   # Label smoothing of the cross-entropy targets (0 = none).
   config.optimizer.label_smoothing = 0.0
+
+  # Exponential moving average of the parameters and BatchNorm statistics,
+  # updated after every step (0 = off; 0.999 or 0.9999 typical). Evaluated
+  # beside the trained weights each epoch (ema_test_accuracy), kept in the
+  # checkpoints.
+  config.ema_decay = 0.0
+  # The weights the run is judged by: 'raw' (the trained ones) or 'ema'. The
+  # best checkpoint is chosen on their test accuracy, and --mode eval
+  # evaluates them.
+  config.eval_weights = 'raw'
 
   # Training epochs; the cosine schedule spans them.
   config.num_epochs = 200

@@ -27,8 +27,11 @@ from jax_resnet import errors
 CHECKPOINT_DIR = 'checkpoints'
 LEGACY_BEST_DIR = 'best'
 CHECKPOINT_KINDS = ('best', 'latest')
-# The Orbax metric the best checkpoint is chosen by.
-BEST_METRIC = 'test_accuracy'
+# The Orbax metric the best checkpoint is chosen by: the accuracy of the
+# run's selection (train.selection_metric). Checkpoints written before it had
+# this name hold it as 'test_accuracy'.
+BEST_METRIC = 'selection_accuracy'
+LEGACY_BEST_METRIC = 'test_accuracy'
 
 
 class CheckpointMismatchError(errors.Error, ValueError):
@@ -40,7 +43,9 @@ class NoCheckpointError(errors.Error, FileNotFoundError):
 
 
 def _best_metric(metrics: Any) -> float:
-  return metrics[BEST_METRIC]
+  if BEST_METRIC in metrics:
+    return metrics[BEST_METRIC]
+  return metrics[LEGACY_BEST_METRIC]
 
 
 def _manager(directory: str, keep: Optional[int],
@@ -117,8 +122,10 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any],
-           test_accuracy: float):
+           selection_accuracy: float):
     """Saves ``state`` and ``meta`` under ``step``; a saved step is kept as is.
+
+    The best checkpoint is the one of the highest ``selection_accuracy``.
 
     A run resumed after a kill repeats the epoch it lost; that epoch is
     deterministic, so a checkpoint that already exists for its step is equal.
@@ -128,7 +135,7 @@ class Checkpointer:
     self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(meta)),
-        metrics={BEST_METRIC: test_accuracy})
+        metrics={BEST_METRIC: selection_accuracy})
     self._manager.wait_until_finished()
 
   def _candidates(self, kind: str) -> list[tuple[ocp.CheckpointManager, int,

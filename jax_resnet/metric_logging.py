@@ -19,23 +19,32 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
-  """One readable line for an epoch record."""
-  return (f'epoch {record["epoch"]:>3d}/{num_epochs} | '
-          f'train loss {record["train_loss"]:.4f} '
-          f'acc {record["train_accuracy"]:6.2f}% | '
-          f'test loss {record["test_loss"]:.4f} '
-          f'acc {record["test_accuracy"]:6.2f}% '
-          f'(best {record["best_test_accuracy"]:6.2f}%) | '
-          f'lr {record["learning_rate"]:.5f} | '
-          f'{record["images_per_sec"]:7.1f} img/s | '
-          f'{record["epoch_seconds"]:6.1f} s')
+def format_epoch(record: dict[str, Any], num_epochs: int,
+                 mixed_targets: bool = False) -> str:
+  """One readable line for an epoch record; ``mixed_targets``: the train
+  accuracy is lam-weighted (Mixup, CutMix), and the line says so."""
+  accuracy = 'lam-weighted acc' if mixed_targets else 'acc'
+  parts = [f'epoch {record["epoch"]:>3d}/{num_epochs}',
+           f'train loss {record["train_loss"]:.4f} '
+           f'{accuracy} {record["train_accuracy"]:6.2f}%',
+           f'test loss {record["test_loss"]:.4f} '
+           f'acc {record["test_accuracy"]:6.2f}% '
+           f'(best {record["best_test_accuracy"]:6.2f}%)']
+  if 'ema_test_accuracy' in record:
+    parts.append(f'ema acc {record["ema_test_accuracy"]:6.2f}% '
+                 f'(best {record["best_ema_test_accuracy"]:6.2f}%)')
+  parts += [f'lr {record["learning_rate"]:.5f}',
+            f'{record["images_per_sec"]:7.1f} img/s',
+            f'{record["epoch_seconds"]:6.1f} s']
+  return ' | '.join(parts)
 
 
 class MetricLogger:
   """Writes epoch records; on resume, drops records past the checkpoint."""
 
-  def __init__(self, workdir: str, resumed_epoch: int):
+  def __init__(self, workdir: str, resumed_epoch: int,
+               mixed_targets: bool = False):
+    self._mixed_targets = mixed_targets
     self._path = os.path.join(workdir, METRICS_FILE)
     # Records of epochs after the restored checkpoint come from a run that was
     # killed before it saved them; that epoch runs again and is rewritten.
@@ -53,7 +62,7 @@ class MetricLogger:
     missing = set(EPOCH_KEYS) - set(record)
     if missing:
       raise ValueError(f'Epoch record lacks {sorted(missing)}.')
-    print(format_epoch(record, num_epochs), flush=True)
+    print(format_epoch(record, num_epochs, self._mixed_targets), flush=True)
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
       f.flush()

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jax_resnet import checkpoints
+from jax_resnet.augment import pipeline as augment_pipeline
 from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
@@ -27,12 +28,39 @@ from jax_resnet import schedules
 from jax_resnet.models import layers
 from jax_resnet.models import registry
 from jax_resnet import validation
+from jax_resnet import weight_averaging
 
 
 class TrainState(train_state.TrainState):
   """Flax TrainState plus BatchNorm statistics and the run's base RNG key."""
   batch_stats: Any
   rng: jax.Array
+
+  def kept_averages(self) -> dict[str, Any]:
+    """The weight averages kept beside the trained weights, by name (none
+    here; see AveragingTrainState)."""
+    return getattr(self, 'averages', {})
+
+  def variables(self, weights: str = 'raw') -> dict[str, Any]:
+    """The network's variables: the trained ones, or an average's
+    (``'ema'``)."""
+    if weights == 'raw':
+      return {'params': self.params, 'batch_stats': self.batch_stats}
+    if weights not in self.kept_averages():
+      raise ValueError(f'This train state keeps no {weights!r} weights.')
+    return self.kept_averages()[weights]
+
+
+class AveragingTrainState(TrainState):
+  """A TrainState that also keeps weight averages (``config.ema_decay``):
+  ``averages['ema']`` holds the EMA of the network's variables. (A separate
+  class, so that the checkpoints of runs without averages keep their
+  layout.)"""
+  averages: dict[str, Any]
+
+
+# The weights a state can be evaluated with (TrainState.variables).
+WEIGHTS = ('raw', 'ema')
 
 
 class NonFiniteLossError(errors.Error, FloatingPointError):
@@ -44,11 +72,10 @@ class StepConfig:
   """Static settings of the compiled train and eval steps."""
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  crop_padding: int
-  random_flip: bool
-  cutout: int
+  augment: augment_pipeline.AugmentConfig
   label_smoothing: float
   dtype: Any
+  ema_decay: float = 0.0
 
 
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
@@ -56,11 +83,10 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   mean, std = input_pipeline.normalization_stats(config.data.normalization,
                                                  config.dataset)
   return StepConfig(mean=tuple(mean.tolist()), std=tuple(std.tolist()),
-                    crop_padding=config.data.crop_padding,
-                    random_flip=config.data.random_flip,
-                    cutout=config.data.cutout,
+                    augment=augment_pipeline.augment_config(config),
                     label_smoothing=config.optimizer.label_smoothing,
-                    dtype=layers.DTYPES[config.model.dtype])
+                    dtype=layers.DTYPES[config.model.dtype],
+                    ema_decay=float(config.ema_decay))
 
 
 def shuffle_key(seed: int) -> jax.Array:
@@ -93,16 +119,27 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
   dtype = layers.DTYPES[config.model.dtype]
   variables = jax.jit(functools.partial(model.init, train=False))(
       init_rng, jnp.zeros((2, 32, 32, 3), dtype))
-  return TrainState.create(
+  fields = dict(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables['batch_stats'],
       tx=optimizers.create_optimizer(config, steps_per_epoch), rng=state_rng)
+  if config.ema_decay > 0:
+    return AveragingTrainState.create(
+        **fields, averages={'ema': weight_averaging.copy_of(dict(variables))})
+  return TrainState.create(**fields)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
                   label_smoothing: float = 0.0) -> jax.Array:
   """Per-example cross-entropy with optional label smoothing."""
-  targets = jax.nn.one_hot(labels, num_classes)
+  return soft_cross_entropy(logits, jax.nn.one_hot(labels, num_classes),
+                            label_smoothing)
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array,
+                       label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross-entropy against target distributions (one-hot or
+  mixed), smoothed as torch's ``CrossEntropyLoss(label_smoothing=...)``."""
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
@@ -113,47 +150,48 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   """One step on a uint8 batch: augment, normalise, forward, update.
 
   The step's randomness is ``fold_in(state.rng, state.step)``, so a resumed
-  run draws exactly what an uninterrupted one would.
+  run draws exactly what an uninterrupted one would. With Mixup or CutMix
+  the loss is taken against the mixed targets and ``train_accuracy`` is the
+  lam-weighted accuracy (``mix.MixedLabels.accuracy``).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, depth_rng = jax.random.split(rng)
-  images = input_pipeline.random_crop_and_flip(
-      augment_rng, batch['image'], cfg.crop_padding, cfg.random_flip)
-  images = input_pipeline.normalize(images, np.asarray(cfg.mean),
-                                    np.asarray(cfg.std), cfg.dtype)
-  if cfg.cutout:
-    # A stream of its own: the crop and flip draw as without cutout.
-    images = input_pipeline.cutout(jax.random.fold_in(augment_rng, 1),
-                                   images, cfg.cutout)
   labels = batch['label']
+  images, mixed = augment_pipeline.train_batch(
+      augment_rng, batch['image'], labels, cfg.augment, np.asarray(cfg.mean),
+      np.asarray(cfg.std), cfg.dtype)
 
   def loss_fn(params):
     logits, new_variables = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'],
         rngs={'stochastic_depth': depth_rng})
-    loss = cross_entropy(logits, labels, logits.shape[-1],
-                         cfg.label_smoothing).mean()
+    num_classes = logits.shape[-1]
+    targets = (jax.nn.one_hot(labels, num_classes) if mixed is None else
+               mixed.targets(num_classes))
+    loss = soft_cross_entropy(logits, targets, cfg.label_smoothing).mean()
     return loss, (logits, new_variables['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {
-      'train_loss': loss,
-      'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels) * 100.0,
-  }
+  if cfg.ema_decay:
+    new_state = new_state.replace(averages={
+        **state.averages, 'ema': weight_averaging.ema_update(
+            state.averages['ema'], new_state.variables(), cfg.ema_decay)})
+  accuracy = (jnp.mean(jnp.argmax(logits, -1) == labels) * 100.0
+              if mixed is None else mixed.accuracy(logits))
+  metrics = {'train_loss': loss, 'train_accuracy': accuracy}
   return new_state, metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
-              cfg: StepConfig) -> dict[str, jax.Array]:
-  """Sums of loss and correct predictions over the unmasked examples."""
+              cfg: StepConfig, weights: str = 'raw') -> dict[str, jax.Array]:
+  """Sums of loss and correct predictions over the unmasked examples, with
+  the trained weights or their average (``TrainState.variables``)."""
   images = input_pipeline.normalize(batch['image'], np.asarray(cfg.mean),
                                     np.asarray(cfg.std), cfg.dtype)
-  logits = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats}, images,
-      train=False)
+  logits = state.apply_fn(state.variables(weights), images, train=False)
   mask = batch['mask']
   loss = cross_entropy(logits, batch['label'], logits.shape[-1])
   correct = jnp.argmax(logits, -1) == batch['label']
@@ -197,8 +235,11 @@ class Trainer:
     self.train_step = jax.jit(
         functools.partial(train_step, cfg=self.step_cfg),
         donate_argnums=0, out_shardings=(self.replicated, self.replicated))
-    self.eval_step = jax.jit(functools.partial(eval_step, cfg=self.step_cfg),
-                             out_shardings=self.replicated)
+    self.eval_steps = {
+        weights: jax.jit(functools.partial(eval_step, cfg=self.step_cfg,
+                                           weights=weights),
+                         out_shardings=self.replicated)
+        for weights in WEIGHTS}
     self.learning_rate = schedules.learning_rate_fn(
         config, max(self.steps_per_epoch, 1))
 
@@ -233,12 +274,14 @@ class Trainer:
             create_train_state, self.config, self.model,
             max(self.steps_per_epoch, 1))), self.replicated)
 
-  def evaluate(self, state: TrainState) -> dict[str, float]:
-    """Test loss and accuracy (percent) over the whole test set."""
+  def evaluate(self, state: TrainState, weights: str = 'raw'
+               ) -> dict[str, float]:
+    """Test loss and accuracy (percent) over the whole test set, of the
+    trained weights or (``weights='ema'``) their average."""
     totals = None
     for i in range(self.num_eval_batches):
       batch = jax.tree.map(lambda x, i=i: x[i], self.test_batches)
-      sums = self.eval_step(state, batch)
+      sums = self.eval_steps[weights](state, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
@@ -292,9 +335,13 @@ def _progress_bar(total: int, epoch: int):
 def run_signature(config: ml_collections.ConfigDict,
                   model: registry.ResolvedModel) -> dict[str, Any]:
   """Settings a checkpoint must share with the run that restores it: the
-  network's, and the optimiser (its state's structure)."""
-  return {**model.signature(config.dataset),
-          'optimizer': config.optimizer.name}
+  network's, the optimiser and the weight averages (its state's
+  structure)."""
+  signature = {**model.signature(config.dataset),
+               'optimizer': config.optimizer.name}
+  if config.ema_decay > 0:
+    signature['ema'] = True
+  return signature
 
 
 def checkpoint_fit(config: ml_collections.ConfigDict,
@@ -328,6 +375,22 @@ def load_data(config: ml_collections.ConfigDict, train: bool = True):
   return train_split, test_split
 
 
+def evaluate_all(trainer: Trainer, state: TrainState) -> dict[str, float]:
+  """The test metrics of the trained weights, and of their EMA when the
+  state keeps one (as ``ema_test_loss``, ``ema_test_accuracy``)."""
+  metrics = trainer.evaluate(state)
+  for weights in state.kept_averages():
+    metrics.update({f'{weights}_{key}': value for key, value in
+                    trainer.evaluate(state, weights).items()})
+  return metrics
+
+
+def selection_metric(config: ml_collections.ConfigDict) -> str:
+  """The metric the best checkpoint is chosen by: the test accuracy of the
+  weights ``config.eval_weights`` names."""
+  return ('ema_' if config.eval_weights == 'ema' else '') + 'test_accuracy'
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        model: Optional[registry.ResolvedModel] = None
                        ) -> dict[str, Any]:
@@ -347,10 +410,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   fit = checkpoint_fit(config, model, trainer.steps_per_epoch)
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
-  start_epoch, best_accuracy = 0, 0.0
+  start_epoch, best = 0, {}
   if ckpt.steps():
     state, meta = ckpt.restore('latest', trainer.abstract_state(), fit)
-    start_epoch, best_accuracy = meta['epoch'], meta['best_test_accuracy']
+    start_epoch = meta['epoch']
+    best = {key: meta[key] for key in meta if key.startswith('best_')}
     print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
           f'{workdir}.', flush=True)
   else:
@@ -359,11 +423,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # a refused command leaves the workdir as it was.
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2))
-  logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch)
+  mixes = trainer.step_cfg.augment.mixes
+  logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch,
+                                       mixed_targets=mixes)
   print(f'{config.dataset} {model.description}: '
         f'{trainer.num_train} train / {trainer.num_test} test images, '
         f'{trainer.steps_per_epoch} steps per epoch, '
         f'{jax.device_count()} device(s).', flush=True)
+  if mixes:
+    print('Mixup/CutMix: the train loss is against the mixed targets and the '
+          'train accuracy is lam-weighted (a prediction of the mixed-in '
+          "example's class counts 1 - lam).", flush=True)
 
   record = None
   try:
@@ -373,22 +443,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           epoch * trainer.steps_per_epoch))
       state, train_metrics = trainer.train_epoch(state, epoch)
       train_seconds = time.perf_counter() - start
-      test_metrics = trainer.evaluate(state)
-      best_accuracy = max(best_accuracy, test_metrics['test_accuracy'])
+      test_metrics = evaluate_all(trainer, state)
+      for key in ('test_accuracy', 'ema_test_accuracy'):
+        if key in test_metrics:
+          best[f'best_{key}'] = max(best.get(f'best_{key}', 0.0),
+                                    test_metrics[key])
       record = {
           'epoch': epoch + 1, 'step': int(state.step), **train_metrics,
-          **test_metrics, 'best_test_accuracy': best_accuracy,
-          'learning_rate': learning_rate,
+          **test_metrics, **best, 'learning_rate': learning_rate,
           'images_per_sec': trainer.steps_per_epoch * config.batch_size /
                             train_seconds,
           'epoch_seconds': time.perf_counter() - start,
       }
       logger.write(record, config.num_epochs)
-      meta = {'epoch': epoch + 1, 'best_test_accuracy': best_accuracy,
+      meta = {'epoch': epoch + 1, **best,
               'test_accuracy': test_metrics['test_accuracy'],
               'steps_per_epoch': trainer.steps_per_epoch,
               'signature': fit.signature}
-      ckpt.save(int(state.step), state, meta, test_metrics['test_accuracy'])
+      ckpt.save(int(state.step), state, meta,
+                test_metrics[selection_metric(config)])
   finally:
     logger.close()
     ckpt.close()
@@ -422,7 +495,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                checkpoint_fit(config, model))
   finally:
     ckpt.close()
-  result = trainer.evaluate(state)
+  result = trainer.evaluate(state, config.eval_weights)
+  result['weights'] = config.eval_weights
   result['checkpoint_step'] = int(state.step)
   result['checkpoint_epoch'] = meta['epoch']
   return result

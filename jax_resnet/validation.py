@@ -10,6 +10,7 @@ from jax_resnet import optimizers
 from jax_resnet import schedules
 
 EVAL_CHECKPOINTS = ('best', 'latest')
+EVAL_WEIGHTS = ('raw', 'ema')
 
 
 def _choice(value, valid, field):
@@ -35,6 +36,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   input_pipeline.normalization_stats(config.data.normalization, config.dataset)
   _check_optimizer(config)
   _choice(config.eval_checkpoint, EVAL_CHECKPOINTS, 'eval_checkpoint')
+  _choice(config.eval_weights, EVAL_WEIGHTS, 'eval_weights')
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise errors.ConfigError(
+        f'ema_decay must be in [0, 1) (0 = off); got {config.ema_decay}.')
+  if config.eval_weights == 'ema' and not config.ema_decay:
+    raise errors.ConfigError(
+        "eval_weights='ema' needs an EMA: set ema_decay (e.g. 0.999).")
   _at_least(config.num_epochs, 1, 'num_epochs')
   _at_least(config.optimizer.warmup_epochs, 0, 'optimizer.warmup_epochs')
   if config.optimizer.warmup_epochs >= config.num_epochs:
@@ -52,6 +60,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _at_least(config.data.train_examples, 0, 'data.train_examples')
   _at_least(config.data.crop_padding, 0, 'data.crop_padding')
   _at_least(config.data.cutout, 0, 'data.cutout')
+  _at_least(config.data.mixup_alpha, 0.0, 'data.mixup_alpha')
+  _at_least(config.data.cutmix_alpha, 0.0, 'data.cutmix_alpha')
+  if not 0.0 <= config.data.mix_switch_prob <= 1.0:
+    raise errors.ConfigError('data.mix_switch_prob must be in [0, 1]; got '
+                             f'{config.data.mix_switch_prob}.')
   _at_least(config.log_every_steps, 1, 'log_every_steps')
   _at_least(config.checkpoints_to_keep, 1, 'checkpoints_to_keep')
   devices = jax.device_count()

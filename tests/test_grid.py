@@ -12,6 +12,7 @@ from conftest import ROOT, command_env
 import golden
 from jax_resnet import checkpoints
 from jax_resnet import config_overrides
+from jax_resnet import errors
 from jax_resnet.tools import grid
 from jax_resnet import metric_logging
 
@@ -30,6 +31,19 @@ def tiny_runs(root, seeds=(0, 1), blocks=('basic',), **overrides):
 
 class TestPlan:
   """The grid's runs, their configs and their order."""
+
+  def test_settings_are_config_files_recipes_included(self, tmp_path):
+    (run,) = grid.plan_runs(['recipes/resnet20-cifar10-cutout'], [], [0],
+                            str(tmp_path))
+    assert run.config.data.cutout == 16 and run.config.model.depth == 20
+    assert run.workdir == os.path.join(str(tmp_path), 'recipes',
+                                       'resnet20-cifar10-cutout', 'basic',
+                                       'seed0')
+    with pytest.raises(errors.ConfigError,
+                       match=r"Unknown setting 'resnet20-cutout'.*valid "
+                       r'settings: .*recipes/resnet20-cifar10-ema.*'
+                       r'resnet20-cifar10,'):
+      grid.plan_runs(['resnet20-cutout'], [], [0], str(tmp_path))
 
   def test_order_is_seed_then_setting_then_block(self, tmp_path):
     runs = grid.plan_runs(['resnet20-cifar10', 'resnet56-cifar100'],

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from jax_resnet import input_pipeline
+from jax_resnet.augment import basic
+from jax_resnet.augment import pipeline
 
 
 def known_image():
@@ -18,7 +20,7 @@ def known_image():
 def test_crop_is_a_window_of_the_zero_padded_image():
   image = known_image()
   batch = jnp.asarray(np.stack([image] * 64))
-  out = np.asarray(input_pipeline.random_crop_and_flip(
+  out = np.asarray(basic.random_crop_and_flip(
       jax.random.PRNGKey(0), batch, padding=4, flip=False))
   padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
   offsets = set()
@@ -35,7 +37,7 @@ def test_crop_is_a_window_of_the_zero_padded_image():
 def test_flip_mirrors_columns_about_half_the_time():
   image = known_image()
   batch = jnp.asarray(np.stack([image] * 200))
-  out = np.asarray(input_pipeline.random_crop_and_flip(
+  out = np.asarray(basic.random_crop_and_flip(
       jax.random.PRNGKey(1), batch, padding=0, flip=True))
   flipped = np.array([np.array_equal(o, image[:, ::-1]) for o in out])
   unchanged = np.array([np.array_equal(o, image) for o in out])
@@ -45,16 +47,16 @@ def test_flip_mirrors_columns_about_half_the_time():
 
 def test_no_augmentation_is_identity():
   batch = jnp.asarray(np.stack([known_image()] * 4))
-  out = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(0), batch,
+  out = basic.random_crop_and_flip(jax.random.PRNGKey(0), batch,
                                             padding=0, flip=False)
   np.testing.assert_array_equal(out, batch)
 
 
 def test_augmentation_is_per_example_and_rng_dependent():
   batch = jnp.asarray(np.stack([known_image()] * 16))
-  a = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(0), batch)
-  b = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(0), batch)
-  c = input_pipeline.random_crop_and_flip(jax.random.PRNGKey(1), batch)
+  a = basic.random_crop_and_flip(jax.random.PRNGKey(0), batch)
+  b = basic.random_crop_and_flip(jax.random.PRNGKey(0), batch)
+  c = basic.random_crop_and_flip(jax.random.PRNGKey(1), batch)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   assert len({np.asarray(x).tobytes() for x in a}) > 1
@@ -105,7 +107,7 @@ def test_unknown_dataset():
 def test_cutout_zeroes_one_square_that_may_hang_over_the_border(size):
   # Positive everywhere, so zeroed pixels are cutout's.
   images = jnp.asarray(np.stack([known_image()] * 400), jnp.float32) + 1.0
-  out = np.asarray(input_pipeline.cutout(jax.random.PRNGKey(3), images, size))
+  out = np.asarray(basic.cutout(jax.random.PRNGKey(3), images, size))
   zeroed = out == 0
   assert np.all(zeroed.all(-1) == zeroed.any(-1))  # Whole pixels.
   zeroed = zeroed[..., 0]
@@ -131,32 +133,19 @@ def test_cutout_zeroes_one_square_that_may_hang_over_the_border(size):
   np.testing.assert_array_equal(out[~zeroed], np.asarray(images)[~zeroed])
 
 
-def test_cutout_in_the_train_step_leaves_crop_and_flip_as_they_were(
-    mock_cifar):
+def test_cutout_in_the_train_step_leaves_crop_and_flip_as_they_were():
   """Cutout draws from a stream of its own: with it on, the pixels it does
   not zero are those of the run without it."""
-  del mock_cifar
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  from jax_resnet import train  # pylint: disable=g-import-not-at-top
+  images = jnp.asarray(np.stack([known_image()] * 8))
+  labels = jnp.zeros((8,), jnp.int32)
+  mean, std = input_pipeline.normalization_stats('dataset', 'cifar10')
   seen = {}
   for cutout in (0, 8):
-    config = tiny_config(**{'data.cutout': cutout})
-    cfg = train.step_config(config)
-    rng = jax.random.PRNGKey(0)
-
-    def augment(images, cfg=cfg, rng=rng):
-      augment_rng, _ = jax.random.split(rng)
-      out = input_pipeline.random_crop_and_flip(
-          augment_rng, images, cfg.crop_padding, cfg.random_flip)
-      out = input_pipeline.normalize(out, np.asarray(cfg.mean),
-                                     np.asarray(cfg.std))
-      if cfg.cutout:
-        out = input_pipeline.cutout(jax.random.fold_in(augment_rng, 1), out,
-                                    cfg.cutout)
-      return out
-
-    seen[cutout] = np.asarray(augment(jnp.asarray(
-        np.stack([known_image()] * 8))))
+    out, mixed = pipeline.train_batch(
+        jax.random.PRNGKey(0), images, labels,
+        pipeline.AugmentConfig(cutout=cutout), mean, std, jnp.float32)
+    assert mixed is None
+    seen[cutout] = np.asarray(out)
   kept = seen[8] != 0
   np.testing.assert_array_equal(seen[8][kept], seen[0][kept])
   assert (~kept).any()

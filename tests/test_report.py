@@ -184,3 +184,28 @@ def test_command_line(synthetic_grid):
        '--metric=accuracy'], cwd=ROOT, env=env, capture_output=True,
       text=True, timeout=300)
   assert bad.returncode == 2 and 'valid: test_accuracy' in bad.stderr
+
+
+def test_runs_judged_by_their_ema_report_the_ema(tmp_path):
+  """A run whose config says eval_weights='ema' is tabulated with its EMA's
+  accuracies, and the report says so."""
+  root = tmp_path / 'grid'
+  workdir = write_run(root, 'resnet20-cifar10-ema', 'basic', 0,
+                      [50.0, 60.0, 55.0])
+  path = os.path.join(workdir, metric_logging.METRICS_FILE)
+  history = metric_logging.read_metrics(workdir)
+  best = 0.0
+  with open(path, 'w') as f:
+    for record, ema in zip(history, [52.0, 63.0, 61.0]):
+      best = max(best, ema)
+      f.write(json.dumps({**record, 'ema_test_accuracy': ema,
+                          'best_ema_test_accuracy': best}) + '\n')
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump({'eval_weights': 'ema'}, f)
+  (run,) = report.collect(str(root))
+  assert (run.weights, run.best_accuracy, run.final_accuracy) == (
+      'ema', 63.0, 61.0)
+  report.write_report(str(root))
+  with open(root / 'results.md') as f:
+    text = f.read()
+  assert 'resnet20-cifar10-ema (ema)' in text and '63.00' in text

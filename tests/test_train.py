@@ -172,10 +172,17 @@ def test_training_writes_metrics_and_checkpoints(mock_cifar, tmp_path,
     assert json.load(f)['dataset'] == dataset
 
 
+# A recipe whose every part draws random numbers or keeps state: EMA in the
+# train state, Mixup/CutMix and Cutout in the step.
+RECIPE = {'ema_decay': 0.9, 'data.mixup_alpha': 0.2, 'data.cutmix_alpha': 1.0,
+          'data.cutout': 8}
+
+
+@pytest.mark.parametrize('recipe', [{}, RECIPE], ids=['plain', 'recipe'])
 def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
-                                                        monkeypatch):
+                                                        monkeypatch, recipe):
   del mock_cifar
-  config = tiny_config(num_epochs=3)
+  config = tiny_config(num_epochs=3, **recipe)
   config.model.block = 'stochastic_depth'  # RNG-dependent training too.
   full_dir, resumed_dir = str(tmp_path / 'full'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, full_dir)

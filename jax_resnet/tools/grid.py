@@ -6,7 +6,8 @@
       --seeds 0,1,2 --root runs/grid
 
 A setting names a config file (``resnet56-cifar100`` is
-configs/resnet56_cifar100.py). A run is that config with ``model.block`` and
+configs/resnet56_cifar100.py, ``recipes/resnet20-cifar10-cutout`` is
+configs/recipes/resnet20_cifar10_cutout.py). A run is that config with ``model.block`` and
 ``seed`` set, plus the grid's ``--epochs`` and ``--config.FIELD=VALUE``
 overrides, trained by ``train.train_and_evaluate`` in
 ``<root>/<setting>/<block>/seed<k>``. Without --blocks each setting trains its
@@ -108,21 +109,30 @@ class RunState:
 
 
 def setting_config_path(setting: str) -> str:
-  """configs/<setting with - as _>.py."""
+  """configs/<setting with - as _>.py; ``recipes/resnet20-cifar10-ema`` is
+  configs/recipes/resnet20_cifar10_ema.py."""
   return os.path.join(config_overrides.CONFIG_DIR,
-                      setting.replace('-', '_') + '.py')
+                      *setting.replace('-', '_').split('/')) + '.py'
+
+
+def setting_names() -> list[str]:
+  """Every setting: the config files under configs/ (but default.py)."""
+  names = []
+  for directory, _, files in os.walk(config_overrides.CONFIG_DIR):
+    prefix = os.path.relpath(directory, config_overrides.CONFIG_DIR)
+    for f in files:
+      if f.endswith('.py') and f not in ('__init__.py', 'default.py'):
+        name = f[:-3].replace('_', '-')
+        names.append(name if prefix == '.' else f'{prefix}/{name}')
+  return sorted(names)
 
 
 def load_setting(setting: str) -> ml_collections.ConfigDict:
   """The config of a setting name; unknown names list the config files."""
   path = setting_config_path(setting)
   if not os.path.exists(path):
-    names = sorted(f[:-3].replace('_', '-')
-                   for f in os.listdir(config_overrides.CONFIG_DIR)
-                   if f.endswith('.py') and f not in ('__init__.py',
-                                                      'default.py'))
     raise errors.ConfigError(f'Unknown setting {setting!r} (no {path}); '
-                             f'valid settings: {", ".join(names)}.')
+                             f'valid settings: {", ".join(setting_names())}.')
   return config_overrides.load_config_file(path)
 
 

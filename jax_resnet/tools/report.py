@@ -67,14 +67,23 @@ class RunResult:
   parameters: Optional[int]
   history: list[dict[str, Any]]
   message: str = ''
+  # The weights the run is judged by (its config's eval_weights): 'raw', or
+  # 'ema', whose accuracies (ema_test_accuracy) the table then shows.
+  weights: str = 'raw'
+
+  @property
+  def _accuracy_key(self) -> str:
+    return 'test_accuracy' if self.weights == 'raw' else (
+        f'{self.weights}_test_accuracy')
 
   @property
   def best_accuracy(self) -> Optional[float]:
-    return self.history[-1]['best_test_accuracy'] if self.history else None
+    return (self.history[-1][f'best_{self._accuracy_key}'] if self.history
+            else None)
 
   @property
   def final_accuracy(self) -> Optional[float]:
-    return self.history[-1]['test_accuracy'] if self.history else None
+    return self.history[-1][self._accuracy_key] if self.history else None
 
   @property
   def train_seconds(self) -> float:
@@ -124,7 +133,8 @@ def read_run(root: str, workdir: str) -> Optional[RunResult]:
       setting=status['setting'], block=status['block'], seed=status['seed'],
       state=state, workdir=workdir, dataset=status['dataset'],
       depth=status['depth'], num_epochs=num_epochs,
-      parameters=status.get('parameters'), history=history, message=message)
+      parameters=status.get('parameters'), history=history, message=message,
+      weights=(config or {}).get('eval_weights', 'raw'))
 
 
 def collect(root: str) -> list[RunResult]:
@@ -293,7 +303,14 @@ def markdown(root: str, table: Table, runs: Sequence[RunResult],
       'the parameters, and the mean training time per run (the sum of its '
       'per-epoch seconds: training and test evaluation, including the first '
       "epoch's compilation). Failed runs and runs in progress are counted "
-      'separately and not in the statistics.', '',
+      'separately and not in the statistics.', '']
+  averaged = sorted({f'{r.setting} ({r.weights})' for r in runs
+                     if r.weights != 'raw'})
+  if averaged:
+    lines += ['Judged by averaged weights (their eval_weights), so these '
+              'accuracies are of the average: ' + ', '.join(averaged) + '.',
+              '']
+  lines += [
       '| block | ' + ' | '.join(header(s) for s in table.settings) + ' |',
       '|---|' + '---|' * len(table.settings)]
   for block in table.blocks:

@@ -1,6 +1,6 @@
 """ResNet-20 on CIFAR-10 with Cutout 16 (DeVries & Taylor 2017).
 
-  python main.py --config configs/resnet20_cifar10_cutout.py
+  python main.py --config configs/recipes/resnet20_cifar10_cutout.py
 """
 
 from configs import resnet20_cifar10

@@ -1,6 +1,6 @@
 """ResNet-20 on CIFAR-10 under He et al.'s step schedule.
 
-  python main.py --config configs/resnet20_cifar10_multistep.py
+  python main.py --config configs/recipes/resnet20_cifar10_multistep.py
 
 Learning rate 0.1, divided by 10 at 50% and 75% of training, in place of the
 cosine schedule.
