@@ -24,6 +24,7 @@ from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
 from jax_resnet import optimizers
+from jax_resnet import sam
 from jax_resnet import schedules
 from jax_resnet.models import layers
 from jax_resnet.models import registry
@@ -59,6 +60,8 @@ class AveragingTrainState(TrainState):
   averages: dict[str, Any]
 
 
+# The mesh axis the batch is split over.
+DATA_AXIS = 'data'
 # The weights a state can be evaluated with (TrainState.variables).
 WEIGHTS = ('raw', 'ema')
 
@@ -75,7 +78,9 @@ class StepConfig:
   augment: augment_pipeline.AugmentConfig
   label_smoothing: float
   dtype: Any
+  num_classes: int
   ema_decay: float = 0.0
+  sam_rho: float = 0.0
 
 
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
@@ -86,7 +91,9 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                     augment=augment_pipeline.augment_config(config),
                     label_smoothing=config.optimizer.label_smoothing,
                     dtype=layers.DTYPES[config.model.dtype],
-                    ema_decay=float(config.ema_decay))
+                    num_classes=input_pipeline.num_classes(config.dataset),
+                    ema_decay=float(config.ema_decay),
+                    sam_rho=float(config.optimizer.sam_rho))
 
 
 def shuffle_key(seed: int) -> jax.Array:
@@ -145,14 +152,54 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array,
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def _gradients(state: TrainState, images: jax.Array, targets: jax.Array,
+               depth_rng: jax.Array, cfg: StepConfig, mesh: Optional[Mesh]):
+  """``((loss, (logits, new batch_stats)), grads)`` of the step: plain, or
+  SAM's (``cfg.sam_rho``), per device of ``mesh`` (sam.py)."""
+
+  def loss_fn(params, batch_stats, images, targets):
+    logits, new_variables = state.apply_fn(
+        {'params': params, 'batch_stats': batch_stats}, images,
+        train=True, mutable=['batch_stats'],
+        rngs={'stochastic_depth': depth_rng})
+    loss = soft_cross_entropy(logits, targets, cfg.label_smoothing).mean()
+    return loss, (logits, new_variables['batch_stats'])
+
+  if not cfg.sam_rho:
+    return jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, images, targets)
+
+  def per_device(params, batch_stats, images, targets):
+    (loss, (logits, new_stats)), grads = sam.sam_gradient(
+        lambda p: loss_fn(p, batch_stats, images, targets), params,
+        cfg.sam_rho)
+    if mesh is None:
+      return (loss, (logits, new_stats)), grads
+    mean = functools.partial(jax.lax.pmean, axis_name=DATA_AXIS)
+    return (mean(loss), (logits, mean(new_stats))), mean(grads)
+
+  if mesh is None:
+    return per_device(state.params, state.batch_stats, images, targets)
+  # check_vma off: the gradients are taken inside, each device's of its own
+  # part of the batch (the project's BatchNorm and convolution VJPs do not
+  # annotate per-device values), and averaged explicitly.
+  return jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
+      out_specs=((P(), (P(DATA_AXIS), P())), P()), check_vma=False)(
+          state.params, state.batch_stats, images, targets)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array],
-               cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+               cfg: StepConfig, mesh: Optional[Mesh] = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step on a uint8 batch: augment, normalise, forward, update.
 
   The step's randomness is ``fold_in(state.rng, state.step)``, so a resumed
   run draws exactly what an uninterrupted one would. With Mixup or CutMix
   the loss is taken against the mixed targets and ``train_accuracy`` is the
-  lam-weighted accuracy (``mix.MixedLabels.accuracy``).
+  lam-weighted accuracy (``mix.MixedLabels.accuracy``). ``mesh``: the
+  devices the batch is split over (its axis ``DATA_AXIS``), where SAM
+  perturbs per device; None: SAM over the whole batch.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, depth_rng = jax.random.split(rng)
@@ -160,20 +207,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   images, mixed = augment_pipeline.train_batch(
       augment_rng, batch['image'], labels, cfg.augment, np.asarray(cfg.mean),
       np.asarray(cfg.std), cfg.dtype)
-
-  def loss_fn(params):
-    logits, new_variables = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, images,
-        train=True, mutable=['batch_stats'],
-        rngs={'stochastic_depth': depth_rng})
-    num_classes = logits.shape[-1]
-    targets = (jax.nn.one_hot(labels, num_classes) if mixed is None else
-               mixed.targets(num_classes))
-    loss = soft_cross_entropy(logits, targets, cfg.label_smoothing).mean()
-    return loss, (logits, new_variables['batch_stats'])
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  targets = (jax.nn.one_hot(labels, cfg.num_classes) if mixed is None else
+             mixed.targets(cfg.num_classes))
+  (loss, (logits, batch_stats)), grads = _gradients(
+      state, images, targets, depth_rng, cfg, mesh)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if cfg.ema_decay:
     new_state = new_state.replace(averages={
@@ -208,9 +245,9 @@ class Trainer:
                train_split: Optional[input_pipeline.Split],
                test_split: input_pipeline.Split):
     self.config = config
-    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    self.mesh = Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
-    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.data_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
     self.model = model.module
     self.step_cfg = step_config(config)
     self.num_train = train_split.num_examples if train_split else 0
@@ -233,7 +270,7 @@ class Trainer:
             self.num_train),
         out_shardings=self.replicated)
     self.train_step = jax.jit(
-        functools.partial(train_step, cfg=self.step_cfg),
+        functools.partial(train_step, cfg=self.step_cfg, mesh=self.mesh),
         donate_argnums=0, out_shardings=(self.replicated, self.replicated))
     self.eval_steps = {
         weights: jax.jit(functools.partial(eval_step, cfg=self.step_cfg,
@@ -258,7 +295,7 @@ class Trainer:
     self.test_batches = jax.device_put(
         {'image': images.reshape(shape + images.shape[1:]),
          'label': labels.reshape(shape), 'mask': mask.reshape(shape)},
-        NamedSharding(self.mesh, P(None, 'data')))
+        NamedSharding(self.mesh, P(None, DATA_AXIS)))
     self.num_test = n
 
   def init_state(self) -> TrainState:

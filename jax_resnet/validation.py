@@ -92,6 +92,7 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
   if len(opt.betas) != 2 or not all(0.0 <= b < 1.0 for b in opt.betas):
     raise errors.ConfigError(
         f'optimizer.betas must be two numbers in [0, 1); got {opt.betas}.')
+  _at_least(opt.sam_rho, 0.0, 'optimizer.sam_rho')
   if opt.eps <= 0:
     raise errors.ConfigError(f'optimizer.eps must be positive; got {opt.eps}.')
   if opt.schedule == 'multistep':
