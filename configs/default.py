@@ -114,6 +114,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pyramid_alpha = config_dict.placeholder(float)
   # densenet growth rate k, channels added per layer (12).
   config.model.growth_rate = config_dict.placeholder(int)
+  # cifar_resnet and resnet: blocks per stage and their planes, in place of
+  # the network's layout, e.g. (2, 2) and (64, 128); the first stage runs at
+  # stride 1, every later one starts at stride 2. Given stage_blocks fix the
+  # depth (2 or, for bottleneck blocks in resnet, 3 layers per block, + 2),
+  # which model.depth must state. None = the network's (cifar_resnet: 16/32/64
+  # planes, n = (depth - 2) / 6 blocks per stage).
+  config.model.stage_blocks = config_dict.placeholder(tuple)
+  config.model.stage_planes = config_dict.placeholder(tuple)
+  # resnet stem: 'cifar' (3x3 convolution, stride 1) or 'imagenet' (7x7
+  # stride-2 convolution + 3x3 stride-2 max pool, torchvision's) ('cifar').
+  config.model.stem = config_dict.placeholder(str)
   # densenet compression: fraction of channels a transition keeps (0.5).
   config.model.compression = config_dict.placeholder(float)
 

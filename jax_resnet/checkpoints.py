@@ -243,10 +243,11 @@ def legacy_signature(signature: dict[str, Any],
                      ) -> Optional[dict[str, Any]]:
   """The signature checkpoints written before signature versions would hold.
 
-  None when the settings could not have been written then (a block
-  hyper-parameter that had no config field).
+  None when the settings could not have been written then (a block or
+  network hyper-parameter that had no config field).
   """
-  if set(given_block_kwargs) - set(_LEGACY_BLOCK_FIELDS):
+  if (set(given_block_kwargs) - set(_LEGACY_BLOCK_FIELDS) or
+      set(given_network_kwargs) - set(_LEGACY_NETWORK_FIELDS)):
     return None
   legacy = {'dataset': signature['dataset'], 'name': signature['name'],
             'block': signature['block'], 'depth': signature['depth'],

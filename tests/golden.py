@@ -25,6 +25,8 @@ CONFIG_PARAMS = {
     'plain20_cifar10': CIFAR_RESNET_PARAMS[20],
     'plain56_cifar10': CIFAR_RESNET_PARAMS[56],
     'resnet18_cifar10': 11_173_962,
+    # Stem 1,856, stage 1 147,968, stage 2 525,568, head 1,290.
+    'tutorial_resnet_cifar10': 676_682,
     'resnet34_cifar10': 21_282_122,
     'resnet50_cifar10': 23_520_842,
     'resnet101_cifar10': 42_512_970,

@@ -4,6 +4,8 @@ hyper-parameters, what each setting refuses, and the run signature."""
 import dataclasses
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import pytest
 
 from conftest import model_config, tiny_config
@@ -102,7 +104,7 @@ class TestOwnHyperParameters:
   def test_network_fields_come_from_the_builders(self):
     assert registry.network_fields() == (
         'compression', 'dropout_rate', 'growth_rate', 'pyramid_alpha',
-        'widen_factor')
+        'stage_blocks', 'stage_planes', 'stem', 'widen_factor')
     assert registry.NETWORKS['wide_resnet'].hyperparameters == {
         'widen_factor': 10, 'dropout_rate': 0.0}
 
@@ -155,6 +157,21 @@ class TestOwnHyperParameters:
      'its hyper-parameters are se_reduction'),
     (dict(block='plain', final_survival_probability=0.5), 'has no shortcut'),
     (dict(shortcut='C'), 'valid: auto, A, B, conv.'),
+    (dict(stage_blocks=(2, 2), stage_planes=(64, 128)),
+     'model.stage_blocks [2, 2] of 2-convolution blocks make depth 10; set '
+     'model.depth=10 (got 20)'),
+    (dict(stage_blocks=(2, 2), depth=10),
+     '2 stages of blocks ([2, 2]) but 3 of planes ([16, 32, 64])'),
+    (dict(stage_blocks=(2, 0), stage_planes=(8, 8), depth=6),
+     'model.stage_blocks must be positive block counts'),
+    (dict(stage_planes=(16, 32, 0)), 'model.stage_planes must be positive'),
+    (dict(name='resnet', depth=18, stem='vgg'),
+     "Unknown model.stem 'vgg'; valid: cifar, imagenet."),
+    (dict(name='resnet', depth=50, block='bottleneck',
+          stage_blocks=(1, 1, 1, 1)),
+     'of 3-convolution blocks make depth 14'),
+    (dict(stem='imagenet'), "model.stem does not apply to network "
+     "'cifar_resnet'; networks that take it: resnet."),
     (dict(dtype='float16'), 'valid: float32, bfloat16'),
 ])
 def test_invalid_settings_say_what_is_valid(overrides, message):
@@ -190,7 +207,10 @@ class TestResolution:
     assert signature['name'] == config.model.name
     assert signature['version'] == registry.SIGNATURE_VERSION
     assert signature['block_kwargs'] == model.block_kwargs
-    assert signature['network_kwargs'] == model.hyperparameters
+    # Hyper-parameters added later are left out at their defaults.
+    assert signature['network_kwargs'] == {
+        k: v for k, v in model.hyperparameters.items()
+        if k not in registry.LATER_HYPERPARAMETERS}
 
   def test_description_and_defaults(self):
     model = train.resolve_model(zoo.load_config('wrn16_8_cifar10'))
@@ -239,3 +259,45 @@ def test_a_config_file_field_that_does_not_exist_is_refused():
   config = tiny_config()
   config.model.block_kwargs.anything = 1  # Checked by the block instead.
   validation.validate_config(config)
+
+
+class TestStagesAndStem:
+  """model.stage_blocks / stage_planes and model.stem."""
+
+  def test_stage_layout(self):
+    model = registry.resolve(model_config(
+        stage_blocks=(2, 2), stage_planes=(64, 128), depth=10, shortcut='B'),
+                             10)
+    params = summary.abstract_variables(model.module)['params']
+    assert sorted(k for k in params if k.startswith('stage')) == [
+        'stage1_block1', 'stage1_block2', 'stage2_block1', 'stage2_block2']
+    assert params['stage2_block1']['conv1']['kernel'].shape == (3, 3, 64, 128)
+    assert 'shortcut_conv' in str(params['stage2_block1'].keys())
+    assert model.description == ('ResNet-10 (basic blocks, stages 2x64, '
+                                 '2x128)')
+    # A layout is in the run signature; the default layout is not, so that
+    # workdirs written before these fields existed still fit.
+    assert model.signature('cifar10')['network_kwargs'] == {
+        'stage_blocks': [2, 2], 'stage_planes': [64, 128]}
+    default = registry.resolve(model_config(), 10)
+    assert default.signature('cifar10')['network_kwargs'] == {}
+
+  def test_imagenet_stem_is_torchvisions(self):
+    model = registry.resolve(model_config(name='resnet', depth=18,
+                                          stem='imagenet'), 10)
+    params = summary.abstract_variables(model.module)['params']
+    assert params['stem_conv']['kernel'].shape == (7, 7, 3, 64)
+    # torchvision's resnet18: 11,689,512 parameters with a 1000-class head,
+    # so 11,689,512 - 512 * 990 - 990 with ten classes.
+    assert summary.count_params(params) == 11_689_512 - 513 * 990
+    assert model.description == 'ResNet-18 (basic blocks, ImageNet stem)'
+    assert model.signature('cifar10')['network_kwargs'] == {
+        'stem': 'imagenet'}
+    # The 7x7 stride-2 convolution and the stride-2 pool leave 8x8 maps.
+    variables = summary.abstract_variables(model.module)
+    _, state = jax.eval_shape(
+        lambda v, x: model.module.apply(v, x, capture_intermediates=True,
+                                        mutable=['intermediates']),
+        variables, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    (stage1,) = state['intermediates']['stage1_block1']['__call__']
+    assert stage1.shape == (1, 8, 8, 64)

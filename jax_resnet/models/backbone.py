@@ -35,8 +35,59 @@ class _ScannedBlock(nn.Module):
     return block(x, self.train), None
 
 
+# The stems: 'cifar' (a 3x3 convolution, stride 1) and 'imagenet' (a 7x7
+# stride-2 convolution and a 3x3 stride-2 max pool, as torchvision's ResNet:
+# on 32x32 CIFAR images it leaves the first stage 8x8).
+STEMS = ('cifar', 'imagenet')
+
+
+def check_stem(stem: str) -> None:
+  if stem not in STEMS:
+    raise errors.ConfigError(f'Unknown model.stem {stem!r}; valid: '
+                             f'{", ".join(STEMS)}.')
+
+
+def stage_layout(settings: model_settings.Settings,
+                 stage_blocks: Optional[Sequence[int]],
+                 stage_planes: Optional[Sequence[int]],
+                 default_blocks: Sequence[int],
+                 default_planes: Sequence[int],
+                 convs_per_block: int) -> tuple[tuple[int, ...],
+                                                tuple[int, ...]]:
+  """Blocks and planes per stage: the network's, or ``model.stage_blocks``
+  and ``model.stage_planes``.
+
+  Given stage blocks fix the depth, ``convs_per_block * sum(blocks) + 2``
+  (the stem and the head), and ``model.depth`` must state it, so a run's
+  depth always says what it trains.
+  """
+  blocks_ = tuple(default_blocks if stage_blocks is None else stage_blocks)
+  planes = tuple(default_planes if stage_planes is None else stage_planes)
+  if not blocks_ or any(int(b) != b or b < 1 for b in blocks_):
+    raise errors.ConfigError(
+        f'model.stage_blocks must be positive block counts, one per stage; '
+        f'got {stage_blocks}.')
+  if any(int(p) != p or p < 1 for p in planes):
+    raise errors.ConfigError(
+        f'model.stage_planes must be positive channel counts; got '
+        f'{stage_planes}.')
+  if len(planes) != len(blocks_):
+    raise errors.ConfigError(
+        f'{len(blocks_)} stages of blocks ({list(blocks_)}) but '
+        f'{len(planes)} of planes ({list(planes)}); set model.stage_blocks '
+        'and model.stage_planes to the same number of stages.')
+  if stage_blocks is not None:
+    depth = convs_per_block * sum(blocks_) + 2
+    if settings.depth != depth:
+      raise errors.ConfigError(
+          f'model.stage_blocks {list(blocks_)} of {convs_per_block}-'
+          f'convolution blocks make depth {depth}; set model.depth={depth} '
+          f'(got {settings.depth}).')
+  return tuple(int(b) for b in blocks_), tuple(int(p) for p in planes)
+
+
 class CifarResNet(nn.Module):
-  """3x3 stem, stages of blocks, pool, dense head.
+  """A stem, stages of blocks, pool, dense head.
 
   The CIFAR ResNet is three stages of 16/32/64 planes; the other residual
   networks (``NETWORKS``) change the stage sizes and planes, the stem width and
@@ -53,6 +104,7 @@ class CifarResNet(nn.Module):
     num_classes: outputs of the dense head.
     stage_planes: base planes per stage.
     stem_planes: stem output channels; None uses ``stage_planes[0]``.
+    stem: 'cifar' or 'imagenet' (``STEMS``).
     block_kwargs: the block's hyper-parameters, e.g. ``{'cardinality': 8}``.
     shortcut_type: 'A', 'B' or 'conv' (see blocks.ResidualBlock).
     final_survival_probability: stochastic depth p_L; 1.0 disables it.
@@ -71,6 +123,7 @@ class CifarResNet(nn.Module):
   num_classes: int
   stage_planes: Sequence[int] = (16, 32, 64)
   stem_planes: Optional[int] = None
+  stem: str = 'cifar'
   block_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
   shortcut_type: str = 'A'
   final_survival_probability: float = 1.0
@@ -92,9 +145,15 @@ class CifarResNet(nn.Module):
     preact = self.block_cls.preactivation
     stem_planes = self.stem_planes or self.stage_planes[0]
 
-    x = conv(stem_planes, (3, 3), name='stem_conv')(x)
-    if not preact:
+    if self.stem == 'imagenet':
+      x = conv(stem_planes, (7, 7), strides=(2, 2), padding=3,
+               name='stem_conv')(x)
       x = norm(name='stem_bn')(x, relu=True)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(stem_planes, (3, 3), name='stem_conv')(x)
+      if not preact:
+        x = norm(name='stem_bn')(x, relu=True)
 
     num_blocks = sum(self.stage_sizes)
     survival = blocks.survival_probabilities(num_blocks,
@@ -146,6 +205,7 @@ def create_residual_network(settings: model_settings.Settings,
                             stage_sizes: Sequence[int],
                             stage_planes: Sequence[int],
                             stem_planes: Optional[int] = None,
+                            stem: str = 'cifar',
                             block_kwargs: Optional[Mapping[str, Any]] = None,
                             default_shortcut: Optional[str] = None,
                             weight_init: layers.Init = layers.CIFAR_RESNET_INIT
@@ -160,6 +220,7 @@ def create_residual_network(settings: model_settings.Settings,
     stage_sizes: blocks per stage.
     stage_planes: base planes per stage.
     stem_planes: stem channels; None = ``stage_planes[0]``.
+    stem: 'cifar' or 'imagenet' (``STEMS``).
     block_kwargs: the block's hyper-parameters, resolved; None resolves
       ``settings.block_kwargs``.
     default_shortcut: what shortcut 'auto' means; None = the block's default.
@@ -168,6 +229,7 @@ def create_residual_network(settings: model_settings.Settings,
   Returns:
     The (unbound) network.
   """
+  check_stem(stem)
   if block_kwargs is None:
     block_kwargs = blocks.resolve_kwargs(block_cls, settings.block_kwargs,
                                          f'block {settings.block!r}')
@@ -184,6 +246,7 @@ def create_residual_network(settings: model_settings.Settings,
       num_classes=num_classes,
       stage_planes=tuple(stage_planes),
       stem_planes=stem_planes,
+      stem=stem,
       block_kwargs=flax.core.FrozenDict(block_kwargs),
       shortcut_type=shortcut,
       final_survival_probability=blocks.final_survival_probability(

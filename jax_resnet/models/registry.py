@@ -109,11 +109,21 @@ class ResolvedModel:
         'depth': self.settings.depth,
         'scan_blocks': self.settings.scan_blocks,
         'block_kwargs': _json_values(self.block_kwargs),
-        'network_kwargs': _json_values(self.hyperparameters),
+        'network_kwargs': _json_values(
+            {k: v for k, v in self.hyperparameters.items()
+             if LATER_HYPERPARAMETERS.get(k, _NONE) != v}),
         'shortcut': getattr(self.module, 'shortcut_type', None),
         'final_survival_probability': getattr(
             self.module, 'final_survival_probability', None),
     }
+
+
+# Hyper-parameters added after signature version 2, at the values that
+# change nothing: left out of the signature there, so that workdirs written
+# before them still fit.
+LATER_HYPERPARAMETERS = {'stem': 'cifar', 'stage_blocks': None,
+                         'stage_planes': None}
+_NONE = object()
 
 
 def _json_values(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,8 @@ ZOO = (
           DENSENET),
     Entry('ResNeXt-29, 8x64d', 'resnext29_8x64d_cifar10', '34.4M', RESNEXT),
     Entry('ResNeXt-29, 16x64d', 'resnext29_16x64d_cifar10', '68.1M', RESNEXT),
+    Entry('Tutorial ResNet (stages 2x64, 2x128)', 'tutorial_resnet_cifar10',
+          None, 'a Keras CIFAR-10 tutorial'),
 )
 
 # Why a count differs from the paper's, by config.
