@@ -43,6 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.mixup_alpha = 0.0
   config.data.cutmix_alpha = 0.0
   config.data.mix_switch_prob = 0.5
+  # Hold out the last N training examples as a validation set (0 = none; 5000
+  # is usual). Training then uses the others, the best checkpoint is the one
+  # of the highest validation accuracy, and the report gives the test
+  # accuracy at that epoch, so the test set plays no part in the selection.
+  config.data.validation_examples = 0
   # Let TFDS try to download and prepare a missing dataset.
   config.data.download = True
 

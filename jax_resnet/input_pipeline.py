@@ -42,6 +42,19 @@ class Split:
     return len(self.labels)
 
 
+def hold_out(split: Split, count: int) -> tuple[Split, Split]:
+  """(the first N - count examples, the last count): a validation set held
+  out of the training split, disjoint from what is trained on."""
+  if not 0 < count < split.num_examples:
+    raise errors.ConfigError(
+        f'data.validation_examples must be between 1 and '
+        f'{split.num_examples - 1} for {split.num_examples} training '
+        f'examples; got {count}.')
+  cut = split.num_examples - count
+  return (Split(split.images[:cut], split.labels[:cut]),
+          Split(split.images[cut:], split.labels[cut:]))
+
+
 def num_classes(dataset: str) -> int:
   """Number of classes of a supported dataset."""
   if dataset not in DATASETS:

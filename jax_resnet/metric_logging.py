@@ -5,9 +5,13 @@ import os
 from typing import Any
 
 METRICS_FILE = 'metrics.jsonl'
+# What every epoch record holds. selected_test_accuracy: the test accuracy
+# (of the weights config.eval_weights names) at the epoch the best
+# checkpoint comes from, chosen on validation_accuracy with a validation
+# split, else on the test accuracy itself.
 EPOCH_KEYS = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss',
-              'test_accuracy', 'best_test_accuracy', 'learning_rate',
-              'images_per_sec', 'epoch_seconds')
+              'test_accuracy', 'best_test_accuracy', 'selected_test_accuracy',
+              'learning_rate', 'images_per_sec', 'epoch_seconds')
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -30,6 +34,9 @@ def format_epoch(record: dict[str, Any], num_epochs: int,
            f'test loss {record["test_loss"]:.4f} '
            f'acc {record["test_accuracy"]:6.2f}% '
            f'(best {record["best_test_accuracy"]:6.2f}%)']
+  if 'validation_accuracy' in record:
+    parts.append(f'val acc {record["validation_accuracy"]:6.2f}% '
+                 f'(best {record["best_validation_accuracy"]:6.2f}%)')
   if 'ema_test_accuracy' in record:
     parts.append(f'ema acc {record["ema_test_accuracy"]:6.2f}% '
                  f'(best {record["best_ema_test_accuracy"]:6.2f}%)')

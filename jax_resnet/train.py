@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from absl import logging
 from flax.training import train_state
@@ -237,13 +237,22 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array],
           'count': jnp.sum(mask)}
 
 
+class EvalSet(NamedTuple):
+  """An evaluation split on the devices: [batches, eval batch] arrays of
+  images, labels and a mask that is 0 on the padding."""
+  batches: dict[str, jax.Array]
+  num_examples: int
+  num_batches: int
+
+
 class Trainer:
   """Holds the device mesh, the device-resident data and compiled steps."""
 
   def __init__(self, config: ml_collections.ConfigDict,
                model: registry.ResolvedModel,
                train_split: Optional[input_pipeline.Split],
-               test_split: input_pipeline.Split):
+               test_split: input_pipeline.Split,
+               validation_split: Optional[input_pipeline.Split] = None):
     self.config = config
     self.mesh = Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
@@ -255,7 +264,10 @@ class Trainer:
     if train_split is not None:
       self.train_images = jax.device_put(train_split.images, self.replicated)
       self.train_labels = jax.device_put(train_split.labels, self.replicated)
-    self._load_test(test_split)
+    # The sets evaluated each epoch, by the name their metrics carry.
+    self.eval_sets = {'test': self._eval_set(test_split)}
+    if validation_split is not None:
+      self.eval_sets['validation'] = self._eval_set(validation_split)
 
     batch_size = config.batch_size
 
@@ -280,23 +292,27 @@ class Trainer:
     self.learning_rate = schedules.learning_rate_fn(
         config, max(self.steps_per_epoch, 1))
 
-  def _load_test(self, test_split: input_pipeline.Split):
-    """Pads the test set to whole eval batches; padding is masked out."""
-    n = test_split.num_examples
+  def _eval_set(self, split: input_pipeline.Split) -> EvalSet:
+    """A split on the devices in whole eval batches; padding is masked
+    out."""
+    n = split.num_examples
     batch = self.config.eval_batch_size
-    self.num_eval_batches = math.ceil(n / batch)
-    pad = self.num_eval_batches * batch - n
+    num_batches = math.ceil(n / batch)
+    pad = num_batches * batch - n
     images = np.concatenate(
-        [test_split.images, np.zeros((pad, 32, 32, 3), np.uint8)])
-    labels = np.concatenate([test_split.labels, np.zeros((pad,), np.int32)])
+        [split.images, np.zeros((pad, 32, 32, 3), np.uint8)])
+    labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
     mask = np.concatenate([np.ones((n,), np.float32),
                            np.zeros((pad,), np.float32)])
-    shape = (self.num_eval_batches, batch)
-    self.test_batches = jax.device_put(
+    shape = (num_batches, batch)
+    return EvalSet(jax.device_put(
         {'image': images.reshape(shape + images.shape[1:]),
          'label': labels.reshape(shape), 'mask': mask.reshape(shape)},
-        NamedSharding(self.mesh, P(None, DATA_AXIS)))
-    self.num_test = n
+        NamedSharding(self.mesh, P(None, DATA_AXIS))), n, num_batches)
+
+  @property
+  def num_test(self) -> int:
+    return self.eval_sets['test'].num_examples
 
   def init_state(self) -> TrainState:
     """A fresh, replicated train state."""
@@ -311,21 +327,24 @@ class Trainer:
             create_train_state, self.config, self.model,
             max(self.steps_per_epoch, 1))), self.replicated)
 
-  def evaluate(self, state: TrainState, weights: str = 'raw'
-               ) -> dict[str, float]:
-    """Test loss and accuracy (percent) over the whole test set, of the
-    trained weights or (``weights='ema'``) their average."""
+  def evaluate(self, state: TrainState, weights: str = 'raw',
+               split: str = 'test') -> dict[str, float]:
+    """Loss and accuracy (percent) over the whole of an eval set ('test' or
+    'validation'), of the trained weights or (``weights='ema'``) their
+    average, as ``{split}_loss`` and ``{split}_accuracy``."""
+    eval_set = self.eval_sets[split]
     totals = None
-    for i in range(self.num_eval_batches):
-      batch = jax.tree.map(lambda x, i=i: x[i], self.test_batches)
+    for i in range(eval_set.num_batches):
+      batch = jax.tree.map(lambda x, i=i: x[i], eval_set.batches)
       sums = self.eval_steps[weights](state, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
-    if count != self.num_test:
-      raise AssertionError(f'Evaluated {count} of {self.num_test} examples.')
-    return {'test_loss': float(totals['loss_sum']) / count,
-            'test_accuracy': 100.0 * float(totals['correct_sum']) / count}
+    if count != eval_set.num_examples:
+      raise AssertionError(f'Evaluated {count} of {eval_set.num_examples} '
+                           f'{split} examples.')
+    return {f'{split}_loss': float(totals['loss_sum']) / count,
+            f'{split}_accuracy': 100.0 * float(totals['correct_sum']) / count}
 
   def train_epoch(self, state: TrainState, epoch: int
                   ) -> tuple[TrainState, dict[str, float]]:
@@ -394,37 +413,71 @@ def checkpoint_fit(config: ml_collections.ConfigDict,
                          steps_per_epoch=steps_per_epoch)
 
 
-def load_data(config: ml_collections.ConfigDict, train: bool = True):
-  """Reads the train (optional) and test splits of the configured dataset."""
+class Splits(NamedTuple):
+  """The data of a command: what it trains on (None for evaluation), the
+  test set, and the validation set held out of the training split (None
+  without ``data.validation_examples``)."""
+  train: Optional[input_pipeline.Split]
+  test: input_pipeline.Split
+  validation: Optional[input_pipeline.Split] = None
+
+
+def load_data(config: ml_collections.ConfigDict, train: bool = True
+              ) -> Splits:
+  """Reads the splits of the configured dataset.
+
+  With ``data.validation_examples = N`` the last N training examples are the
+  validation set and training uses the others (their first
+  ``data.train_examples``, if set).
+  """
   kwargs = dict(data_dir=config.data_dir or None,
                 download=config.data.download)
-  train_split = None
+  train_split = validation_split = None
   if train:
+    held_out = config.data.validation_examples
+    limit = config.data.train_examples or None
     train_split = input_pipeline.load_split(
-        config.dataset, 'train',
-        max_examples=config.data.train_examples or None, **kwargs)
+        config.dataset, 'train', max_examples=None if held_out else limit,
+        **kwargs)
+    if held_out:
+      train_split, validation_split = input_pipeline.hold_out(train_split,
+                                                              held_out)
+      if limit:
+        train_split = input_pipeline.Split(train_split.images[:limit],
+                                           train_split.labels[:limit])
     if train_split.num_examples < config.batch_size:
       raise errors.ConfigError(
           f'{train_split.num_examples} training examples make no batch of '
           f'{config.batch_size}; lower batch_size or raise '
           'data.train_examples.')
   test_split = input_pipeline.load_split(config.dataset, 'test', **kwargs)
-  return train_split, test_split
+  return Splits(train_split, test_split, validation_split)
 
 
 def evaluate_all(trainer: Trainer, state: TrainState) -> dict[str, float]:
-  """The test metrics of the trained weights, and of their EMA when the
-  state keeps one (as ``ema_test_loss``, ``ema_test_accuracy``)."""
-  metrics = trainer.evaluate(state)
-  for weights in state.kept_averages():
-    metrics.update({f'{weights}_{key}': value for key, value in
-                    trainer.evaluate(state, weights).items()})
+  """The metrics of every eval set (test, validation) for the trained
+  weights, and for their EMA when the state keeps one (``ema_test_loss``,
+  ``ema_validation_accuracy``, ...)."""
+  metrics = {}
+  for weights in ('raw', *state.kept_averages()):
+    prefix = '' if weights == 'raw' else f'{weights}_'
+    for split in trainer.eval_sets:
+      metrics.update({prefix + key: value for key, value in
+                      trainer.evaluate(state, weights, split).items()})
   return metrics
 
 
 def selection_metric(config: ml_collections.ConfigDict) -> str:
-  """The metric the best checkpoint is chosen by: the test accuracy of the
-  weights ``config.eval_weights`` names."""
+  """The metric the best checkpoint is chosen by: the accuracy of the
+  weights ``config.eval_weights`` names, on the validation set when there is
+  one, else on the test set."""
+  prefix = 'ema_' if config.eval_weights == 'ema' else ''
+  split = 'validation' if config.data.validation_examples else 'test'
+  return f'{prefix}{split}_accuracy'
+
+
+def selected_test_metric(config: ml_collections.ConfigDict) -> str:
+  """The test accuracy of the weights ``config.eval_weights`` names."""
   return ('ema_' if config.eval_weights == 'ema' else '') + 'test_accuracy'
 
 
@@ -442,16 +495,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     The last epoch's record plus 'final_test_accuracy'.
   """
   model = model or validated_model(config)
-  train_split, test_split = load_data(config)
-  trainer = Trainer(config, model, train_split, test_split)
+  trainer = Trainer(config, model, *load_data(config))
   fit = checkpoint_fit(config, model, trainer.steps_per_epoch)
+  selection, selected_key = selection_metric(config), selected_test_metric(
+      config)
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
-  start_epoch, best = 0, {}
+  start_epoch, best, selected = 0, {}, None
   if ckpt.steps():
     state, meta = ckpt.restore('latest', trainer.abstract_state(), fit)
     start_epoch = meta['epoch']
     best = {key: meta[key] for key in meta if key.startswith('best_')}
+    # Checkpoints from before the selection was recorded selected on the
+    # test accuracy.
+    selected = meta.get('selected_test_accuracy', meta['best_test_accuracy'])
     print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
           f'{workdir}.', flush=True)
   else:
@@ -481,24 +538,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, train_metrics = trainer.train_epoch(state, epoch)
       train_seconds = time.perf_counter() - start
       test_metrics = evaluate_all(trainer, state)
-      for key in ('test_accuracy', 'ema_test_accuracy'):
-        if key in test_metrics:
-          best[f'best_{key}'] = max(best.get(f'best_{key}', 0.0),
-                                    test_metrics[key])
+      # Ties go to the later epoch, as the best checkpoint does.
+      if test_metrics[selection] >= best.get(f'best_{selection}', -1.0):
+        selected = test_metrics[selected_key]
+      for key, value in test_metrics.items():
+        if key.endswith('_accuracy'):
+          best[f'best_{key}'] = max(best.get(f'best_{key}', 0.0), value)
       record = {
           'epoch': epoch + 1, 'step': int(state.step), **train_metrics,
-          **test_metrics, **best, 'learning_rate': learning_rate,
+          **test_metrics, **best, 'selected_test_accuracy': selected,
+          'learning_rate': learning_rate,
           'images_per_sec': trainer.steps_per_epoch * config.batch_size /
                             train_seconds,
           'epoch_seconds': time.perf_counter() - start,
       }
       logger.write(record, config.num_epochs)
-      meta = {'epoch': epoch + 1, **best,
+      meta = {'epoch': epoch + 1, **best, 'selected_test_accuracy': selected,
               'test_accuracy': test_metrics['test_accuracy'],
               'steps_per_epoch': trainer.steps_per_epoch,
               'signature': fit.signature}
-      ckpt.save(int(state.step), state, meta,
-                test_metrics[selection_metric(config)])
+      ckpt.save(int(state.step), state, meta, test_metrics[selection])
   finally:
     logger.close()
     ckpt.close()
@@ -508,9 +567,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise RuntimeError(f'No epochs recorded in {workdir}.')
   final = dict(history[-1])
   final['final_test_accuracy'] = final['test_accuracy']
+  chosen_on = 'validation' if config.data.validation_examples else 'test'
   print(f'Final test accuracy {final["test_accuracy"]:.2f}%, best '
-        f'{final["best_test_accuracy"]:.2f}% '
-        f'({config.num_epochs} epochs).', flush=True)
+        f'{final["best_test_accuracy"]:.2f}%; the best checkpoint '
+        f'(selected on {chosen_on}) has {final["selected_test_accuracy"]:.2f}%'
+        f' ({config.num_epochs} epochs).', flush=True)
   logging.info('Finished: %s', json.dumps(final))
   return final
 
@@ -523,8 +584,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   ``model`` as in ``train_and_evaluate``.
   """
   model = model or validated_model(config)
-  _, test_split = load_data(config, train=False)
-  trainer = Trainer(config, model, None, test_split)
+  trainer = Trainer(config, model, *load_data(config, train=False))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     state, meta = ckpt.restore(config.eval_checkpoint,

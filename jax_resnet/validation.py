@@ -58,6 +58,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError('optimizer.label_smoothing must be in [0, 1); got '
                      f'{config.optimizer.label_smoothing}.')
   _at_least(config.data.train_examples, 0, 'data.train_examples')
+  _at_least(config.data.validation_examples, 0, 'data.validation_examples')
   _at_least(config.data.crop_padding, 0, 'data.crop_padding')
   _at_least(config.data.cutout, 0, 'data.cutout')
   _at_least(config.data.mixup_alpha, 0.0, 'data.mixup_alpha')

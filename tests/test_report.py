@@ -14,6 +14,7 @@ from jax_resnet.models import blocks
 from jax_resnet.tools import grid
 from jax_resnet import metric_logging
 from jax_resnet.tools import report
+from jax_resnet.tools import significance
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 NUM_EPOCHS = 3
@@ -209,3 +210,80 @@ def test_runs_judged_by_their_ema_report_the_ema(tmp_path):
   with open(root / 'results.md') as f:
     text = f.read()
   assert 'resnet20-cifar10-ema (ema)' in text and '63.00' in text
+
+
+class TestSignificance:
+  """Welch's comparison against scipy and by hand; --compare."""
+
+  A = [91.2, 91.9, 92.4, 91.5]
+  B = [90.1, 90.9, 90.4]
+
+  def test_welch_by_hand_and_against_scipy(self):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    w = significance.welch(self.A, self.B)
+    a, b = np.asarray(self.A), np.asarray(self.B)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    diff = a.mean() - b.mean()
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+    p = 2 * stats.t.sf(abs(diff) / np.sqrt(va + vb), df)
+    assert w.difference == pytest.approx(diff)
+    assert (w.ci_low, w.ci_high) == pytest.approx((diff - half, diff + half))
+    assert w.p_value == pytest.approx(p)
+    assert w.p_value == pytest.approx(
+        stats.ttest_ind(self.A, self.B, equal_var=False).pvalue)
+    assert (w.n_a, w.n_b) == (4, 3)
+
+  def test_one_seed_gives_only_the_difference(self):
+    w = significance.welch([90.0], self.B)
+    assert w.difference == pytest.approx(90.0 - sum(self.B) / 3)
+    assert (w.ci_low, w.ci_high, w.p_value) == (None, None, None)
+
+  def test_compare_flag_writes_the_table(self, tmp_path):
+    root = tmp_path / 'grid'
+    for seed, (a, b) in enumerate(zip(self.A, self.B + [None])):
+      write_run(root, 'resnet20-cifar10', 'gated', seed, [80.0, a, a - 0.5])
+      if b is not None:
+        write_run(root, 'resnet20-cifar10', 'basic', seed, [80.0, b, b])
+    written = report.write_report(str(root), compare='basic')
+    with open(written['comparison']) as f:
+      text = f.read()
+    w = significance.welch(self.A, self.B)
+    row = [line for line in text.splitlines()
+           if line.startswith('| resnet20-cifar10 | gated |')]
+    assert len(row) == 1
+    assert (f'| 4 vs 3 | {w.difference:+.2f} | [{w.ci_low:+.2f}, '
+            f'{w.ci_high:+.2f}] | {w.p_value:.3g} |') in row[0]
+    assert 'selected on the test set itself' in text
+    # A setting works as the reference too; an unknown name says what is.
+    report.write_report(str(root), compare='resnet20-cifar10')
+    with pytest.raises(ValueError, match="neither a block .*basic.* nor a "
+                       'setting'):
+      report.write_report(str(root), compare='preact')
+    out = subprocess.run(
+        [sys.executable, '-m', 'jax_resnet.tools.report', str(root),
+         '--compare', 'basic'], cwd=ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert '# Against block basic' in out.stdout
+
+
+def test_report_uses_the_selected_epoch_and_says_how(tmp_path):
+  root = tmp_path / 'grid'
+  workdir = write_run(root, 'resnet20-cifar10', 'basic', 0,
+                      [50.0, 60.0, 55.0])
+  path = os.path.join(workdir, metric_logging.METRICS_FILE)
+  history = metric_logging.read_metrics(workdir)
+  with open(path, 'w') as f:
+    for record in history:
+      # Validation chose epoch 3 (test 55), not epoch 2 (test 60).
+      f.write(json.dumps({**record, 'selected_test_accuracy': 55.0}) + '\n')
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump({'data': {'validation_examples': 5000}}, f)
+  (run,) = report.collect(str(root))
+  assert (run.selection, run.best_accuracy) == ('validation', 55.0)
+  report.write_report(str(root))
+  with open(root / 'results.md') as f:
+    text = f.read()
+  assert 'held out of the training set' in text and '55.00' in text

@@ -106,7 +106,7 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
       args + ['--mode=eval']).stdout.strip().splitlines()[-1])
 
   with tfds.testing.mock_data(num_examples=40):
-    _, test_split = train.load_data(config, train=False)
+    test_split = train.load_data(config, train=False).test
   mean, std = input_pipeline.normalization_stats('imagenet', 'cifar10')
   images = (test_split.images.astype(np.float32) - mean) / std
   labels = torch.from_numpy(test_split.labels).long()

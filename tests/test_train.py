@@ -23,8 +23,7 @@ from jax_resnet import validation
 
 def restore_latest(config, workdir):
   model = train.resolve_model(config)
-  train_split, test_split = train.load_data(config)
-  trainer = train.Trainer(config, model, train_split, test_split)
+  trainer = train.Trainer(config, model, *train.load_data(config))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     return ckpt.restore('latest', trainer.abstract_state(),
@@ -128,10 +127,10 @@ def test_weight_decay_on_kernels_only():
 def test_evaluation_covers_a_partial_last_batch(mock_cifar):
   del mock_cifar
   config = tiny_config(eval_batch_size=16)  # 40 = 16 + 16 + 8 (padded).
-  _, test_split = train.load_data(config, train=False)
+  _, test_split, _ = train.load_data(config, train=False)
   trainer = train.Trainer(config, train.resolve_model(config), None,
                           test_split)
-  assert trainer.num_eval_batches == 3
+  assert trainer.eval_sets['test'].num_batches == 3
   state = trainer.init_state()
   result = trainer.evaluate(state)
   mean, std = input_pipeline.normalization_stats('dataset', 'cifar10')

@@ -360,8 +360,7 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
 
   # The training split sets steps_per_epoch, which a later --mode train
   # checks against the checkpoint.
-  train_split, test_split = train.load_data(config)
-  trainer = train.Trainer(config, model, train_split, test_split)
+  trainer = train.Trainer(config, model, *train.load_data(config))
   state = trainer.init_state()
   state = state.replace(params=variables['params'],
                         batch_stats=variables['batch_stats'],

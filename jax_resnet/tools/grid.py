@@ -286,7 +286,8 @@ def run_state(run: Run) -> RunState:
     return RunState('pending', '', 0)
   state = status.get('state')
   if state == 'done' and epochs >= num_epochs:
-    best = status.get('best_test_accuracy')
+    best = status.get('selected_test_accuracy',
+                      status.get('best_test_accuracy'))
     best = f', best {best:.2f}%' if best is not None else ''
     return RunState('done', progress + best, epochs)
   if state == 'failed':
@@ -358,6 +359,7 @@ def execute(run: Run, train_fn: Optional[Callable[..., Any]] = None) -> bool:
     jax.clear_caches()
   status.update(state='done', finished=_now(), epochs=final['epoch'],
                 best_test_accuracy=final['best_test_accuracy'],
+                selected_test_accuracy=final.get('selected_test_accuracy'),
                 final_test_accuracy=final['test_accuracy'])
   write_status(run.workdir, status)
   return True

@@ -4,18 +4,25 @@
   python -m jax_resnet.tools.report runs/grid --baselines
   python -m jax_resnet.tools.report runs/degradation --metric train_error \
       --layout single
+  python -m jax_resnet.tools.report runs/grid --compare basic
 
 Reads every run under the root (the grid's ``status.json`` and
 ``metrics.jsonl``; a plain main.py workdir with ``config.json`` works too) and
 writes into the root:
 
 - ``results.md``: one row per block, one column per setting; a cell holds the
-  best test accuracy as mean ± sample standard deviation (ddof=1) over the n
-  finished seeds, the final-epoch accuracy the same way, the parameters and
+  best test accuracy (that of the epoch the run's selection keeps: the best
+  on the test set, or on the validation split with
+  ``data.validation_examples``; the page says which) as mean ± sample
+  standard deviation (ddof=1) over the n finished seeds, the final-epoch accuracy the same way, the parameters and
   the training time per run, and how many runs failed or are in progress
   (those are not in the statistics).
 - ``results.csv``: the same numbers, a column group per setting;
   ``runs.csv``: one row per run.
+- ``comparison.md`` (``--compare BLOCK``, or a setting): every other block
+  in each setting against BLOCK: the difference of mean best and final
+  accuracy, its 95% confidence interval and Welch's t-test p-value over
+  seeds (significance.py).
 - ``curves_<metric>.png``: the metric against the epoch, one line per block
   (the mean over seeds) with a band from the lowest to the highest seed, one
   panel per setting (``--layout single``: every block and setting in one
@@ -36,6 +43,7 @@ from absl import flags
 
 from jax_resnet.tools import baselines
 from jax_resnet.tools import grid
+from jax_resnet.tools import significance
 from jax_resnet import metric_logging
 
 # Metric name -> (axis label, value of an epoch record).
@@ -70,6 +78,9 @@ class RunResult:
   # The weights the run is judged by (its config's eval_weights): 'raw', or
   # 'ema', whose accuracies (ema_test_accuracy) the table then shows.
   weights: str = 'raw'
+  # What chose its best checkpoint: 'test' or 'validation' (its config's
+  # data.validation_examples).
+  selection: str = 'test'
 
   @property
   def _accuracy_key(self) -> str:
@@ -78,8 +89,14 @@ class RunResult:
 
   @property
   def best_accuracy(self) -> Optional[float]:
-    return (self.history[-1][f'best_{self._accuracy_key}'] if self.history
-            else None)
+    """The test accuracy of the selected epoch: the best on validation with
+    a validation split, else the best test accuracy."""
+    if not self.history:
+      return None
+    last = self.history[-1]
+    if 'selected_test_accuracy' in last:
+      return last['selected_test_accuracy']
+    return last[f'best_{self._accuracy_key}']  # Records before selection.
 
   @property
   def final_accuracy(self) -> Optional[float]:
@@ -134,7 +151,9 @@ def read_run(root: str, workdir: str) -> Optional[RunResult]:
       state=state, workdir=workdir, dataset=status['dataset'],
       depth=status['depth'], num_epochs=num_epochs,
       parameters=status.get('parameters'), history=history, message=message,
-      weights=(config or {}).get('eval_weights', 'raw'))
+      weights=(config or {}).get('eval_weights', 'raw'),
+      selection='validation' if (config or {}).get('data', {}).get(
+          'validation_examples') else 'test')
 
 
 def collect(root: str) -> list[RunResult]:
@@ -288,6 +307,25 @@ def _other_baselines(table: Table) -> list[baselines.Baseline]:
           if (b.dataset, b.depth) not in shown]
 
 
+def selection_note(runs: Sequence[RunResult]) -> str:
+  """Which selection the runs' best accuracies come from."""
+  by_selection = {}
+  for run in runs:
+    by_selection.setdefault(run.selection, set()).add(run.setting)
+  parts = []
+  if 'test' in by_selection:
+    parts.append(
+        'the epoch of the highest test accuracy, i.e. selected on the test '
+        'set itself (optimistic, though common in the CIFAR literature) for ' +
+        ', '.join(sorted(by_selection['test'])))
+  if 'validation' in by_selection:
+    parts.append(
+        'the epoch of the highest accuracy on the validation split held out '
+        'of the training set (data.validation_examples; the test set plays '
+        'no part) for ' + ', '.join(sorted(by_selection['validation'])))
+  return 'Selection: ' + '; '.join(parts) + '.'
+
+
 def markdown(root: str, table: Table, runs: Sequence[RunResult],
              images: Sequence[str], with_baselines: bool = False) -> str:
   """results.md."""
@@ -297,13 +335,14 @@ def markdown(root: str, table: Table, runs: Sequence[RunResult],
 
   lines = [
       f'# Results: {root}', '',
-      'Best test accuracy (%) of each run (the maximum over its epochs), as '
+      'Best test accuracy (%) of each run: the test accuracy of the epoch '
+      'whose checkpoint is kept as the best (see Selection below), as '
       'mean ± sample standard deviation (ddof=1) over the n finished seeds '
       '(no ± for n=1). Below it: the final-epoch test accuracy the same way, '
       'the parameters, and the mean training time per run (the sum of its '
       'per-epoch seconds: training and test evaluation, including the first '
       "epoch's compilation). Failed runs and runs in progress are counted "
-      'separately and not in the statistics.', '']
+      'separately and not in the statistics.', '', selection_note(runs), '']
   averaged = sorted({f'{r.setting} ({r.weights})' for r in runs
                      if r.weights != 'raw'})
   if averaged:
@@ -487,9 +526,22 @@ def plot_curves(path: str, table: Table, metric: str,
   plt.close(fig)
 
 
+def comparison(table: Table, runs: Sequence[RunResult], reference: str
+               ) -> str:
+  """comparison.md: every cell against a block or a setting
+  (significance.py), over the finished seeds."""
+  cells = {key: [(r.best_accuracy, r.final_accuracy)
+                 for r in cell.with_state(DONE)]
+           for key, cell in table.cells.items()}
+  kind, rows = significance.compare(cells, table.blocks, table.settings,
+                                    reference)
+  return significance.markdown(kind, reference, rows, selection_note(runs))
+
+
 def write_report(root: str, metrics: Sequence[str] = ('test_accuracy',),
                  layout: str = 'by_setting',
-                 with_baselines: bool = False) -> dict[str, str]:
+                 with_baselines: bool = False,
+                 compare: Optional[str] = None) -> dict[str, str]:
   """Writes results.md, results.csv, runs.csv and the curve PNGs.
 
   Args:
@@ -497,9 +549,12 @@ def write_report(root: str, metrics: Sequence[str] = ('test_accuracy',),
     metrics: the curves to draw (keys of METRICS).
     layout: 'by_setting' (a panel per setting) or 'single' (one panel).
     with_baselines: add the published figures of baselines.py.
+    compare: a block or setting to compare every cell with
+      (comparison.md), or None.
 
   Returns:
-    The written files by kind ('markdown', 'csv', 'runs', and each metric).
+    The written files by kind ('markdown', 'csv', 'runs', 'comparison', and
+    each metric).
   """
   for metric in metrics:
     if metric not in METRICS:
@@ -511,6 +566,12 @@ def write_report(root: str, metrics: Sequence[str] = ('test_accuracy',),
   axes = _read_json(os.path.join(root, grid.GRID_FILE))
   table = build_table(runs, axes)
   written = {}
+  if compare:
+    # First: an unknown name stops the report before it writes anything.
+    compared = comparison(table, runs, compare)
+    written['comparison'] = os.path.join(root, 'comparison.md')
+    with open(written['comparison'], 'w') as f:
+      f.write(compared)
   images = []
   for metric in metrics:
     image = f'curves_{metric}.png'
@@ -538,18 +599,27 @@ def define_flags() -> None:
                     f'{", ".join(METRICS)}.')
   flags.DEFINE_enum('layout', 'by_setting', list(LAYOUTS),
                     'by_setting: a panel per setting; single: one panel.')
+  flags.DEFINE_string('compare', None, 'A block (or setting): compare every '
+                      'other block in each setting (every other setting for '
+                      "each block) with it: difference of means, 95% CI, "
+                      "Welch's t-test p-value, into comparison.md.")
 
 
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError('Usage: python -m jax_resnet.tools.report ROOT '
-                         '[--baselines] [--metric M] [--layout L]')
+                         '[--baselines] [--metric M] [--layout L] '
+                         '[--compare BLOCK]')
   args = flags.FLAGS
   try:
-    written = write_report(argv[1], args.metric, args.layout, args.baselines)
+    written = write_report(argv[1], args.metric, args.layout, args.baselines,
+                           args.compare)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  if 'comparison' in written:
+    with open(written['comparison']) as f:
+      print(f.read())
   for path in written.values():
     print(path)
 
