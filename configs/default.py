@@ -183,8 +183,15 @@ def get_config() -> ml_collections.ConfigDict:
   # beside the trained weights each epoch (ema_test_accuracy), kept in the
   # checkpoints.
   config.ema_decay = 0.0
-  # The weights the run is judged by: 'raw' (the trained ones) or 'ema'. The
-  # best checkpoint is chosen on their test accuracy, and --mode eval
+  # Stochastic weight averaging (Izmailov et al.) from this epoch (1-based) to
+  # the end: the learning rate becomes the constant swa_learning_rate, the
+  # parameters are averaged after every epoch, and the average's BatchNorm
+  # statistics are recomputed over the training set before it is evaluated
+  # (swa_test_accuracy). 0 = off; e.g. 161 of 200 epochs.
+  config.swa_start_epoch = 0
+  config.swa_learning_rate = 0.05
+  # The weights the run is judged by: 'raw' (the trained ones), 'ema' or
+  # 'swa'. The best checkpoint is chosen on their accuracy, and --mode eval
   # evaluates them.
   config.eval_weights = 'raw'
 

@@ -37,9 +37,11 @@ def format_epoch(record: dict[str, Any], num_epochs: int,
   if 'validation_accuracy' in record:
     parts.append(f'val acc {record["validation_accuracy"]:6.2f}% '
                  f'(best {record["best_validation_accuracy"]:6.2f}%)')
-  if 'ema_test_accuracy' in record:
-    parts.append(f'ema acc {record["ema_test_accuracy"]:6.2f}% '
-                 f'(best {record["best_ema_test_accuracy"]:6.2f}%)')
+  for average in ('ema', 'swa'):
+    if f'{average}_test_accuracy' in record:
+      parts.append(
+          f'{average} acc {record[f"{average}_test_accuracy"]:6.2f}% '
+          f'(best {record[f"best_{average}_test_accuracy"]:6.2f}%)')
   parts += [f'lr {record["learning_rate"]:.5f}',
             f'{record["images_per_sec"]:7.1f} img/s',
             f'{record["epoch_seconds"]:6.1f} s']
@@ -75,7 +77,7 @@ class MetricLogger:
       f.flush()
       os.fsync(f.fileno())
     for key, value in record.items():
-      if key not in ('epoch', 'step'):
+      if key not in ('epoch', 'step') and value is not None:
         self._summary_writer.scalar(key, value, record['step'])
     self._summary_writer.flush()
 

@@ -83,7 +83,14 @@ def learning_rate_fn(config: ml_collections.ConfigDict,
     if per_epoch:
       epoch = jnp.floor(epoch)
     warm = base * (epoch + 1 if per_epoch else epoch) / max(warmup, 1)
-    return jnp.where(epoch < warmup, warm,
+    rate = jnp.where(epoch < warmup, warm,
                      base * factor(jnp.maximum(epoch - warmup, 0.0)))
+    if config.swa_start_epoch:
+      # SWA: the constant swa_learning_rate from epoch swa_start_epoch
+      # (1-based) on.
+      swa = jnp.floor(jnp.asarray(step, jnp.float32) / steps_per_epoch
+                      ) >= config.swa_start_epoch - 1
+      rate = jnp.where(swa, config.swa_learning_rate, rate)
+    return rate
 
   return schedule

@@ -44,17 +44,19 @@ class TrainState(train_state.TrainState):
 
   def variables(self, weights: str = 'raw') -> dict[str, Any]:
     """The network's variables: the trained ones, or an average's
-    (``'ema'``)."""
+    (``'ema'``, ``'swa'``)."""
     if weights == 'raw':
       return {'params': self.params, 'batch_stats': self.batch_stats}
     if weights not in self.kept_averages():
       raise ValueError(f'This train state keeps no {weights!r} weights.')
-    return self.kept_averages()[weights]
+    return weight_averaging.network_variables(self.kept_averages()[weights])
 
 
 class AveragingTrainState(TrainState):
-  """A TrainState that also keeps weight averages (``config.ema_decay``):
-  ``averages['ema']`` holds the EMA of the network's variables. (A separate
+  """A TrainState that also keeps weight averages (weight_averaging.py):
+  ``averages['ema']`` (``config.ema_decay``), the EMA of the network's
+  variables, and ``averages['swa']`` (``config.swa_start_epoch``), the SWA
+  parameters, their recomputed BatchNorm statistics and count. (A separate
   class, so that the checkpoints of runs without averages keep their
   layout.)"""
   averages: dict[str, Any]
@@ -63,7 +65,7 @@ class AveragingTrainState(TrainState):
 # The mesh axis the batch is split over.
 DATA_AXIS = 'data'
 # The weights a state can be evaluated with (TrainState.variables).
-WEIGHTS = ('raw', 'ema')
+WEIGHTS = ('raw', 'ema', 'swa')
 
 
 class NonFiniteLossError(errors.Error, FloatingPointError):
@@ -130,9 +132,13 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables['batch_stats'],
       tx=optimizers.create_optimizer(config, steps_per_epoch), rng=state_rng)
+  averages = {}
   if config.ema_decay > 0:
-    return AveragingTrainState.create(
-        **fields, averages={'ema': weight_averaging.copy_of(dict(variables))})
+    averages['ema'] = weight_averaging.copy_of(dict(variables))
+  if config.swa_start_epoch > 0:
+    averages['swa'] = weight_averaging.swa_init(dict(variables))
+  if averages:
+    return AveragingTrainState.create(**fields, averages=averages)
   return TrainState.create(**fields)
 
 
@@ -291,6 +297,27 @@ class Trainer:
         for weights in WEIGHTS}
     self.learning_rate = schedules.learning_rate_fn(
         config, max(self.steps_per_epoch, 1))
+    self._swa_update = jax.jit(
+        lambda state: state.replace(averages={
+            **state.averages, 'swa': weight_averaging.swa_update(
+                state.averages['swa'], state.params)}),
+        donate_argnums=0, out_shardings=self.replicated)
+    momentum = config.model.bn_momentum
+
+    def bn_pass(state, images):
+      """One batch's BatchNorm statistics under the SWA parameters."""
+      swa = state.averages['swa']
+      _, new = state.apply_fn(
+          {'params': swa['params'],
+           'batch_stats': weight_averaging.zero_stats(swa['batch_stats'])},
+          input_pipeline.normalize(images, np.asarray(self.step_cfg.mean),
+                                   np.asarray(self.step_cfg.std),
+                                   self.step_cfg.dtype),
+          train=True, mutable=['batch_stats'],
+          rngs={'stochastic_depth': jax.random.PRNGKey(0)})
+      return weight_averaging.batch_statistics(new['batch_stats'], momentum)
+
+    self._bn_pass = jax.jit(bn_pass, out_shardings=self.replicated)
 
   def _eval_set(self, split: input_pipeline.Split) -> EvalSet:
     """A split on the devices in whole eval batches; padding is masked
@@ -346,6 +373,22 @@ class Trainer:
     return {f'{split}_loss': float(totals['loss_sum']) / count,
             f'{split}_accuracy': 100.0 * float(totals['correct_sum']) / count}
 
+  def average_swa(self, state: AveragingTrainState) -> AveragingTrainState:
+    """Adds the parameters to the SWA, then recomputes its BatchNorm
+    statistics: the mean of each training batch's, in the data's order,
+    without augmentation (the last partial batch is left out)."""
+    state = self._swa_update(state)
+    order = jnp.arange(self.num_train)
+    total = None
+    for i in range(self.steps_per_epoch):
+      batch = self._gather(self.train_images, self.train_labels, order, i)
+      stats = self._bn_pass(state, batch['image'])
+      total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    mean = jax.tree.map(lambda s: s / self.steps_per_epoch, total)
+    return state.replace(averages={
+        **state.averages, 'swa': {**state.averages['swa'],
+                                  'batch_stats': mean}})
+
   def train_epoch(self, state: TrainState, epoch: int
                   ) -> tuple[TrainState, dict[str, float]]:
     """One pass over the shuffled training set (0-based ``epoch``)."""
@@ -397,6 +440,8 @@ def run_signature(config: ml_collections.ConfigDict,
                'optimizer': config.optimizer.name}
   if config.ema_decay > 0:
     signature['ema'] = True
+  if config.swa_start_epoch > 0:
+    signature['swa'] = True
   return signature
 
 
@@ -459,7 +504,10 @@ def evaluate_all(trainer: Trainer, state: TrainState) -> dict[str, float]:
   weights, and for their EMA when the state keeps one (``ema_test_loss``,
   ``ema_validation_accuracy``, ...)."""
   metrics = {}
-  for weights in ('raw', *state.kept_averages()):
+  for weights, average in (('raw', None), *state.kept_averages().items()):
+    if average is not None and 'count' in average and not int(
+        average['count']):
+      continue  # SWA before its first epoch: nothing averaged yet.
     prefix = '' if weights == 'raw' else f'{weights}_'
     for split in trainer.eval_sets:
       metrics.update({prefix + key: value for key, value in
@@ -467,18 +515,21 @@ def evaluate_all(trainer: Trainer, state: TrainState) -> dict[str, float]:
   return metrics
 
 
+def _weights_prefix(config: ml_collections.ConfigDict) -> str:
+  return '' if config.eval_weights == 'raw' else f'{config.eval_weights}_'
+
+
 def selection_metric(config: ml_collections.ConfigDict) -> str:
   """The metric the best checkpoint is chosen by: the accuracy of the
   weights ``config.eval_weights`` names, on the validation set when there is
   one, else on the test set."""
-  prefix = 'ema_' if config.eval_weights == 'ema' else ''
   split = 'validation' if config.data.validation_examples else 'test'
-  return f'{prefix}{split}_accuracy'
+  return f'{_weights_prefix(config)}{split}_accuracy'
 
 
 def selected_test_metric(config: ml_collections.ConfigDict) -> str:
   """The test accuracy of the weights ``config.eval_weights`` names."""
-  return ('ema_' if config.eval_weights == 'ema' else '') + 'test_accuracy'
+  return f'{_weights_prefix(config)}test_accuracy'
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -537,9 +588,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           epoch * trainer.steps_per_epoch))
       state, train_metrics = trainer.train_epoch(state, epoch)
       train_seconds = time.perf_counter() - start
+      if config.swa_start_epoch and epoch + 1 >= config.swa_start_epoch:
+        state = trainer.average_swa(state)
       test_metrics = evaluate_all(trainer, state)
+      # Weights not evaluated yet (SWA before its start) are not selectable.
+      selection_accuracy = test_metrics.get(selection, -1.0)
       # Ties go to the later epoch, as the best checkpoint does.
-      if test_metrics[selection] >= best.get(f'best_{selection}', -1.0):
+      if (selection in test_metrics and
+          selection_accuracy >= best.get(f'best_{selection}', -1.0)):
         selected = test_metrics[selected_key]
       for key, value in test_metrics.items():
         if key.endswith('_accuracy'):
@@ -557,7 +613,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               'test_accuracy': test_metrics['test_accuracy'],
               'steps_per_epoch': trainer.steps_per_epoch,
               'signature': fit.signature}
-      ckpt.save(int(state.step), state, meta, test_metrics[selection])
+      ckpt.save(int(state.step), state, meta, selection_accuracy)
   finally:
     logger.close()
     ckpt.close()

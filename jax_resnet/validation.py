@@ -10,7 +10,7 @@ from jax_resnet import optimizers
 from jax_resnet import schedules
 
 EVAL_CHECKPOINTS = ('best', 'latest')
-EVAL_WEIGHTS = ('raw', 'ema')
+EVAL_WEIGHTS = ('raw', 'ema', 'swa')
 
 
 def _choice(value, valid, field):
@@ -43,6 +43,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.eval_weights == 'ema' and not config.ema_decay:
     raise errors.ConfigError(
         "eval_weights='ema' needs an EMA: set ema_decay (e.g. 0.999).")
+  if not 0 <= config.swa_start_epoch <= config.num_epochs:
+    raise errors.ConfigError(
+        f'swa_start_epoch must be in [0, num_epochs={config.num_epochs}] '
+        f'(0 = off); got {config.swa_start_epoch}.')
+  if config.swa_start_epoch:
+    _at_least(config.swa_learning_rate, 0.0, 'swa_learning_rate')
+  if config.eval_weights == 'swa' and not config.swa_start_epoch:
+    raise errors.ConfigError(
+        "eval_weights='swa' needs SWA: set swa_start_epoch.")
   _at_least(config.num_epochs, 1, 'num_epochs')
   _at_least(config.optimizer.warmup_epochs, 0, 'optimizer.warmup_epochs')
   if config.optimizer.warmup_epochs >= config.num_epochs:

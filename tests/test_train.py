@@ -171,10 +171,11 @@ def test_training_writes_metrics_and_checkpoints(mock_cifar, tmp_path,
     assert json.load(f)['dataset'] == dataset
 
 
-# A recipe whose every part draws random numbers or keeps state: EMA in the
-# train state, Mixup/CutMix and Cutout in the step, SAM's two passes.
-RECIPE = {'ema_decay': 0.9, 'data.mixup_alpha': 0.2, 'data.cutmix_alpha': 1.0,
-          'data.cutout': 8, 'optimizer.sam_rho': 0.05}
+# A recipe whose every part draws random numbers or keeps state: EMA and SWA
+# in the train state, Mixup/CutMix and Cutout in the step, SAM's two passes.
+RECIPE = {'ema_decay': 0.9, 'swa_start_epoch': 2, 'data.mixup_alpha': 0.2,
+          'data.cutmix_alpha': 1.0, 'data.cutout': 8,
+          'optimizer.sam_rho': 0.05}
 
 
 @pytest.mark.parametrize('recipe', [{}, RECIPE], ids=['plain', 'recipe'])

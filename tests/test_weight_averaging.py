@@ -89,3 +89,74 @@ def test_ema_settings_are_checked(tmp_path, mock_cifar):
                     check=False)
   assert result.returncode != 0
   assert 'ema: checkpoint None, command True' in result.stderr
+
+
+def test_swa_running_mean():
+  swa = weight_averaging.swa_init({'params': {'w': np.zeros(2, np.float32)},
+                                   'batch_stats': {}})
+  seen = [np.float32([1.0, 2.0]), np.float32([3.0, -2.0]),
+          np.float32([5.0, 3.0])]
+  for params in seen:
+    swa = weight_averaging.swa_update(swa, {'w': params})
+  assert int(swa['count']) == 3
+  np.testing.assert_allclose(swa['params']['w'], np.mean(seen, 0), rtol=1e-6)
+
+
+def test_swa_training_rate_average_and_bn_recompute(mock_cifar, tmp_path):
+  """SWA from epoch 2 of 3: the rate, the count, the BatchNorm statistics
+  recomputed for the averaged weights, the evaluation and the selection."""
+  del mock_cifar
+  config = tiny_config(num_epochs=3, swa_start_epoch=2,
+                       swa_learning_rate=0.02, eval_weights='swa')
+  workdir = str(tmp_path / 'swa')
+  train.train_and_evaluate(config, workdir)
+  history = records(workdir)
+  assert 'swa_test_accuracy' not in history[0]
+  assert [r['learning_rate'] for r in history] == pytest.approx(
+      [0.1, 0.02, 0.02])
+  for r in history[1:]:
+    assert 0 <= r['swa_test_accuracy'] <= 100
+  chosen = max(history[1:], key=lambda r: (r['swa_test_accuracy'],
+                                           r['epoch']))
+  assert history[-1]['selected_test_accuracy'] == chosen['swa_test_accuracy']
+  result = train.evaluate(config, workdir)
+  assert (result['weights'], result['checkpoint_epoch']) == ('swa',
+                                                             chosen['epoch'])
+  assert result['test_accuracy'] == pytest.approx(chosen['swa_test_accuracy'])
+
+  # The recomputed statistics of the first BatchNorm (after the stem
+  # convolution) are the mean over training batches of each batch's channel
+  # mean and (biased) variance, in data order, without augmentation.
+  model = train.resolve_model(config)
+  splits = train.load_data(config)
+  trainer = train.Trainer(config, model, *splits)
+  from jax_resnet import checkpoints  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  state, _ = ckpt.restore('latest', trainer.abstract_state(),
+                          train.checkpoint_fit(config, model))
+  ckpt.close()
+  swa = state.averages['swa']
+  assert int(swa['count']) == 2
+  cfg = trainer.step_cfg
+  kernel = np.asarray(swa['params']['stem_conv']['kernel'])
+  means, variances = [], []
+  for i in range(trainer.steps_per_epoch):
+    images = splits.train.images[i * 16:(i + 1) * 16]
+    x = (images.astype(np.float32) - np.asarray(cfg.mean)) / np.asarray(
+        cfg.std)
+    y = np.asarray(jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO',
+                                                      'NHWC')))
+    means.append(y.mean((0, 1, 2)))
+    variances.append(y.var((0, 1, 2)))
+  np.testing.assert_allclose(swa['batch_stats']['stem_bn']['mean'],
+                             np.mean(means, 0), rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(swa['batch_stats']['stem_bn']['var'],
+                             np.mean(variances, 0), rtol=1e-3, atol=1e-4)
+
+
+def test_swa_settings_are_checked():
+  with pytest.raises(errors.ConfigError, match='swa_start_epoch must be in'):
+    train.validated_model(tiny_config(swa_start_epoch=3))
+  with pytest.raises(errors.ConfigError, match="eval_weights='swa' needs"):
+    train.validated_model(tiny_config(eval_weights='swa'))
