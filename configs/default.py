@@ -195,6 +195,18 @@ def get_config() -> ml_collections.ConfigDict:
   # evaluates them.
   config.eval_weights = 'raw'
 
+  config.distill = ml_collections.ConfigDict()
+  # Knowledge distillation (Hinton et al.): the workdir of a trained teacher
+  # ('' = off), e.g. runs/resnet56_cifar10, or one imported from PyTorch with
+  # jax_resnet.interop.torch_import. Its best checkpoint is used, with the
+  # weights its eval_weights names.
+  config.distill.teacher_workdir = ''
+  # The teacher's config file; '' = the config.json in its workdir.
+  config.distill.teacher_config = ''
+  # Loss: (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T).
+  config.distill.alpha = 0.9
+  config.distill.temperature = 4.0
+
   # Training epochs; the cosine schedule spans them.
   config.num_epochs = 200
   # Global training batch size (split over all local devices). The last

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jax_resnet import checkpoints
+from jax_resnet import distillation
 from jax_resnet.augment import pipeline as augment_pipeline
 from jax_resnet import errors
 from jax_resnet import input_pipeline
@@ -83,6 +84,8 @@ class StepConfig:
   num_classes: int
   ema_decay: float = 0.0
   sam_rho: float = 0.0
+  distill_alpha: float = 0.0
+  distill_temperature: float = 1.0
 
 
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
@@ -95,7 +98,9 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                     dtype=layers.DTYPES[config.model.dtype],
                     num_classes=input_pipeline.num_classes(config.dataset),
                     ema_decay=float(config.ema_decay),
-                    sam_rho=float(config.optimizer.sam_rho))
+                    sam_rho=float(config.optimizer.sam_rho),
+                    distill_alpha=float(config.distill.alpha),
+                    distill_temperature=float(config.distill.temperature))
 
 
 def shuffle_key(seed: int) -> jax.Array:
@@ -159,44 +164,53 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array,
 
 
 def _gradients(state: TrainState, images: jax.Array, targets: jax.Array,
-               depth_rng: jax.Array, cfg: StepConfig, mesh: Optional[Mesh]):
+               teacher_logits: Optional[jax.Array], depth_rng: jax.Array,
+               cfg: StepConfig, mesh: Optional[Mesh]):
   """``((loss, (logits, new batch_stats)), grads)`` of the step: plain, or
-  SAM's (``cfg.sam_rho``), per device of ``mesh`` (sam.py)."""
+  SAM's (``cfg.sam_rho``), per device of ``mesh`` (sam.py); with
+  ``teacher_logits``, the distillation loss (distillation.py)."""
 
-  def loss_fn(params, batch_stats, images, targets):
+  def loss_fn(params, batch_stats, images, targets, teacher_logits):
     logits, new_variables = state.apply_fn(
         {'params': params, 'batch_stats': batch_stats}, images,
         train=True, mutable=['batch_stats'],
         rngs={'stochastic_depth': depth_rng})
-    loss = soft_cross_entropy(logits, targets, cfg.label_smoothing).mean()
-    return loss, (logits, new_variables['batch_stats'])
+    loss = soft_cross_entropy(logits, targets, cfg.label_smoothing)
+    if teacher_logits is not None:
+      alpha = cfg.distill_alpha
+      loss = (1.0 - alpha) * loss + alpha * distillation.kd_loss(
+          logits, teacher_logits, cfg.distill_temperature)
+    return loss.mean(), (logits, new_variables['batch_stats'])
 
+  inputs = (images, targets, teacher_logits)
   if not cfg.sam_rho:
     return jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, images, targets)
+        state.params, state.batch_stats, *inputs)
 
-  def per_device(params, batch_stats, images, targets):
+  def per_device(params, batch_stats, images, targets, teacher_logits):
     (loss, (logits, new_stats)), grads = sam.sam_gradient(
-        lambda p: loss_fn(p, batch_stats, images, targets), params,
-        cfg.sam_rho)
+        lambda p: loss_fn(p, batch_stats, images, targets, teacher_logits),
+        params, cfg.sam_rho)
     if mesh is None:
       return (loss, (logits, new_stats)), grads
     mean = functools.partial(jax.lax.pmean, axis_name=DATA_AXIS)
     return (mean(loss), (logits, mean(new_stats))), mean(grads)
 
   if mesh is None:
-    return per_device(state.params, state.batch_stats, images, targets)
+    return per_device(state.params, state.batch_stats, *inputs)
   # check_vma off: the gradients are taken inside, each device's of its own
   # part of the batch (the project's BatchNorm and convolution VJPs do not
   # annotate per-device values), and averaged explicitly.
   return jax.shard_map(
-      per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
+      per_device, mesh=mesh,
+      in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
       out_specs=((P(), (P(DATA_AXIS), P())), P()), check_vma=False)(
-          state.params, state.batch_stats, images, targets)
+          state.params, state.batch_stats, *inputs)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array],
-               cfg: StepConfig, mesh: Optional[Mesh] = None
+               cfg: StepConfig, mesh: Optional[Mesh] = None,
+               teacher: Optional[distillation.Teacher] = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step on a uint8 batch: augment, normalise, forward, update.
 
@@ -205,7 +219,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   the loss is taken against the mixed targets and ``train_accuracy`` is the
   lam-weighted accuracy (``mix.MixedLabels.accuracy``). ``mesh``: the
   devices the batch is split over (its axis ``DATA_AXIS``), where SAM
-  perturbs per device; None: SAM over the whole batch.
+  perturbs per device; None: SAM over the whole batch. ``teacher``: the
+  distillation teacher (its variables may be tracers), run in eval mode on
+  the same augmented images.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, depth_rng = jax.random.split(rng)
@@ -215,8 +231,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       np.asarray(cfg.std), cfg.dtype)
   targets = (jax.nn.one_hot(labels, cfg.num_classes) if mixed is None else
              mixed.targets(cfg.num_classes))
+  teacher_logits = (None if teacher is None else teacher.logits(
+      images, np.asarray(cfg.mean), np.asarray(cfg.std)))
   (loss, (logits, batch_stats)), grads = _gradients(
-      state, images, targets, depth_rng, cfg, mesh)
+      state, images, targets, teacher_logits, depth_rng, cfg, mesh)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if cfg.ema_decay:
     new_state = new_state.replace(averages={
@@ -287,9 +305,26 @@ class Trainer:
             jax.random.fold_in(shuffle_key(config.seed), epoch),
             self.num_train),
         out_shardings=self.replicated)
-    self.train_step = jax.jit(
-        functools.partial(train_step, cfg=self.step_cfg, mesh=self.mesh),
-        donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+    self.teacher = None
+    if train_split is not None and config.distill.teacher_workdir:
+      self.teacher = distillation.load_teacher(config)
+    if self.teacher is None:
+      self.train_step = jax.jit(
+          functools.partial(train_step, cfg=self.step_cfg, mesh=self.mesh),
+          donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+    else:
+      teacher = self.teacher
+      teacher_variables = jax.device_put(teacher.variables, self.replicated)
+
+      def distilling_step(state, batch, variables):
+        return train_step(state, batch, cfg=self.step_cfg, mesh=self.mesh,
+                          teacher=dataclasses.replace(teacher,
+                                                      variables=variables))
+
+      step = jax.jit(distilling_step, donate_argnums=0,
+                     out_shardings=(self.replicated, self.replicated))
+      self.train_step = lambda state, batch: step(state, batch,
+                                                  teacher_variables)
     self.eval_steps = {
         weights: jax.jit(functools.partial(eval_step, cfg=self.step_cfg,
                                            weights=weights),
@@ -575,6 +610,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'{trainer.num_train} train / {trainer.num_test} test images, '
         f'{trainer.steps_per_epoch} steps per epoch, '
         f'{jax.device_count()} device(s).', flush=True)
+  if trainer.teacher is not None:
+    print(f'Distilling {trainer.teacher.description} '
+          f'({trainer.teacher.workdir}, best checkpoint, step '
+          f'{trainer.teacher.checkpoint_step}): alpha '
+          f'{config.distill.alpha}, temperature '
+          f'{config.distill.temperature}.', flush=True)
   if mixes:
     print('Mixup/CutMix: the train loss is against the mixed targets and the '
           'train accuracy is lam-weighted (a prediction of the mixed-in '

@@ -75,6 +75,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.data.mix_switch_prob <= 1.0:
     raise errors.ConfigError('data.mix_switch_prob must be in [0, 1]; got '
                              f'{config.data.mix_switch_prob}.')
+  _check_distill(config)
   _at_least(config.log_every_steps, 1, 'log_every_steps')
   _at_least(config.checkpoints_to_keep, 1, 'checkpoints_to_keep')
   devices = jax.device_count()
@@ -84,6 +85,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if value % devices:
       raise errors.ConfigError(f'{field}={value} does not split over {devices} '
                        f'devices; use a multiple of {devices}.')
+
+
+def _check_distill(config: ml_collections.ConfigDict) -> None:
+  distill = config.distill
+  if distill.teacher_config and not distill.teacher_workdir:
+    raise errors.ConfigError(
+        'distill.teacher_config needs distill.teacher_workdir, the workdir '
+        "holding the teacher's checkpoints.")
+  if not 0.0 <= distill.alpha <= 1.0:
+    raise errors.ConfigError(
+        f'distill.alpha must be in [0, 1]; got {distill.alpha}.')
+  if distill.temperature <= 0:
+    raise errors.ConfigError(
+        f'distill.temperature must be positive; got {distill.temperature}.')
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:

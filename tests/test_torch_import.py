@@ -1,9 +1,11 @@
 """The PyTorch importer: checkpoint formats, errors, and the command line
 (import, then evaluate, reproduces PyTorch's accuracy)."""
 
+import copy
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ torch = pytest.importorskip('torch')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import ROOT, run_main
 from jax_resnet import checkpoints
+from jax_resnet import distillation
 from jax_resnet import input_pipeline
 from jax_resnet import train
 from jax_resnet.interop import torch_import
@@ -118,6 +121,14 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
   assert result['test_accuracy'] == pytest.approx(accuracy, abs=1e-9)
   assert result['test_loss'] == pytest.approx(loss, rel=1e-5)
   assert result['checkpoint_step'] == 0
+
+  # The imported network serves as a distillation teacher: same logits.
+  student = copy.deepcopy(config)
+  student.distill.teacher_workdir = workdir
+  teacher = distillation.load_teacher(student)
+  np.testing.assert_allclose(
+      teacher.logits(jnp.asarray(images), mean, std), logits.numpy(),
+      rtol=1e-4, atol=1e-4)
 
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:

@@ -92,6 +92,7 @@ def affine(image: jax.Array, matrix) -> jax.Array:
   Returns:
     The transformed image, same shape and dtype.
   """
+  image = jnp.asarray(image)
   a, b, c, d, e, f = (_as_float(v) for v in matrix)
   height, width = image.shape[:2]
   # affine_fixed in PIL's Geometry.c: coefficients in 16.16 fixed point and
@@ -152,6 +153,7 @@ def translate_y(image: jax.Array, pixels) -> jax.Array:
 
 def grayscale(image: jax.Array) -> jax.Array:
   """PIL's ``convert('L')`` of an RGB image: ``[H, W]`` int32 in 0..255."""
+  image = jnp.asarray(image)
   rgb = image.astype(jnp.int32)
   return jnp.right_shift(rgb[..., 0] * 19595 + rgb[..., 1] * 38470 +
                          rgb[..., 2] * 7471 + 0x8000, 16)
@@ -178,6 +180,7 @@ def _blend(degenerate: jax.Array, image: jax.Array, factor) -> jax.Array:
 
   ``degenerate`` is int32, broadcastable to ``image``.
   """
+  image = jnp.asarray(image)
   base = degenerate.astype(jnp.float32)
   difference = (image.astype(jnp.int32) - degenerate).astype(jnp.float32)
   blended = base + _rounded_product(_as_float(factor), difference)
@@ -205,6 +208,7 @@ def contrast(image: jax.Array, factor) -> jax.Array:
 
 def _smooth(image: jax.Array) -> jax.Array:
   """PIL's ``ImageFilter.SMOOTH`` (int32), border pixels unchanged."""
+  image = jnp.asarray(image)
   pixels = image.astype(jnp.float32)
   side = jnp.float32(np.float32(1.0) / np.float32(13.0))
   centre = jnp.float32(np.float32(5.0) / np.float32(13.0))
@@ -229,6 +233,7 @@ def sharpness(image: jax.Array, factor) -> jax.Array:
 
 def posterize(image: jax.Array, bits) -> jax.Array:
   """``ImageOps.posterize``: keeps the top ``int(bits)`` bits (0..8)."""
+  image = jnp.asarray(image)
   bits = jnp.clip(jnp.trunc(_as_float(bits)), 0, 8).astype(jnp.int32)
   shift = 8 - bits
   values = image.astype(jnp.int32)
@@ -238,12 +243,14 @@ def posterize(image: jax.Array, bits) -> jax.Array:
 
 def solarize(image: jax.Array, threshold) -> jax.Array:
   """``ImageOps.solarize``: inverts the pixels ``>= threshold``."""
+  image = jnp.asarray(image)
   invert_it = image.astype(jnp.float32) >= _as_float(threshold)
   return jnp.where(invert_it, 255 - image, image)
 
 
 def invert(image: jax.Array) -> jax.Array:
   """``ImageOps.invert``: ``255 - x``."""
+  image = jnp.asarray(image)
   return 255 - image
 
 
@@ -279,6 +286,7 @@ def _autocontrast_shortfalls() -> np.ndarray:
 
 def autocontrast(image: jax.Array) -> jax.Array:
   """``ImageOps.autocontrast`` (cutoff 0): each channel's range to 0..255."""
+  image = jnp.asarray(image)
   values = _channel_values(image)
   lo = jnp.min(values, axis=1, keepdims=True)
   hi = jnp.max(values, axis=1, keepdims=True)
@@ -296,6 +304,7 @@ def autocontrast(image: jax.Array) -> jax.Array:
 
 def equalize(image: jax.Array) -> jax.Array:
   """``ImageOps.equalize``: per-channel histogram equalisation."""
+  image = jnp.asarray(image)
   values = _channel_values(image)
   histogram = jax.vmap(lambda v: jnp.bincount(v, length=256))(values)
   count = values.shape[1]

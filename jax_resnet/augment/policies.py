@@ -274,7 +274,7 @@ def autoaugment_ops(rng: jax.Array, batch_size: int, height: int,
   Returns:
     ``ops`` int32 ``[B, 2]`` (indices into OP_NAMES; Identity for an
     operation that does not apply) and their signed magnitudes float32
-    ``[B, 2]``, for ``apply_ops``.
+    ``[B, 2]`` (0 for Identity), for ``apply_ops``.
   """
   ops, probs, magnitudes, signed = _policy_tables(height, width)
 
@@ -283,9 +283,10 @@ def autoaugment_ops(rng: jax.Array, batch_size: int, height: int,
     sub_policy = jax.random.randint(policy_key, (), 0, len(CIFAR10_POLICY))
     applied = jax.random.uniform(prob_key, (2,)) <= probs[sub_policy]
     negative = jax.random.bernoulli(sign_key, 0.5, (2,)) & signed[sub_policy]
+    magnitude = jnp.where(negative, -magnitudes[sub_policy],
+                          magnitudes[sub_policy])
     return (jnp.where(applied, ops[sub_policy], _IDENTITY),
-            jnp.where(negative, -magnitudes[sub_policy],
-                      magnitudes[sub_policy]))
+            jnp.where(applied, magnitude, 0.0))
 
   return jax.vmap(draw)(jax.random.split(rng, batch_size))
 

@@ -378,7 +378,7 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
   try:
     # Ranked as the best so far: any fine-tuned epoch that ties or beats it
     # replaces it.
-    ckpt.save(0, state, meta, test_accuracy=0.0)
+    ckpt.save(0, state, meta, selection_accuracy=0.0)
   finally:
     ckpt.close()
   return meta
