@@ -30,6 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.crop_padding = 4
   # Random horizontal flip in training.
   config.data.random_flip = True
+  # Augmentation policy on the uint8 image, after the crop and flip: 'none',
+  # 'autoaugment' (Cubuk et al.'s CIFAR-10 policy: 25 sub-policies of two
+  # operations) or 'randaugment' (randaugment_n operations at magnitude
+  # randaugment_m of 0..30, torchvision's defaults 2 and 9). The operations
+  # are JAX ports of PIL's (jax_resnet/augment/image_ops.py).
+  config.data.policy = 'none'
+  config.data.randaugment_n = 2
+  config.data.randaugment_m = 9
   # Cutout (DeVries & Taylor): zero a random NxN square of each normalised
   # training image, which may hang over the border; 0 = off (16 is the
   # paper's for CIFAR-10, 8 for CIFAR-100).

@@ -8,6 +8,7 @@ from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import optimizers
 from jax_resnet import schedules
+from jax_resnet.augment import policies
 
 EVAL_CHECKPOINTS = ('best', 'latest')
 EVAL_WEIGHTS = ('raw', 'ema', 'swa')
@@ -70,6 +71,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _at_least(config.data.validation_examples, 0, 'data.validation_examples')
   _at_least(config.data.crop_padding, 0, 'data.crop_padding')
   _at_least(config.data.cutout, 0, 'data.cutout')
+  _choice(config.data.policy, policies.POLICIES, 'data.policy')
+  _at_least(config.data.randaugment_n, 0, 'data.randaugment_n')
+  if not 0 <= config.data.randaugment_m <= policies.RANDAUGMENT_BINS - 1:
+    raise errors.ConfigError(
+        f'data.randaugment_m must be in [0, {policies.RANDAUGMENT_BINS - 1}]; '
+        f'got {config.data.randaugment_m}.')
   _at_least(config.data.mixup_alpha, 0.0, 'data.mixup_alpha')
   _at_least(config.data.cutmix_alpha, 0.0, 'data.cutmix_alpha')
   if not 0.0 <= config.data.mix_switch_prob <= 1.0:

@@ -13,9 +13,14 @@ from PIL import Image
 from PIL import ImageEnhance
 from PIL import ImageOps
 
-# The prepared TFDS CIFAR-10 (cifar10/3.0.2/...) the tests read.
-CIFAR_DATA_DIR = os.environ.get('CIFAR_TFDS_DIR',
-                                '/work/shared/tensorflow_datasets')
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the tests look for the prepared TFDS CIFAR-10 (cifar10/3.0.2/...):
+# $CIFAR_TFDS_DIR, else the first of these that holds it.
+DATA_DIRS = (os.path.join(_ROOT, 'shared', 'tensorflow_datasets'),
+             os.path.join(os.path.dirname(_ROOT), 'shared',
+                          'tensorflow_datasets'),
+             os.environ.get('TFDS_DATA_DIR', ''),
+             os.path.expanduser('~/tensorflow_datasets'))
 # torchvision's _parse_fill(None) for an RGB image.
 FILL = (0, 0, 0)
 
@@ -25,19 +30,22 @@ def cifar_test_images(count: int) -> np.ndarray:
   """The first ``count`` CIFAR-10 test images, uint8 ``[count, 32, 32, 3]``.
 
   Raises:
-    FileNotFoundError: the prepared dataset is not in CIFAR_DATA_DIR.
+    FileNotFoundError: no prepared dataset where the tests look.
   """
-  if not os.path.isdir(os.path.join(CIFAR_DATA_DIR, 'cifar10')):
+  candidates = ((os.environ['CIFAR_TFDS_DIR'],)
+                if os.environ.get('CIFAR_TFDS_DIR') else DATA_DIRS)
+  found = [d for d in candidates
+           if d and os.path.isdir(os.path.join(d, 'cifar10'))]
+  if not found:
     raise FileNotFoundError(
-        f'The image-operation tests compare against PIL on real CIFAR-10 '
-        f'images: no prepared TFDS cifar10 in {CIFAR_DATA_DIR} (set '
-        f'CIFAR_TFDS_DIR to the TFDS data directory that holds it).')
+        'The image-operation tests compare against PIL on real CIFAR-10 '
+        f'images: no prepared TFDS cifar10 in any of {candidates} (set '
+        'CIFAR_TFDS_DIR to the TFDS data directory that holds it).')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
-  dataset = tfds.load('cifar10', split=f'test[:{count}]',
-                      data_dir=CIFAR_DATA_DIR, download=False,
-                      shuffle_files=False)
+  dataset = tfds.load('cifar10', split=f'test[:{count}]', data_dir=found[0],
+                      download=False, shuffle_files=False)
   images = [example['image'] for example in tfds.as_numpy(dataset)]
   return np.stack(images).astype(np.uint8)
 

@@ -149,3 +149,53 @@ def test_cutout_in_the_train_step_leaves_crop_and_flip_as_they_were():
   kept = seen[8] != 0
   np.testing.assert_array_equal(seen[8][kept], seen[0][kept])
   assert (~kept).any()
+
+
+@pytest.mark.parametrize('policy', ['autoaugment', 'randaugment'])
+@pytest.mark.parametrize('cutout', [0, 8])
+@pytest.mark.parametrize('mix', [(0.0, 0.0), (0.2, 1.0)])
+def test_every_combination_in_order(policy, cutout, mix):
+  """crop/flip, policy, cutout, mix: each from a stream of its own, so the
+  policy's output is the policy applied to the crop-and-flip output, and
+  with Cutout on only the square differs."""
+  images = jnp.asarray(np.stack([known_image()] * 4))
+  labels = jnp.arange(4, dtype=jnp.int32)
+  mean, std = input_pipeline.normalization_stats('dataset', 'cifar10')
+  rng = jax.random.PRNGKey(5)
+  cfg = pipeline.AugmentConfig(policy=policy, cutout=cutout,
+                               mixup_alpha=mix[0], cutmix_alpha=mix[1])
+  out, mixed = jax.jit(pipeline.train_batch, static_argnums=(3, 6))(
+      rng, images, labels, cfg, mean, std, jnp.float32)
+  assert out.shape == (4, 32, 32, 3) and (mixed is not None) == (mix[0] > 0)
+  cropped = basic.random_crop_and_flip(rng, images)
+  from jax_resnet.augment import policies  # pylint: disable=g-import-not-at-top
+  expected = input_pipeline.normalize(policies.apply_policy(
+      jax.random.fold_in(rng, pipeline.POLICY_STREAM), cropped, policy),
+                                      mean, std)
+  if cutout:
+    expected = basic.cutout(jax.random.fold_in(rng, pipeline.CUTOUT_STREAM),
+                            expected, cutout)
+  if mixed is not None:
+    from jax_resnet.augment import mix as mixing  # pylint: disable=g-import-not-at-top
+    expected, expected_labels = mixing.mix(
+        jax.random.fold_in(rng, pipeline.MIX_STREAM), expected, labels,
+        mix[0], mix[1], cfg.mix_switch_prob)
+    assert float(mixed.lam) == pytest.approx(float(expected_labels.lam))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_augmentation_figure(tmp_path):
+  from jax_resnet.tools import augmentations  # pylint: disable=g-import-not-at-top
+  images = np.stack([known_image()] * 3)
+  rows = augmentations.augmented_rows(images, np.arange(3), 'cifar10')
+  assert [label.split(' (')[0] for label, _ in rows] == [
+      label for label, _ in augmentations.ROWS]
+  # The first row is the originals, unchanged by the round trip through
+  # normalisation.
+  np.testing.assert_array_equal(rows[0][1], images)
+  assert all(r.shape == images.shape and r.dtype == np.uint8
+             for _, r in rows)
+  path = str(tmp_path / 'grid.png')
+  augmentations.write_figure(path, rows)
+  with open(path, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -110,9 +110,10 @@ def test_magnitudes_are_torchvisions(num_bins, size):
   for name, (values, signed) in torchvision_space(num_bins, *size).items():
     values = values.numpy().astype(np.float32)
     assert ours[name][1] == signed, name
-    np.testing.assert_allclose(ours[name][0], values, rtol=1e-6, err_msg=name)
-    if size == (32, 32):
-      np.testing.assert_array_equal(ours[name][0], values, err_msg=name)
+    # torch's vectorised linspace kernel can be an ulp off its scalar
+    # formula (e.g. bin 20 of 31), depending on the SIMD width.
+    np.testing.assert_allclose(ours[name][0], values, rtol=2e-7,
+                               atol=1e-30, err_msg=name)
     # What the operations use of them agrees exactly.
     if name.startswith('Translate') or name == 'Posterize':
       np.testing.assert_array_equal(np.trunc(ours[name][0]),
@@ -177,11 +178,12 @@ def test_autoaugment_draws_follow_the_table():
       assert _five_sigma(drawn.mean(), probability, count), (slot, op)
       if not drawn.any():
         continue
-      negative = magnitudes[drawn, slot] < 0
+      values = magnitudes[drawn, slot]
       if op in policies.SIGNED_OPS:
-        assert _five_sigma(negative.mean(), 0.5, drawn.sum()), op
+        nonzero = values[values != 0]  # ('Color', 0.7, 0) has magnitude 0.
+        assert _five_sigma(np.mean(nonzero < 0), 0.5, nonzero.size), op
       else:
-        assert not negative.any(), op
+        assert np.all(values >= 0), op
 
 
 def test_randaugment_draws_are_uniform_over_its_ops():
@@ -239,9 +241,9 @@ def test_apply_policy_is_deterministic_per_key_and_independent_per_image(
     cifar):
   images = np.repeat(cifar[:1], BATCH, axis=0)
   for policy in ('autoaugment', 'randaugment'):
-    first = np.asarray(apply_policy(jax.random.key(7), images, policy))
-    again = np.asarray(apply_policy(jax.random.key(7), images, policy))
-    other = np.asarray(apply_policy(jax.random.key(8), images, policy))
+    first = np.asarray(apply_policy(jax.random.key(7), images, policy, 2, 9))
+    again = np.asarray(apply_policy(jax.random.key(7), images, policy, 2, 9))
+    other = np.asarray(apply_policy(jax.random.key(8), images, policy, 2, 9))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     # Copies of one image come out differently: each draws its own ops.

@@ -172,10 +172,11 @@ def test_training_writes_metrics_and_checkpoints(mock_cifar, tmp_path,
 
 
 # A recipe whose every part draws random numbers or keeps state: EMA and SWA
-# in the train state, Mixup/CutMix and Cutout in the step, SAM's two passes.
+# in the train state, RandAugment, Cutout and Mixup/CutMix in the step, SAM's
+# two passes.
 RECIPE = {'ema_decay': 0.9, 'swa_start_epoch': 2, 'data.mixup_alpha': 0.2,
           'data.cutmix_alpha': 1.0, 'data.cutout': 8,
-          'optimizer.sam_rho': 0.05}
+          'data.policy': 'randaugment', 'optimizer.sam_rho': 0.05}
 
 
 @pytest.mark.parametrize('recipe', [{}, RECIPE], ids=['plain', 'recipe'])

@@ -10,6 +10,7 @@ import numpy as np
 from jax_resnet import input_pipeline
 from jax_resnet.augment import basic
 from jax_resnet.augment import mix
+from jax_resnet.augment import policies
 
 # The random streams of the step's augmentation key: crop and flip use the
 # key itself, the others keys folded from it.
@@ -21,6 +22,9 @@ class AugmentConfig:
   """Static training augmentation settings (``config.data``)."""
   crop_padding: int = 4
   random_flip: bool = True
+  policy: str = 'none'
+  randaugment_n: int = 2
+  randaugment_m: int = 9
   cutout: int = 0
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
@@ -37,7 +41,8 @@ def augment_config(config: ml_collections.ConfigDict) -> AugmentConfig:
   data = config.data
   return AugmentConfig(
       crop_padding=data.crop_padding, random_flip=data.random_flip,
-      cutout=data.cutout, mixup_alpha=float(data.mixup_alpha),
+      policy=data.policy, randaugment_n=data.randaugment_n,
+      randaugment_m=data.randaugment_m, cutout=data.cutout, mixup_alpha=float(data.mixup_alpha),
       cutmix_alpha=float(data.cutmix_alpha),
       mix_switch_prob=float(data.mix_switch_prob))
 
@@ -53,6 +58,10 @@ def train_batch(rng: jax.Array, images: jax.Array, labels: jax.Array,
   """
   images = basic.random_crop_and_flip(rng, images, cfg.crop_padding,
                                       cfg.random_flip)
+  if cfg.policy != 'none':
+    images = policies.apply_policy(jax.random.fold_in(rng, POLICY_STREAM),
+                                   images, cfg.policy, cfg.randaugment_n,
+                                   cfg.randaugment_m)
   images = input_pipeline.normalize(images, mean, std, dtype)
   if cfg.cutout:
     images = basic.cutout(jax.random.fold_in(rng, CUTOUT_STREAM), images,
