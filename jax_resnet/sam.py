@@ -4,8 +4,10 @@ The gradient of a step is taken twice: first at the weights w, giving g; then
 at the perturbed weights ``w + rho * g / ||g||`` (``||.||`` the global L2
 norm over all parameters). The optimiser (SGD, Adam, AdamW, with their weight
 decay) then updates w with the second gradient. The perturbation uses the
-loss gradient only, without weight decay, as the reference implementations
-do. BatchNorm statistics are updated from the first pass only: the second
+loss gradient only, without weight decay, as the PyTorch SAM (davda54/sam)
+does with the decay in its base optimiser; google-research/sam puts the L2
+penalty in the loss, so its perturbation includes the decay's gradient.
+BatchNorm statistics are updated from the first pass only: the second
 pass's are discarded.
 
 Across devices each device perturbs with the gradient of its own part of the
@@ -14,8 +16,9 @@ google-research/sam does under ``pmap``: with m devices this is m-sharpness
 at m = the per-device batch, the variant Foret et al. found to generalise
 better than perturbing with the global gradient. Inside that per-device
 computation BatchNorm normalises each device's part of the batch alone, and
-the new running statistics are the mean over devices. On one device all of
-this is plain SAM over the whole batch.
+the new running statistics are the mean over devices; each device draws its
+own stochastic depth and dropout. On one device all of this is plain SAM over
+the whole batch.
 """
 
 from typing import Any, Callable

@@ -63,6 +63,9 @@ class AveragingTrainState(TrainState):
   averages: dict[str, Any]
 
 
+# Folded into the run's key for the SWA BatchNorm passes (the train steps
+# fold their step numbers into the same key, which never reach this).
+SWA_BN_STREAM = 2**32 - 1
 # The mesh axis the batch is split over.
 DATA_AXIS = 'data'
 # The weights a state can be evaluated with (TrainState.variables).
@@ -123,6 +126,18 @@ def validated_model(config: ml_collections.ConfigDict
   return resolve_model(config)
 
 
+def initial_averages(config: ml_collections.ConfigDict,
+                     variables: dict[str, Any]) -> dict[str, Any]:
+  """The weight averages a run starts with from ``variables``: the EMA at
+  them, an empty SWA."""
+  averages = {}
+  if config.ema_decay > 0:
+    averages['ema'] = weight_averaging.copy_of(variables)
+  if config.swa_start_epoch > 0:
+    averages['swa'] = weight_averaging.swa_init(variables)
+  return averages
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        steps_per_epoch: int) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimiser state.
@@ -137,11 +152,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables['batch_stats'],
       tx=optimizers.create_optimizer(config, steps_per_epoch), rng=state_rng)
-  averages = {}
-  if config.ema_decay > 0:
-    averages['ema'] = weight_averaging.copy_of(dict(variables))
-  if config.swa_start_epoch > 0:
-    averages['swa'] = weight_averaging.swa_init(dict(variables))
+  averages = initial_averages(config, dict(variables))
   if averages:
     return AveragingTrainState.create(**fields, averages=averages)
   return TrainState.create(**fields)
@@ -170,7 +181,8 @@ def _gradients(state: TrainState, images: jax.Array, targets: jax.Array,
   SAM's (``cfg.sam_rho``), per device of ``mesh`` (sam.py); with
   ``teacher_logits``, the distillation loss (distillation.py)."""
 
-  def loss_fn(params, batch_stats, images, targets, teacher_logits):
+  def loss_fn(params, batch_stats, images, targets, teacher_logits,
+              depth_rng=depth_rng):
     logits, new_variables = state.apply_fn(
         {'params': params, 'batch_stats': batch_stats}, images,
         train=True, mutable=['batch_stats'],
@@ -188,8 +200,13 @@ def _gradients(state: TrainState, images: jax.Array, targets: jax.Array,
         state.params, state.batch_stats, *inputs)
 
   def per_device(params, batch_stats, images, targets, teacher_logits):
+    # Each device draws its own stochastic depth and dropout for its part of
+    # the batch, as under pmap with a key per device.
+    rng = (depth_rng if mesh is None else
+           jax.random.fold_in(depth_rng, jax.lax.axis_index(DATA_AXIS)))
     (loss, (logits, new_stats)), grads = sam.sam_gradient(
-        lambda p: loss_fn(p, batch_stats, images, targets, teacher_logits),
+        lambda p: loss_fn(p, batch_stats, images, targets, teacher_logits,
+                          rng),
         params, cfg.sam_rho)
     if mesh is None:
       return (loss, (logits, new_stats)), grads
@@ -339,9 +356,14 @@ class Trainer:
         donate_argnums=0, out_shardings=self.replicated)
     momentum = config.model.bn_momentum
 
-    def bn_pass(state, images):
-      """One batch's BatchNorm statistics under the SWA parameters."""
+    def bn_pass(state, images, index):
+      """One batch's BatchNorm statistics under the SWA parameters. The
+      network runs in training mode, as torch's update_bn runs it, with
+      stochastic depth and dropout drawn afresh for every batch (a key of
+      their own, from the run's key, the SWA count and the batch)."""
       swa = state.averages['swa']
+      rng = jax.random.fold_in(jax.random.fold_in(
+          jax.random.fold_in(state.rng, SWA_BN_STREAM), swa['count']), index)
       _, new = state.apply_fn(
           {'params': swa['params'],
            'batch_stats': weight_averaging.zero_stats(swa['batch_stats'])},
@@ -349,7 +371,7 @@ class Trainer:
                                    np.asarray(self.step_cfg.std),
                                    self.step_cfg.dtype),
           train=True, mutable=['batch_stats'],
-          rngs={'stochastic_depth': jax.random.PRNGKey(0)})
+          rngs={'stochastic_depth': rng})
       return weight_averaging.batch_statistics(new['batch_stats'], momentum)
 
     self._bn_pass = jax.jit(bn_pass, out_shardings=self.replicated)
@@ -417,7 +439,7 @@ class Trainer:
     total = None
     for i in range(self.steps_per_epoch):
       batch = self._gather(self.train_images, self.train_labels, order, i)
-      stats = self._bn_pass(state, batch['image'])
+      stats = self._bn_pass(state, batch['image'], i)
       total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     mean = jax.tree.map(lambda s: s / self.steps_per_epoch, total)
     return state.replace(averages={
@@ -485,10 +507,12 @@ def checkpoint_fit(config: ml_collections.ConfigDict,
                    steps_per_epoch: Optional[int] = None) -> checkpoints.Fit:
   """What the workdir's checkpoint must match to serve this command."""
   signature = run_signature(config, model)
-  # Checkpoints before signature versions were all SGD's.
+  # Checkpoints before signature versions were all SGD's, with no averages.
+  plain = (config.optimizer.name == 'sgd' and not config.ema_decay and
+           not config.swa_start_epoch)
   legacy = (checkpoints.legacy_signature(
       signature, dict(model.settings.block_kwargs),
-      dict(model.network_kwargs)) if config.optimizer.name == 'sgd' else None)
+      dict(model.network_kwargs)) if plain else None)
   return checkpoints.Fit(signature=signature, legacy_signature=legacy,
                          steps_per_epoch=steps_per_epoch)
 
@@ -523,6 +547,11 @@ def load_data(config: ml_collections.ConfigDict, train: bool = True
       train_split, validation_split = input_pipeline.hold_out(train_split,
                                                               held_out)
       if limit:
+        if limit > train_split.num_examples:
+          raise errors.ConfigError(
+              f'data.train_examples={limit} is more than the '
+              f'{train_split.num_examples} training examples left after '
+              f'data.validation_examples={held_out}.')
         train_split = input_pipeline.Split(train_split.images[:limit],
                                            train_split.labels[:limit])
     if train_split.num_examples < config.batch_size:
@@ -595,6 +624,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # Checkpoints from before the selection was recorded selected on the
     # test accuracy.
     selected = meta.get('selected_test_accuracy', meta['best_test_accuracy'])
+    if meta.get('selection_metric', selection) != selection:
+      raise checkpoints.CheckpointMismatchError(
+          f'The checkpoints in {workdir} were ranked by '
+          f"{meta['selection_metric']}; this command ranks by {selection} "
+          '(eval_weights or data.validation_examples differ), which would '
+          'mix the two in one best checkpoint. Use another --workdir, or '
+          'the settings that wrote it.')
     print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
           f'{workdir}.', flush=True)
   else:
@@ -651,6 +687,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       }
       logger.write(record, config.num_epochs)
       meta = {'epoch': epoch + 1, **best, 'selected_test_accuracy': selected,
+              'selection_metric': selection,
               'test_accuracy': test_metrics['test_accuracy'],
               'steps_per_epoch': trainer.steps_per_epoch,
               'signature': fit.signature}

@@ -68,6 +68,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError('optimizer.label_smoothing must be in [0, 1); got '
                      f'{config.optimizer.label_smoothing}.')
   _at_least(config.data.train_examples, 0, 'data.train_examples')
+  if not 0.0 < config.model.bn_momentum <= 1.0:
+    raise errors.ConfigError('model.bn_momentum must be in (0, 1] (PyTorch '
+                             "convention: the new batch's weight); got "
+                             f'{config.model.bn_momentum}.')
   _at_least(config.data.validation_examples, 0, 'data.validation_examples')
   _at_least(config.data.crop_padding, 0, 'data.crop_padding')
   _at_least(config.data.cutout, 0, 'data.cutout')

@@ -301,3 +301,9 @@ class TestStagesAndStem:
         variables, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
     (stage1,) = state['intermediates']['stage1_block1']['__call__']
     assert stage1.shape == (1, 8, 8, 64)
+
+
+def test_bn_momentum_is_checked():
+  with pytest.raises(errors.ConfigError, match=r'model.bn_momentum must be in '
+                     r'\(0, 1\]'):
+    validation.validate_config(tiny_config(**{'model.bn_momentum': 0.0}))

@@ -287,3 +287,9 @@ def test_report_uses_the_selected_epoch_and_says_how(tmp_path):
   with open(root / 'results.md') as f:
     text = f.read()
   assert 'held out of the training set' in text and '55.00' in text
+
+
+def test_welch_without_spread_gives_only_the_difference():
+  w = significance.welch([90.0, 90.0], [89.0, 89.0])
+  assert w.difference == pytest.approx(1.0)
+  assert (w.ci_low, w.ci_high, w.p_value) == (None, None, None)

@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, command_env, tiny_config
 from jax_resnet import errors
 from jax_resnet import sam
+from jax_resnet.augment import pipeline
 from jax_resnet import train
 
 
@@ -47,7 +48,29 @@ def test_sam_step_updates_with_the_second_gradient_and_first_pass_bn():
   for a, b in zip(jax.tree.leaves(sam_state.batch_stats),
                   jax.tree.leaves(plain_state.batch_stats)):
     np.testing.assert_array_equal(a, b)
-  # The update is another: SGD's from the gradient at the perturbed weights.
+  # The update is SGD's from the gradient at the perturbed weights, by hand:
+  # the step's augmentation and stochastic-depth keys, then sam_gradient.
+  cfg = train.step_config(config)
+  augment_rng, depth_rng = jax.random.split(
+      jax.random.fold_in(state.rng, state.step))
+  images, _ = pipeline.train_batch(augment_rng, batch['image'],
+                                   batch['label'], cfg.augment,
+                                   np.asarray(cfg.mean), np.asarray(cfg.std),
+                                   cfg.dtype)
+  targets = jax.nn.one_hot(batch['label'], 10)
+
+  def loss_fn(params):
+    logits, new = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, mutable=['batch_stats'],
+        rngs={'stochastic_depth': depth_rng})
+    return train.soft_cross_entropy(logits, targets).mean(), new
+
+  _, grads = sam.sam_gradient(loss_fn, state.params, 0.05)
+  expected = state.apply_gradients(grads=grads)
+  for a, b in zip(jax.tree.leaves(expected.params),
+                  jax.tree.leaves(sam_state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(
       jax.tree.leaves(sam_state.params), jax.tree.leaves(plain_state.params))]
   assert max(moved) > 1e-5

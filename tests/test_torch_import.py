@@ -5,6 +5,7 @@ import copy
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -138,3 +139,33 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
   with pytest.raises(torch_import.ConversionError,
                      match='already holds checkpoints'):
     torch_import.convert(config, checkpoint, workdir)
+
+
+def test_imported_weights_start_the_averages(tmp_path):
+  """With ema_decay and SWA on, the EMA starts at the imported weights (not
+  at a random initialisation), so an imported EMA-judged workdir evaluates,
+  fine-tunes and teaches with them."""
+  config, _, reference, variables = make_pair('basic', scan_blocks=False,
+                                              depth=8)
+  config.batch_size = config.eval_batch_size = 16
+  config.ema_decay = 0.999
+  config.swa_start_epoch = 1
+  config.num_epochs = 1
+  checkpoint = saved_checkpoint(tmp_path, reference.state_dict())
+  workdir = str(tmp_path / 'imported')
+  with tfds.testing.mock_data(num_examples=40):
+    torch_import.convert(config, checkpoint, workdir)
+    model = train.resolve_model(config)
+    trainer = train.Trainer(config, model,
+                            *train.load_data(config, train=False))
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    state, _ = ckpt.restore('latest', trainer.abstract_state(),
+                            train.checkpoint_fit(config, model))
+  finally:
+    ckpt.close()
+  for weights in ('raw', 'ema', 'swa'):
+    for a, b in zip(jax.tree.leaves(state.variables(weights)),
+                    jax.tree.leaves(variables)):
+      np.testing.assert_array_equal(a, b)
+  assert int(state.averages['swa']['count']) == 0

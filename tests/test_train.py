@@ -179,9 +179,13 @@ RECIPE = {'ema_decay': 0.9, 'swa_start_epoch': 2, 'data.mixup_alpha': 0.2,
           'data.policy': 'randaugment', 'optimizer.sam_rho': 0.05}
 
 
-@pytest.mark.parametrize('recipe', [{}, RECIPE], ids=['plain', 'recipe'])
+# The plain run stops in epoch 2; the recipe in epoch 3, so that the
+# checkpoint it resumes from holds a non-empty SWA.
+@pytest.mark.parametrize('recipe,stop', [({}, 4), (RECIPE, 6)],
+                         ids=['plain', 'recipe'])
 def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
-                                                        monkeypatch, recipe):
+                                                        monkeypatch, recipe,
+                                                        stop):
   del mock_cifar
   config = tiny_config(num_epochs=3, **recipe)
   config.model.block = 'stochastic_depth'  # RNG-dependent training too.
@@ -201,7 +205,7 @@ def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
 
     def interrupting_step(state, batch):
       calls['n'] += 1
-      if calls['n'] == 4:  # Second step of epoch 2.
+      if calls['n'] == stop:  # The second step of an epoch.
         raise Interrupt()
       return step(state, batch)
 
@@ -211,8 +215,8 @@ def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
     m.setattr(train.Trainer, '__init__', init_with_interrupting_step)
     with pytest.raises(Interrupt):
       train.train_and_evaluate(config, resumed_dir)
-  assert calls['n'] == 4
-  assert len(metric_logging.read_metrics(resumed_dir)) == 1
+  assert calls['n'] == stop
+  assert len(metric_logging.read_metrics(resumed_dir)) == stop // 2 - 1
   train.train_and_evaluate(config, resumed_dir)
 
   assert records(full_dir) == records(resumed_dir)

@@ -39,6 +39,10 @@ def test_load_data_holds_out_validation_disjoint_from_training(mock_cifar):
   np.testing.assert_array_equal(limited.train.images, full.images[:16])
   np.testing.assert_array_equal(limited.validation.images, full.images[-8:])
   assert train.load_data(tiny_config()).validation is None
+  with pytest.raises(errors.ConfigError, match='data.train_examples=40 is '
+                     'more than the 32 training examples left'):
+    train.load_data(tiny_config(**{'data.validation_examples': 8,
+                                   'data.train_examples': 40}))
 
 
 def test_best_checkpoint_is_chosen_on_validation(mock_cifar, tmp_path):

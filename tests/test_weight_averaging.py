@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, records, run_main, tiny_config
+from jax_resnet import checkpoints
 from jax_resnet import errors
 from jax_resnet import train
 from jax_resnet import weight_averaging
@@ -160,3 +161,16 @@ def test_swa_settings_are_checked():
     train.validated_model(tiny_config(swa_start_epoch=3))
   with pytest.raises(errors.ConfigError, match="eval_weights='swa' needs"):
     train.validated_model(tiny_config(eval_weights='swa'))
+
+
+def test_resume_refuses_another_selection(mock_cifar, tmp_path):
+  """Checkpoints ranked by the raw accuracy are not continued with the EMA's
+  ranking: one best checkpoint would mix the two."""
+  del mock_cifar
+  workdir = str(tmp_path / 'ema_raw')
+  train.train_and_evaluate(tiny_config(num_epochs=1, ema_decay=0.9), workdir)
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match='ranked by test_accuracy; this command ranks by '
+                     'ema_test_accuracy'):
+    train.train_and_evaluate(
+        tiny_config(num_epochs=2, ema_decay=0.9, eval_weights='ema'), workdir)

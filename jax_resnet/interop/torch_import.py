@@ -365,6 +365,10 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
   state = state.replace(params=variables['params'],
                         batch_stats=variables['batch_stats'],
                         opt_state=state.tx.init(variables['params']))
+  averages = train.initial_averages(config, dict(variables))
+  if averages:
+    # The EMA starts at the imported weights, as a run's at its initial ones.
+    state = state.replace(averages=averages)
   state = jax.device_put(state, trainer.replicated)
   meta = {'epoch': 0, 'best_test_accuracy': 0.0, 'test_accuracy': None,
           'steps_per_epoch': trainer.steps_per_epoch,

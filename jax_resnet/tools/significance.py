@@ -9,8 +9,9 @@ in two settings) with accuracies a (n_a seeds) and b (n_b seeds):
 - the two-sided p-value of Welch's t-test (``scipy.stats.ttest_ind`` with
   ``equal_var=False``).
 
-Both need two or more seeds on each side; with fewer, only the difference is
-given. A p-value is per comparison: with many blocks and settings, some small
+Both need two or more seeds on each side, and some spread: with fewer
+seeds, or every seed equal on both sides (the t statistic undefined), only
+the difference is given. A p-value is per comparison: with many blocks and settings, some small
 p-values arise by chance alone.
 """
 
@@ -40,7 +41,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
   if not a or not b:
     raise ValueError('welch needs at least one value on each side.')
   difference = math.fsum(a) / len(a) - math.fsum(b) / len(b)
-  if len(a) < 2 or len(b) < 2:
+  if len(a) < 2 or len(b) < 2 or (len(set(a)) == 1 and len(set(b)) == 1):
     return Welch(difference, None, None, None, len(a), len(b))
   result = stats.ttest_ind(a, b, equal_var=False)
   interval = result.confidence_interval(CONFIDENCE)
@@ -123,7 +124,8 @@ def markdown(kind: str, reference: str, rows: Sequence[Row],
       f'{reference} ({where}), '
       f'in percentage points, over the finished seeds; the {CONFIDENCE:.0%} '
       "confidence interval of that difference and the p-value of Welch's "
-      't-test (two-sided, unequal variances; n/a below two seeds a side). '
+      't-test (two-sided, unequal variances; n/a below two seeds a side '
+      'or without spread). '
       f'{selection_note} Many comparisons give some small p-values by '
       'chance alone.', '',
       '| setting | block | seeds | best: difference | best: 95% CI | best: '
