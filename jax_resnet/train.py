@@ -202,7 +202,7 @@ def _gradients(state: TrainState, images: jax.Array, targets: jax.Array,
   def per_device(params, batch_stats, images, targets, teacher_logits):
     # Each device draws its own stochastic depth and dropout for its part of
     # the batch, as under pmap with a key per device.
-    rng = (depth_rng if mesh is None else
+    rng = (depth_rng if mesh is None or mesh.size == 1 else
            jax.random.fold_in(depth_rng, jax.lax.axis_index(DATA_AXIS)))
     (loss, (logits, new_stats)), grads = sam.sam_gradient(
         lambda p: loss_fn(p, batch_stats, images, targets, teacher_logits,
