@@ -14,6 +14,7 @@ from jax_resnet import runtime
 runtime.configure()
 
 import jax
+import numpy as np
 import pytest
 
 # Tiny models compile faster without XLA's heavier optimisation passes.
@@ -114,3 +115,15 @@ def workdir_bytes(workdir) -> dict[str, bytes]:
       with open(path, 'rb') as f:
         out[os.path.relpath(path, workdir)] = f.read()
   return out
+
+
+def step_images(state, batch, cfg):
+  """What ``train.train_step`` feeds the network, by hand: the augmented,
+  normalised images (and mixed labels) and the stochastic-depth key."""
+  from jax_resnet.augment import pipeline  # pylint: disable=g-import-not-at-top
+  augment_rng, depth_rng = jax.random.split(
+      jax.random.fold_in(state.rng, state.step))
+  images, mixed = pipeline.train_batch(
+      augment_rng, batch['image'], batch['label'], cfg.augment,
+      np.asarray(cfg.mean), np.asarray(cfg.std), cfg.dtype)
+  return images, mixed, depth_rng

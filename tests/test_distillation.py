@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import step_images, tiny_config
 from jax_resnet import distillation
 from jax_resnet import errors
 from jax_resnet import train
@@ -57,13 +57,7 @@ def test_distilling_step_loss_and_teacher_in_eval_mode(teacher_workdir,
                                          teacher=teacher))(state, batch)
   # By hand: the step's augmentation, the student's logits, the teacher's
   # logits on the same images in its own (ImageNet) normalisation.
-  from jax_resnet.augment import pipeline  # pylint: disable=g-import-not-at-top
-  augment_rng, depth_rng = jax.random.split(
-      jax.random.fold_in(state.rng, state.step))
-  images, _ = pipeline.train_batch(augment_rng, batch['image'],
-                                   batch['label'], cfg.augment,
-                                   np.asarray(cfg.mean), np.asarray(cfg.std),
-                                   cfg.dtype)
+  images, _, depth_rng = step_images(state, batch, cfg)
   logits, _ = state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, images,
       train=True, mutable=['batch_stats'],

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, command_env, tiny_config
+from conftest import ROOT, command_env, step_images, tiny_config
 from jax_resnet import errors
 from jax_resnet import sam
-from jax_resnet.augment import pipeline
 from jax_resnet import train
 
 
@@ -51,12 +50,7 @@ def test_sam_step_updates_with_the_second_gradient_and_first_pass_bn():
   # The update is SGD's from the gradient at the perturbed weights, by hand:
   # the step's augmentation and stochastic-depth keys, then sam_gradient.
   cfg = train.step_config(config)
-  augment_rng, depth_rng = jax.random.split(
-      jax.random.fold_in(state.rng, state.step))
-  images, _ = pipeline.train_batch(augment_rng, batch['image'],
-                                   batch['label'], cfg.augment,
-                                   np.asarray(cfg.mean), np.asarray(cfg.std),
-                                   cfg.dtype)
+  images, _, depth_rng = step_images(state, batch, cfg)
   targets = jax.nn.one_hot(batch['label'], 10)
 
   def loss_fn(params):
