@@ -12,7 +12,7 @@ import optax
 
 sys.path.insert(0, __file__.rsplit('/tests/', 1)[0])
 sys.path.insert(0, __file__.rsplit('/', 1)[0])
-from conftest import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import step_images, tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax_resnet import sam  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax_resnet import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -35,12 +35,8 @@ def main():
   new_state, metrics = step(state, sharded)
 
   # The same by hand: the step's augmentation, then SAM on each half.
-  step_rng = jax.random.fold_in(state.rng, state.step)
-  augment_rng, depth_rng = jax.random.split(step_rng)
-  from jax_resnet.augment import pipeline  # pylint: disable=g-import-not-at-top
-  images, _ = pipeline.train_batch(
-      augment_rng, jnp.asarray(batch['image']), jnp.asarray(batch['label']),
-      cfg.augment, np.asarray(cfg.mean), np.asarray(cfg.std), cfg.dtype)
+  images, _, depth_rng = step_images(
+      state, jax.tree.map(jnp.asarray, batch), cfg)
   targets = jax.nn.one_hot(batch['label'], 10)
   grads, stats, losses = [], [], []
   for half in (slice(0, 8), slice(8, 16)):

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import tiny_config
+from conftest import step_images, tiny_config
 
 from jax_resnet.augment import mix
-from jax_resnet.augment import pipeline
 from jax_resnet import train
 
 
@@ -122,11 +121,8 @@ def test_mixed_loss_in_the_train_step():
   images, labels = batch(8)
   uint8 = jnp.asarray(np.clip(np.asarray(images) * 60 + 128, 0, 255),
                       jnp.uint8)
-  rng = jax.random.fold_in(state.rng, state.step)
-  augment_rng, depth_rng = jax.random.split(rng)
-  mean, std = np.asarray(cfg.mean), np.asarray(cfg.std)
-  augmented, mixed = pipeline.train_batch(augment_rng, uint8, labels,
-                                          cfg.augment, mean, std, cfg.dtype)
+  augmented, mixed, depth_rng = step_images(
+      state, {'image': uint8, 'label': labels}, cfg)
   logits, _ = state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, augmented,
       train=True, mutable=['batch_stats'],
