@@ -138,12 +138,13 @@ class Checkpointer:
         metrics={BEST_METRIC: selection_accuracy})
     self._manager.wait_until_finished()
 
-  def _candidates(self, kind: str) -> list[tuple[ocp.CheckpointManager, int,
-                                                 str]]:
+  def _candidates(self, kind: str, max_step: Optional[int] = None
+                  ) -> list[tuple[ocp.CheckpointManager, int, str]]:
     """(manager, step, directory) to try for ``kind``, most wanted first."""
     if kind == 'latest':
       return [(self._manager, step, self.directory)
-              for step in sorted(self._manager.all_steps(), reverse=True)]
+              for step in sorted(self._manager.all_steps(), reverse=True)
+              if max_step is None or step <= max_step]
     ranked = []
     for step in self._manager.all_steps():
       metrics = self._manager.metrics(step)
@@ -161,8 +162,8 @@ class Checkpointer:
     ranked.sort(key=lambda item: (item[0], item[1]), reverse=True)
     return [(manager, step, where) for _, step, manager, where in ranked]
 
-  def restore(self, kind: str, abstract_state: Any,
-              fit: Fit) -> tuple[Any, dict[str, Any]]:
+  def restore(self, kind: str, abstract_state: Any, fit: Fit,
+              max_step: Optional[int] = None) -> tuple[Any, dict[str, Any]]:
     """Restores the newest (or best) readable checkpoint.
 
     Args:
@@ -170,6 +171,7 @@ class Checkpointer:
       abstract_state: the state's structure, shapes, dtypes and shardings
         (e.g. ``jax.eval_shape`` of the initialiser).
       fit: what the checkpoint must match.
+      max_step: 'latest' only: the newest at or before this step.
 
     Returns:
       (state, meta).
@@ -181,9 +183,11 @@ class Checkpointer:
     if kind not in CHECKPOINT_KINDS:
       raise errors.ConfigError(f'Unknown checkpoint {kind!r}; valid: '
                                f'{", ".join(CHECKPOINT_KINDS)}.')
-    candidates = self._candidates(kind)
+    candidates = self._candidates(kind, max_step)
     if not candidates:
-      raise NoCheckpointError(f'No {kind} checkpoint in {self.directory}.')
+      at = '' if max_step is None else f' at or before step {max_step}'
+      raise NoCheckpointError(f'No {kind} checkpoint{at} in '
+                              f'{self.directory}.')
     errors_seen = []
     for manager, step, where in candidates:
       try:

@@ -52,8 +52,9 @@ class MetricLogger:
   """Writes epoch records; on resume, drops records past the checkpoint."""
 
   def __init__(self, workdir: str, resumed_epoch: int,
-               mixed_targets: bool = False):
+               mixed_targets: bool = False, prefix: str = ''):
     self._mixed_targets = mixed_targets
+    self._prefix = prefix  # Of the printed line, e.g. 'seed 1: '.
     self._path = os.path.join(workdir, METRICS_FILE)
     # Records of epochs after the restored checkpoint come from a run that was
     # killed before it saved them; that epoch runs again and is rewritten.
@@ -71,7 +72,8 @@ class MetricLogger:
     missing = set(EPOCH_KEYS) - set(record)
     if missing:
       raise ValueError(f'Epoch record lacks {sorted(missing)}.')
-    print(format_epoch(record, num_epochs, self._mixed_targets), flush=True)
+    print(self._prefix + format_epoch(record, num_epochs,
+                                      self._mixed_targets), flush=True)
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
       f.flush()

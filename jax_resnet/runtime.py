@@ -19,18 +19,35 @@ CPU_XLA_FLAGS = (
 )
 
 
+def cpu_xla_flags(platform_name: str, conv_backend: str,
+                  kernels_run: bool) -> tuple[str, ...]:
+  """The project's XLA flags for a process on ``platform_name`` with
+  ``model.conv_backend``, where the CPU kernels can run or not
+  (``kernels_run``): ``CPU_XLA_FLAGS`` on the CPU when the convolutions are
+  XLA's, none otherwise."""
+  from jax_resnet import platforms  # pylint: disable=g-import-not-at-top
+  if not platforms.cpu_work(platform_name):
+    return ()
+  if conv_backend != 'xla' and kernels_run:
+    return ()
+  return CPU_XLA_FLAGS
+
+
 def configure(conv_backend: str = 'auto') -> None:
   """Sets XLA_FLAGS for ``model.conv_backend`` (before JAX starts a backend).
 
-  The project's XLA CPU flags are added, unless already chosen, when the
-  convolutions will be XLA's: ``conv_backend='xla'`` or a CPU the project's
-  kernels do not run on.
+  The project's XLA CPU flags are added, unless already chosen, when JAX
+  will run on the CPU (``platforms.expected_platform``) and the convolutions
+  will be XLA's: ``conv_backend='xla'`` or a CPU the project's kernels do
+  not run on.
   """
-  from jax_resnet.ops import cpu_kernels  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jax_resnet import platforms
+  from jax_resnet.ops import cpu_kernels
+  # pylint: enable=g-import-not-at-top
   xla_flags = os.environ.get('XLA_FLAGS', '')
-  wanted = CPU_XLA_FLAGS
-  if conv_backend != 'xla' and cpu_kernels.cpu_can_run()[0]:
-    wanted = ()
+  wanted = cpu_xla_flags(platforms.expected_platform(), conv_backend,
+                         cpu_kernels.cpu_can_run()[0])
   for flag in wanted:
     name = flag.split('=')[0]
     if name not in xla_flags:

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 from absl import logging
 from flax.training import train_state
@@ -25,10 +25,12 @@ from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
 from jax_resnet import optimizers
+from jax_resnet import platforms
 from jax_resnet import sam
 from jax_resnet import schedules
 from jax_resnet.models import layers
 from jax_resnet.models import registry
+from jax_resnet.ops import canonical_conv
 from jax_resnet import validation
 from jax_resnet import weight_averaging
 
@@ -106,7 +108,7 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                     distill_temperature=float(config.distill.temperature))
 
 
-def shuffle_key(seed: int) -> jax.Array:
+def shuffle_key(seed: Any) -> jax.Array:
   """Key of the per-epoch data order, independent of the step keys."""
   return jax.random.split(jax.random.PRNGKey(seed), 3)[2]
 
@@ -139,12 +141,15 @@ def initial_averages(config: ml_collections.ConfigDict,
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
-                       steps_per_epoch: int) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and optimiser state.
+                       steps_per_epoch: int,
+                       seed: Optional[int] = None) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimiser state from
+  ``seed`` (default ``config.seed``).
 
   Under ``jax.eval_shape`` it gives the state's shapes without computing.
   """
-  init_rng, state_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  seed = config.seed if seed is None else seed
+  init_rng, state_rng, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
   dtype = layers.DTYPES[config.model.dtype]
   variables = jax.jit(functools.partial(model.init, train=False))(
       init_rng, jnp.zeros((2, 32, 32, 3), dtype))
@@ -278,6 +283,104 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array],
           'count': jnp.sum(mask)}
 
 
+def epoch_order(step: jax.Array, seed: jax.Array, num_examples: int,
+                steps_per_epoch: int) -> jax.Array:
+  """The shuffled example order of the epoch that train step ``step``
+  belongs to: a permutation from the seed and the epoch alone, so every
+  process, every resumed run and every packed seed draws what its own run
+  would. ``step`` and ``seed`` are device scalars."""
+  epoch = step // steps_per_epoch
+  return jax.random.permutation(jax.random.fold_in(shuffle_key(seed), epoch),
+                                num_examples)
+
+
+def train_steps(state: TrainState, images: jax.Array, labels: jax.Array,
+                order: jax.Array, teacher_variables: Optional[Any], *,
+                cfg: StepConfig, mesh: Optional[Mesh],
+                teacher: Optional[distillation.Teacher], batch_size: int,
+                steps_per_epoch: int, count: int,
+                data_sharding: Optional[NamedSharding] = None
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """``count`` train steps: each gathers its batch from the device-resident
+  training set (``images``, ``labels``) at its place in the epoch's
+  ``order`` (from ``state.step``), split over ``data_sharding``, then runs
+  ``train_step``. One step, or a ``lax.scan`` over ``count``; the metrics
+  are stacked, ``[count]`` each. ``teacher_variables``: the distillation
+  teacher's (with ``teacher``), else None."""
+  if teacher is not None:
+    teacher = dataclasses.replace(teacher, variables=teacher_variables)
+
+  def one_step(state, _):
+    index = state.step % steps_per_epoch
+    idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+    batch = {'image': images[idx], 'label': labels[idx]}
+    if data_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, data_sharding)
+    return train_step(state, batch, cfg, mesh, teacher)
+
+  if count == 1:
+    state, metrics = one_step(state, None)
+    return state, jax.tree.map(lambda x: x[None], metrics)
+  # XLA:CPU needs the convolution gradients of a loop body in canonical form.
+  with canonical_conv.loop_body():
+    return jax.lax.scan(one_step, state, length=count)
+
+
+def evaluate_batches(state: TrainState, batches: dict[str, jax.Array],
+                     cfg: StepConfig, weights: str = 'raw'
+                     ) -> dict[str, jax.Array]:
+  """``eval_step``'s sums over all of ``batches`` ([batches, eval batch]
+  arrays), scanned in one compiled call."""
+
+  def add(totals, batch):
+    sums = eval_step(state, batch, cfg, weights)
+    return jax.tree.map(jnp.add, totals, sums), None
+
+  shapes = jax.eval_shape(
+      functools.partial(eval_step, cfg=cfg, weights=weights), state,
+      jax.tree.map(lambda x: x[0], batches))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  totals, _ = jax.lax.scan(add, zeros, batches)
+  return totals
+
+
+def swa_average(state: AveragingTrainState, images: jax.Array,
+                cfg: StepConfig, momentum: float, batch_size: int,
+                num_batches: int,
+                data_sharding: Optional[NamedSharding] = None
+                ) -> AveragingTrainState:
+  """Adds the parameters to the SWA, then recomputes its BatchNorm
+  statistics: the mean of each training batch's, the batches in the data's
+  order without augmentation (the last partial batch left out). The
+  network runs in training mode, as torch's update_bn runs it, with
+  stochastic depth and dropout drawn afresh for every batch (a key of their
+  own, from the run's key, the SWA count and the batch)."""
+  swa = weight_averaging.swa_update(state.averages['swa'], state.params)
+  zero_stats = weight_averaging.zero_stats(swa['batch_stats'])
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, SWA_BN_STREAM),
+                           swa['count'])
+
+  def add(total, index):
+    batch = jax.lax.dynamic_slice_in_dim(images, index * batch_size,
+                                         batch_size)
+    if data_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, data_sharding)
+    _, new = state.apply_fn(
+        {'params': swa['params'], 'batch_stats': zero_stats},
+        input_pipeline.normalize(batch, np.asarray(cfg.mean),
+                                 np.asarray(cfg.std), cfg.dtype),
+        train=True, mutable=['batch_stats'],
+        rngs={'stochastic_depth': jax.random.fold_in(key, index)})
+    stats = weight_averaging.batch_statistics(new['batch_stats'], momentum)
+    return jax.tree.map(jnp.add, total, stats), None
+
+  total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, zero_stats),
+                          jnp.arange(num_batches))
+  mean = jax.tree.map(lambda s: s / num_batches, total)
+  return state.replace(averages={**state.averages,
+                                 'swa': {**swa, 'batch_stats': mean}})
+
+
 class EvalSet(NamedTuple):
   """An evaluation split on the devices: [batches, eval batch] arrays of
   images, labels and a mask that is 0 on the padding."""
@@ -293,8 +396,13 @@ class Trainer:
                model: registry.ResolvedModel,
                train_split: Optional[input_pipeline.Split],
                test_split: input_pipeline.Split,
-               validation_split: Optional[input_pipeline.Split] = None):
+               validation_split: Optional[input_pipeline.Split] = None,
+               seeds: Optional[Sequence[int]] = None):
     self.config = config
+    # Packed seeds (``pack_seeds``): the train state of each seed stacked on
+    # a leading axis and every compiled call vmapped over it. None: one
+    # seed, config.seed, unstacked.
+    self.seeds = None if seeds is None else tuple(seeds)
     self.mesh = Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
@@ -310,71 +418,64 @@ class Trainer:
     if validation_split is not None:
       self.eval_sets['validation'] = self._eval_set(validation_split)
 
-    batch_size = config.batch_size
-
-    def gather(images, labels, order, index):
-      idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
-      return {'image': images[idx], 'label': labels[idx]}
-
-    self._gather = jax.jit(gather, out_shardings=self.data_sharding)
+    self._seed = jax.device_put(
+        np.asarray(self.seeds if self.packed else config.seed, np.int32),
+        self.replicated)
     self._permutation = jax.jit(
-        lambda epoch: jax.random.permutation(
-            jax.random.fold_in(shuffle_key(config.seed), epoch),
-            self.num_train),
+        self._over_seeds(functools.partial(
+            epoch_order, num_examples=self.num_train,
+            steps_per_epoch=max(self.steps_per_epoch, 1)), (0, 0)),
         out_shardings=self.replicated)
     self.teacher = None
     if train_split is not None and config.distill.teacher_workdir:
       self.teacher = distillation.load_teacher(config)
-    if self.teacher is None:
-      self.train_step = jax.jit(
-          functools.partial(train_step, cfg=self.step_cfg, mesh=self.mesh),
-          donate_argnums=0, out_shardings=(self.replicated, self.replicated))
-    else:
-      teacher = self.teacher
-      teacher_variables = jax.device_put(teacher.variables, self.replicated)
-
-      def distilling_step(state, batch, variables):
-        return train_step(state, batch, cfg=self.step_cfg, mesh=self.mesh,
-                          teacher=dataclasses.replace(teacher,
-                                                      variables=variables))
-
-      step = jax.jit(distilling_step, donate_argnums=0,
-                     out_shardings=(self.replicated, self.replicated))
-      self.train_step = lambda state, batch: step(state, batch,
-                                                  teacher_variables)
-    self.eval_steps = {
-        weights: jax.jit(functools.partial(eval_step, cfg=self.step_cfg,
-                                           weights=weights),
-                         out_shardings=self.replicated)
-        for weights in WEIGHTS}
+    self._teacher_variables = (
+        None if self.teacher is None else
+        jax.device_put(self.teacher.variables, self.replicated))
+    self.steps_per_dispatch = platforms.steps_per_dispatch(
+        config.steps_per_dispatch)
+    # The compiled dispatches of the training loop, by their step count.
+    self._dispatches = {}
+    self._evaluations = {}
     self.learning_rate = schedules.learning_rate_fn(
         config, max(self.steps_per_epoch, 1))
-    self._swa_update = jax.jit(
-        lambda state: state.replace(averages={
-            **state.averages, 'swa': weight_averaging.swa_update(
-                state.averages['swa'], state.params)}),
+    self._swa_average = jax.jit(
+        self._over_seeds(functools.partial(swa_average, cfg=self.step_cfg,
+                          momentum=config.model.bn_momentum,
+                          batch_size=config.batch_size,
+                          num_batches=self.steps_per_epoch,
+                          data_sharding=self.data_sharding), (0, None)),
         donate_argnums=0, out_shardings=self.replicated)
-    momentum = config.model.bn_momentum
 
-    def bn_pass(state, images, index):
-      """One batch's BatchNorm statistics under the SWA parameters. The
-      network runs in training mode, as torch's update_bn runs it, with
-      stochastic depth and dropout drawn afresh for every batch (a key of
-      their own, from the run's key, the SWA count and the batch)."""
-      swa = state.averages['swa']
-      rng = jax.random.fold_in(jax.random.fold_in(
-          jax.random.fold_in(state.rng, SWA_BN_STREAM), swa['count']), index)
-      _, new = state.apply_fn(
-          {'params': swa['params'],
-           'batch_stats': weight_averaging.zero_stats(swa['batch_stats'])},
-          input_pipeline.normalize(images, np.asarray(self.step_cfg.mean),
-                                   np.asarray(self.step_cfg.std),
-                                   self.step_cfg.dtype),
-          train=True, mutable=['batch_stats'],
-          rngs={'stochastic_depth': rng})
-      return weight_averaging.batch_statistics(new['batch_stats'], momentum)
+  @property
+  def packed(self) -> bool:
+    return self.seeds is not None
 
-    self._bn_pass = jax.jit(bn_pass, out_shardings=self.replicated)
+  @property
+  def num_members(self) -> int:
+    """The runs trained together: the packed seeds, or one."""
+    return len(self.seeds) if self.packed else 1
+
+  def _over_seeds(self, fn, in_axes):
+    """``fn``, vmapped over the packed seeds (``in_axes``) when packed."""
+    return jax.vmap(fn, in_axes=in_axes) if self.packed else fn
+
+  def member_state(self, state: TrainState, index: int) -> TrainState:
+    """The train state of one packed seed (the state itself unpacked)."""
+    if not self.packed:
+      return state
+    return jax.tree.map(lambda x: x[index], state)
+
+  def stack(self, states: Sequence[TrainState]) -> TrainState:
+    """The state of the members' states (``member_state``'s inverse)."""
+    if not self.packed:
+      (state,) = states
+      return state
+    # Leaf by leaf: each state carries its own (equal) optimiser object.
+    leaves = [jnp.stack(xs) for xs in zip(*map(jax.tree.leaves, states))]
+    return jax.device_put(
+        jax.tree.unflatten(jax.tree.structure(states[0]), leaves),
+        self.replicated)
 
   def _eval_set(self, split: input_pipeline.Split) -> EvalSet:
     """A split on the devices in whole eval batches; padding is masked
@@ -399,13 +500,16 @@ class Trainer:
     return self.eval_sets['test'].num_examples
 
   def init_state(self) -> TrainState:
-    """A fresh, replicated train state."""
-    state = create_train_state(self.config, self.model,
-                               max(self.steps_per_epoch, 1))
-    return jax.device_put(state, self.replicated)
+    """A fresh, replicated train state (stacked, when packed)."""
+    states = [jax.device_put(create_train_state(
+        self.config, self.model, max(self.steps_per_epoch, 1), seed),
+                             self.replicated)
+              for seed in (self.seeds or (self.config.seed,))]
+    return self.stack(states)
 
   def abstract_state(self) -> TrainState:
-    """The train state's shapes, dtypes and shardings, nothing computed."""
+    """The train state's shapes, dtypes and shardings, nothing computed (of
+    one member, as each workdir saves it)."""
     return checkpoints.with_sharding(
         jax.eval_shape(functools.partial(
             create_train_state, self.config, self.model,
@@ -415,69 +519,124 @@ class Trainer:
                split: str = 'test') -> dict[str, float]:
     """Loss and accuracy (percent) over the whole of an eval set ('test' or
     'validation'), of the trained weights or (``weights='ema'``) their
-    average, as ``{split}_loss`` and ``{split}_accuracy``."""
+    average, as ``{split}_loss`` and ``{split}_accuracy``: one compiled call
+    over all of the set's batches. Of an unpacked state; see
+    ``evaluate_members``."""
+    (result,) = self.evaluate_members(state, weights, split)
+    return result
+
+  def evaluate_members(self, state: TrainState, weights: str = 'raw',
+                       split: str = 'test') -> list[dict[str, float]]:
+    """``evaluate`` for each member (packed seed) of ``state``, in one
+    call."""
     eval_set = self.eval_sets[split]
-    totals = None
-    for i in range(eval_set.num_batches):
-      batch = jax.tree.map(lambda x, i=i: x[i], eval_set.batches)
-      sums = self.eval_steps[weights](state, batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals['count'])
-    if count != eval_set.num_examples:
-      raise AssertionError(f'Evaluated {count} of {eval_set.num_examples} '
-                           f'{split} examples.')
-    return {f'{split}_loss': float(totals['loss_sum']) / count,
-            f'{split}_accuracy': 100.0 * float(totals['correct_sum']) / count}
+    if weights not in self._evaluations:
+      self._evaluations[weights] = jax.jit(
+          self._over_seeds(functools.partial(
+              evaluate_batches, cfg=self.step_cfg, weights=weights),
+                           (0, None)),
+          out_shardings=self.replicated)
+    with jax.transfer_guard('disallow'):
+      totals = jax.device_get(self._evaluations[weights](state,
+                                                         eval_set.batches))
+    results = []
+    for i in range(self.num_members):
+      count, loss_sum, correct_sum = (
+          float(np.reshape(totals[key], -1)[i])
+          for key in ('count', 'loss_sum', 'correct_sum'))
+      if count != eval_set.num_examples:
+        raise AssertionError(f'Evaluated {count} of {eval_set.num_examples} '
+                             f'{split} examples.')
+      results.append({f'{split}_loss': loss_sum / count,
+                      f'{split}_accuracy': 100.0 * correct_sum / count})
+    return results
 
   def average_swa(self, state: AveragingTrainState) -> AveragingTrainState:
     """Adds the parameters to the SWA, then recomputes its BatchNorm
-    statistics: the mean of each training batch's, in the data's order,
-    without augmentation (the last partial batch is left out)."""
-    state = self._swa_update(state)
-    order = jnp.arange(self.num_train)
-    total = None
-    for i in range(self.steps_per_epoch):
-      batch = self._gather(self.train_images, self.train_labels, order, i)
-      stats = self._bn_pass(state, batch['image'], i)
-      total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-    mean = jax.tree.map(lambda s: s / self.steps_per_epoch, total)
-    return state.replace(averages={
-        **state.averages, 'swa': {**state.averages['swa'],
-                                  'batch_stats': mean}})
+    statistics over the training set (``swa_average``), in one call."""
+    with jax.transfer_guard('disallow'):
+      return self._swa_average(state, self.train_images)
+
+  def dispatch(self, state: TrainState, order: jax.Array, count: int
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``count`` train steps in one compiled call (``train_steps``) from the
+    step ``state.step`` is at, in the epoch's ``order``; their metrics are
+    stacked, one row per step."""
+    if count not in self._dispatches:
+      self._dispatches[count] = jax.jit(
+          self._over_seeds(functools.partial(
+              train_steps, cfg=self.step_cfg, mesh=self.mesh,
+              teacher=self.teacher, batch_size=self.config.batch_size,
+              steps_per_epoch=self.steps_per_epoch, count=count,
+              data_sharding=self.data_sharding), (0, None, None, 0, None)),
+          donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+    return self._dispatches[count](state, self.train_images,
+                                   self.train_labels, order,
+                                   self._teacher_variables)
 
   def train_epoch(self, state: TrainState, epoch: int
-                  ) -> tuple[TrainState, dict[str, float]]:
-    """One pass over the shuffled training set (0-based ``epoch``)."""
-    order = self._permutation(epoch)
+                  ) -> tuple[TrainState, list[dict[str, float]]]:
+    """One pass over the shuffled training set (0-based ``epoch``); the
+    epoch's mean train loss and accuracy of each member (packed seed).
+
+    Each dispatch runs ``steps_per_dispatch`` steps (the epoch's last one the
+    rest); nothing goes from the host to the devices (a transfer guard says
+    so), and the metrics come back every ``log_every_steps`` steps (at the
+    first dispatch boundary from there), for the NaN check and the progress
+    bar.
+    """
     log_every = max(1, self.config.log_every_steps)
-    loss_sum = acc_sum = 0.0
-    pending = []
+    members = self.num_members
+    loss_sums, acc_sums = [0.0] * members, [0.0] * members
+    pending, pending_steps, done = [], 0, 0
     progress = _progress_bar(self.steps_per_epoch, epoch + 1)
-    for i in range(self.steps_per_epoch):
-      batch = self._gather(self.train_images, self.train_labels, order, i)
-      state, metrics = self.train_step(state, batch)
-      pending.append(metrics)
-      if len(pending) == log_every or i == self.steps_per_epoch - 1:
+    first_step = int(np.reshape(jax.device_get(state.step), -1)[0])
+    if first_step != epoch * self.steps_per_epoch:
+      raise AssertionError(f'Epoch {epoch + 1} starts at step '
+                           f'{epoch * self.steps_per_epoch}; the state is at '
+                           f'step {first_step}.')
+    with jax.transfer_guard('disallow'):
+      order = self._permutation(state.step, self._seed)
+      while done < self.steps_per_epoch:
+        count = min(self.steps_per_dispatch, self.steps_per_epoch - done)
+        state, metrics = self.dispatch(state, order, count)
+        pending.append(metrics)
+        pending_steps += count
+        done += count
+        if pending_steps < log_every and done < self.steps_per_epoch:
+          continue
         fetched = jax.device_get(pending)
-        first = i + 1 - len(fetched)
-        for j, m in enumerate(fetched):
-          if not np.isfinite(m['train_loss']):
-            raise NonFiniteLossError(
-                f'Training loss is {m["train_loss"]} at epoch {epoch + 1}, '
-                f'step {epoch * self.steps_per_epoch + first + j + 1} '
-                f'(step {first + j + 1} of the epoch). Stopped; the last '
-                'checkpoint is from before this epoch.')
-          loss_sum += float(m['train_loss'])
-          acc_sum += float(m['train_accuracy'])
+        # [members, steps] each.
+        losses = np.concatenate(
+            [np.reshape(m['train_loss'], (members, -1)) for m in fetched], 1)
+        accuracies = np.concatenate(
+            [np.reshape(m['train_accuracy'], (members, -1)) for m in fetched],
+            1)
+        first = done - losses.shape[1]
+        bad = np.argwhere(~np.isfinite(losses))
+        if bad.size:
+          member, j = bad[0]
+          where = (f' (seed {self.seeds[member]})' if self.packed else '')
+          raise NonFiniteLossError(
+              f'Training loss is {losses[member, j]}{where} at epoch '
+              f'{epoch + 1}, step {epoch * self.steps_per_epoch + first + j + 1}'
+              f' (step {first + j + 1} of the epoch). Stopped; the last '
+              'checkpoint is from before this epoch.')
+        for member in range(members):
+          # Summed in step order, as one step at a time would.
+          for loss, accuracy in zip(losses[member].tolist(),
+                                    accuracies[member].tolist()):
+            loss_sums[member] += loss
+            acc_sums[member] += accuracy
         if progress is not None:
-          progress.update(len(fetched))
-          progress.set_postfix(loss=f'{fetched[-1]["train_loss"]:.3f}')
-        pending = []
+          progress.update(losses.shape[1])
+          progress.set_postfix(loss=f'{losses[0, -1]:.3f}')
+        pending, pending_steps = [], 0
     if progress is not None:
       progress.close()
-    return state, {'train_loss': loss_sum / self.steps_per_epoch,
-                   'train_accuracy': acc_sum / self.steps_per_epoch}
+    return state, [{'train_loss': loss / self.steps_per_epoch,
+                    'train_accuracy': acc / self.steps_per_epoch}
+                   for loss, acc in zip(loss_sums, acc_sums)]
 
 
 def _progress_bar(total: int, epoch: int):
@@ -563,19 +722,21 @@ def load_data(config: ml_collections.ConfigDict, train: bool = True
   return Splits(train_split, test_split, validation_split)
 
 
-def evaluate_all(trainer: Trainer, state: TrainState) -> dict[str, float]:
+def evaluate_all(trainer: Trainer, state: TrainState
+                 ) -> list[dict[str, float]]:
   """The metrics of every eval set (test, validation) for the trained
   weights, and for their EMA when the state keeps one (``ema_test_loss``,
-  ``ema_validation_accuracy``, ...)."""
-  metrics = {}
+  ``ema_validation_accuracy``, ...), for each member (packed seed)."""
+  metrics = [{} for _ in range(trainer.num_members)]
   for weights, average in (('raw', None), *state.kept_averages().items()):
     if average is not None and 'count' in average and not int(
-        average['count']):
+        np.reshape(jax.device_get(average['count']), -1)[0]):
       continue  # SWA before its first epoch: nothing averaged yet.
     prefix = '' if weights == 'raw' else f'{weights}_'
     for split in trainer.eval_sets:
-      metrics.update({prefix + key: value for key, value in
-                      trainer.evaluate(state, weights, split).items()})
+      for member, result in zip(
+          metrics, trainer.evaluate_members(state, weights, split)):
+        member.update({prefix + key: value for key, value in result.items()})
   return metrics
 
 
@@ -596,10 +757,144 @@ def selected_test_metric(config: ml_collections.ConfigDict) -> str:
   return f'{_weights_prefix(config)}test_accuracy'
 
 
+def seed_config(config: ml_collections.ConfigDict, seed: int
+                ) -> ml_collections.ConfigDict:
+  """The one-seed run a packed seed equals: ``seed`` and no packing. Its
+  workdir holds it as config.json, so eval, report and resume treat the
+  workdir as that run's."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.seed = seed
+  config.pack_seeds = ''
+  return config
+
+
+class _Member:
+  """One seed's run in a training command: its workdir, checkpoints, log
+  and best metrics."""
+
+  def __init__(self, config: ml_collections.ConfigDict, seed: int,
+               workdir: str, label: str):
+    self.config = seed_config(config, seed)
+    self.seed, self.workdir, self.label = seed, workdir, label
+    self.selection = selection_metric(config)
+    self.selected_key = selected_test_metric(config)
+    os.makedirs(workdir, exist_ok=True)
+    self.ckpt = checkpoints.Checkpointer(workdir,
+                                         keep=config.checkpoints_to_keep)
+    self.best, self.selected, self.logger = {}, None, None
+
+  def restore(self, trainer: Trainer, fit: checkpoints.Fit,
+              max_step: Optional[int] = None
+              ) -> Optional[tuple[TrainState, dict[str, Any]]]:
+    """The latest checkpoint (at or before ``max_step``), or None."""
+    if not self.ckpt.steps():
+      return None
+    state, meta = self.ckpt.restore('latest', trainer.abstract_state(), fit,
+                                    max_step=max_step)
+    if meta.get('selection_metric', self.selection) != self.selection:
+      raise checkpoints.CheckpointMismatchError(
+          f'The checkpoints in {self.workdir} were ranked by '
+          f"{meta['selection_metric']}; this command ranks by "
+          f'{self.selection} (eval_weights or data.validation_examples '
+          'differ), which would mix the two in one best checkpoint. Use '
+          'another --workdir, or the settings that wrote it.')
+    self.best = {key: meta[key] for key in meta if key.startswith('best_')}
+    # Checkpoints from before the selection was recorded selected on the
+    # test accuracy.
+    self.selected = meta.get('selected_test_accuracy',
+                             meta['best_test_accuracy'])
+    return state, meta
+
+  def start(self, resumed_epoch: int, mixes: bool):
+    """Writes config.json and opens the log (after the checkpoints were
+    found to fit: a refused command leaves the workdir as it was)."""
+    with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+      f.write(self.config.to_json(indent=2))
+    self.logger = metric_logging.MetricLogger(
+        self.workdir, resumed_epoch=resumed_epoch, mixed_targets=mixes,
+        prefix=self.label)
+
+  def end_epoch(self, epoch: int, step: int, state: TrainState,
+                train_metrics: dict[str, float],
+                test_metrics: dict[str, float], fit: checkpoints.Fit,
+                steps_per_epoch: int, timing: dict[str, float]):
+    """Logs the epoch's record and saves its checkpoint."""
+    # Weights not evaluated yet (SWA before its start) are not selectable.
+    selection_accuracy = test_metrics.get(self.selection, -1.0)
+    # Ties go to the later epoch, as the best checkpoint does.
+    if (self.selection in test_metrics and selection_accuracy >=
+        self.best.get(f'best_{self.selection}', -1.0)):
+      self.selected = test_metrics[self.selected_key]
+    for key, value in test_metrics.items():
+      if key.endswith('_accuracy'):
+        self.best[f'best_{key}'] = max(self.best.get(f'best_{key}', 0.0),
+                                       value)
+    record = {'epoch': epoch + 1, 'step': step, **train_metrics,
+              **test_metrics, **self.best,
+              'selected_test_accuracy': self.selected, **timing}
+    self.logger.write(record, self.config.num_epochs)
+    meta = {'epoch': epoch + 1, **self.best,
+            'selected_test_accuracy': self.selected,
+            'selection_metric': self.selection,
+            'test_accuracy': test_metrics['test_accuracy'],
+            'steps_per_epoch': steps_per_epoch, 'signature': fit.signature}
+    self.ckpt.save(step, state, meta, selection_accuracy)
+
+  def close(self):
+    if self.logger is not None:
+      self.logger.close()
+    self.ckpt.close()
+
+  def final(self) -> dict[str, Any]:
+    history = metric_logging.read_metrics(self.workdir)
+    if not history:
+      raise RuntimeError(f'No epochs recorded in {self.workdir}.')
+    final = dict(history[-1])
+    final['final_test_accuracy'] = final['test_accuracy']
+    chosen_on = ('validation' if self.config.data.validation_examples else
+                 'test')
+    print(f'{self.label}Final test accuracy {final["test_accuracy"]:.2f}%, '
+          f'best {final["best_test_accuracy"]:.2f}%; the best checkpoint '
+          f'(selected on {chosen_on}) has '
+          f'{final["selected_test_accuracy"]:.2f}% '
+          f'({self.config.num_epochs} epochs).', flush=True)
+    logging.info('Finished: %s', json.dumps(final))
+    return final
+
+
+def _resume(members: list[_Member], trainer: Trainer, fit: checkpoints.Fit
+            ) -> tuple[Optional[TrainState], int]:
+  """Restores the members' latest checkpoints at one epoch: (the state,
+  stacked when packed, and its epoch), or (None, 0) to start afresh."""
+  restored = [member.restore(trainer, fit) for member in members]
+  if any(r is None for r in restored):
+    # A packed group killed during its first saves: all start afresh (the
+    # epochs are deterministic; the saved steps are kept as they are).
+    if len(members) > 1 and any(r is not None for r in restored):
+      print('Some seeds of the group have no checkpoint; the group starts '
+            'from epoch 0.', flush=True)
+    for member in members:
+      member.best, member.selected = {}, None
+    return None, 0
+  epochs = [meta['epoch'] for _, meta in restored]
+  epoch = min(epochs)
+  if max(epochs) != epoch:
+    # Killed while saving one epoch's checkpoints: the group goes back to
+    # the last epoch all of its seeds saved.
+    step = epoch * trainer.steps_per_epoch
+    restored = [r if r[1]['epoch'] == epoch else
+                member.restore(trainer, fit, max_step=step)
+                for member, r in zip(members, restored)]
+  return trainer.stack([state for state, _ in restored]), epoch
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        model: Optional[registry.ResolvedModel] = None
                        ) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest checkpoint) and evaluates.
+
+  With ``config.pack_seeds`` the seeds train together (``train_seeds``),
+  each in ``<workdir>/seed<k>``.
 
   Args:
     config: the run configuration (see configs/default.py).
@@ -607,58 +902,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     model: ``validated_model(config)``, if the caller has it already.
 
   Returns:
-    The last epoch's record plus 'final_test_accuracy'.
+    The last epoch's record plus 'final_test_accuracy' (of the first seed,
+    when packed).
+  """
+  seeds = validation.pack_seeds(config)
+  if not seeds:
+    return train_seeds(config, {config.seed: workdir}, model,
+                       packed=False)[config.seed]
+  results = train_seeds(
+      config, {seed: os.path.join(workdir, f'seed{seed}') for seed in seeds},
+      model)
+  return results[seeds[0]]
+
+
+def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str],
+                model: Optional[registry.ResolvedModel] = None,
+                packed: bool = True) -> dict[int, dict[str, Any]]:
+  """Trains the seeds of ``workdirs`` (seed -> workdir) as one program: the
+  train states stacked and every step vmapped over them (``packed``), each
+  seed drawing what its own run would (initialisation, data order,
+  augmentation, stochastic depth). Each workdir gets that seed's
+  checkpoints, metrics.jsonl and config.json, as its own run writes them.
+  An interrupted group resumes together, from the last epoch all of its
+  seeds saved. ``packed=False``: the one seed trains unstacked.
+
+  Returns:
+    Each seed's last epoch record plus 'final_test_accuracy'.
   """
   model = model or validated_model(config)
-  trainer = Trainer(config, model, *load_data(config))
+  seeds = tuple(workdirs)
+  if not packed and len(seeds) != 1:
+    raise ValueError('Several seeds train packed.')
+  trainer = Trainer(config, model, *load_data(config),
+                    seeds=seeds if packed else None)
   fit = checkpoint_fit(config, model, trainer.steps_per_epoch)
-  selection, selected_key = selection_metric(config), selected_test_metric(
-      config)
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
-  start_epoch, best, selected = 0, {}, None
-  if ckpt.steps():
-    state, meta = ckpt.restore('latest', trainer.abstract_state(), fit)
-    start_epoch = meta['epoch']
-    best = {key: meta[key] for key in meta if key.startswith('best_')}
-    # Checkpoints from before the selection was recorded selected on the
-    # test accuracy.
-    selected = meta.get('selected_test_accuracy', meta['best_test_accuracy'])
-    if meta.get('selection_metric', selection) != selection:
-      raise checkpoints.CheckpointMismatchError(
-          f'The checkpoints in {workdir} were ranked by '
-          f"{meta['selection_metric']}; this command ranks by {selection} "
-          '(eval_weights or data.validation_examples differ), which would '
-          'mix the two in one best checkpoint. Use another --workdir, or '
-          'the settings that wrote it.')
-    print(f'Resumed from epoch {start_epoch} (step {int(state.step)}) in '
-          f'{workdir}.', flush=True)
-  else:
-    state = trainer.init_state()
-  # Written only once the workdir's checkpoint is known to fit this command:
-  # a refused command leaves the workdir as it was.
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json(indent=2))
-  mixes = trainer.step_cfg.augment.mixes
-  logger = metric_logging.MetricLogger(workdir, resumed_epoch=start_epoch,
-                                       mixed_targets=mixes)
-  print(f'{config.dataset} {model.description}: '
-        f'{trainer.num_train} train / {trainer.num_test} test images, '
-        f'{trainer.steps_per_epoch} steps per epoch, '
-        f'{jax.device_count()} device(s).', flush=True)
-  if trainer.teacher is not None:
-    print(f'Distilling {trainer.teacher.description} '
-          f'({trainer.teacher.workdir}, best checkpoint, step '
-          f'{trainer.teacher.checkpoint_step}): alpha '
-          f'{config.distill.alpha}, temperature '
-          f'{config.distill.temperature}.', flush=True)
-  if mixes:
-    print('Mixup/CutMix: the train loss is against the mixed targets and the '
-          'train accuracy is lam-weighted (a prediction of the mixed-in '
-          "example's class counts 1 - lam).", flush=True)
-
-  record = None
+  members = [_Member(config, seed, workdir,
+                     f'seed {seed}: ' if packed else '')
+             for seed, workdir in workdirs.items()]
   try:
+    state, start_epoch = _resume(members, trainer, fit)
+    if state is None:
+      state = trainer.init_state()
+    else:
+      where = ', '.join(m.workdir for m in members)
+      print(f'Resumed from epoch {start_epoch} (step '
+            f'{start_epoch * trainer.steps_per_epoch}) in {where}.',
+            flush=True)
+    mixes = trainer.step_cfg.augment.mixes
+    for member in members:
+      member.start(start_epoch, mixes)
+    packing = (f', seeds {",".join(map(str, seeds))} packed' if packed
+               else '')
+    print(f'{config.dataset} {model.description}: '
+          f'{trainer.num_train} train / {trainer.num_test} test images, '
+          f'{trainer.steps_per_epoch} steps per epoch, '
+          f'{jax.device_count()} device(s){packing}.', flush=True)
+    if trainer.teacher is not None:
+      print(f'Distilling {trainer.teacher.description} '
+            f'({trainer.teacher.workdir}, best checkpoint, step '
+            f'{trainer.teacher.checkpoint_step}): alpha '
+            f'{config.distill.alpha}, temperature '
+            f'{config.distill.temperature}.', flush=True)
+    if mixes:
+      print('Mixup/CutMix: the train loss is against the mixed targets and '
+            'the train accuracy is lam-weighted (a prediction of the '
+            "mixed-in example's class counts 1 - lam).", flush=True)
+
     for epoch in range(start_epoch, config.num_epochs):
       start = time.perf_counter()
       learning_rate = float(trainer.learning_rate(
@@ -668,46 +977,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if config.swa_start_epoch and epoch + 1 >= config.swa_start_epoch:
         state = trainer.average_swa(state)
       test_metrics = evaluate_all(trainer, state)
-      # Weights not evaluated yet (SWA before its start) are not selectable.
-      selection_accuracy = test_metrics.get(selection, -1.0)
-      # Ties go to the later epoch, as the best checkpoint does.
-      if (selection in test_metrics and
-          selection_accuracy >= best.get(f'best_{selection}', -1.0)):
-        selected = test_metrics[selected_key]
-      for key, value in test_metrics.items():
-        if key.endswith('_accuracy'):
-          best[f'best_{key}'] = max(best.get(f'best_{key}', 0.0), value)
-      record = {
-          'epoch': epoch + 1, 'step': int(state.step), **train_metrics,
-          **test_metrics, **best, 'selected_test_accuracy': selected,
-          'learning_rate': learning_rate,
-          'images_per_sec': trainer.steps_per_epoch * config.batch_size /
-                            train_seconds,
-          'epoch_seconds': time.perf_counter() - start,
-      }
-      logger.write(record, config.num_epochs)
-      meta = {'epoch': epoch + 1, **best, 'selected_test_accuracy': selected,
-              'selection_metric': selection,
-              'test_accuracy': test_metrics['test_accuracy'],
-              'steps_per_epoch': trainer.steps_per_epoch,
-              'signature': fit.signature}
-      ckpt.save(int(state.step), state, meta, selection_accuracy)
+      step = (epoch + 1) * trainer.steps_per_epoch
+      timing = {'learning_rate': learning_rate,
+                'images_per_sec': trainer.num_members *
+                                  trainer.steps_per_epoch *
+                                  config.batch_size / train_seconds,
+                'epoch_seconds': time.perf_counter() - start}
+      for i, member in enumerate(members):
+        member.end_epoch(epoch, step, trainer.member_state(state, i),
+                         train_metrics[i], test_metrics[i], fit,
+                         trainer.steps_per_epoch, timing)
   finally:
-    logger.close()
-    ckpt.close()
-
-  history = metric_logging.read_metrics(workdir)
-  if not history:
-    raise RuntimeError(f'No epochs recorded in {workdir}.')
-  final = dict(history[-1])
-  final['final_test_accuracy'] = final['test_accuracy']
-  chosen_on = 'validation' if config.data.validation_examples else 'test'
-  print(f'Final test accuracy {final["test_accuracy"]:.2f}%, best '
-        f'{final["best_test_accuracy"]:.2f}%; the best checkpoint '
-        f'(selected on {chosen_on}) has {final["selected_test_accuracy"]:.2f}%'
-        f' ({config.num_epochs} epochs).', flush=True)
-  logging.info('Finished: %s', json.dumps(final))
-  return final
+    for member in members:
+      member.close()
+  return {member.seed: member.final() for member in members}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,

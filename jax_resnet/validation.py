@@ -7,6 +7,7 @@ from jax_resnet import config_overrides
 from jax_resnet import errors
 from jax_resnet import input_pipeline
 from jax_resnet import optimizers
+from jax_resnet import platforms
 from jax_resnet import schedules
 from jax_resnet.augment import policies
 
@@ -88,6 +89,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                              f'{config.data.mix_switch_prob}.')
   _check_distill(config)
   _at_least(config.log_every_steps, 1, 'log_every_steps')
+  platforms.steps_per_dispatch(config.steps_per_dispatch)
+  pack_seeds(config)
   _at_least(config.checkpoints_to_keep, 1, 'checkpoints_to_keep')
   devices = jax.device_count()
   for field in ('batch_size', 'eval_batch_size'):
@@ -96,6 +99,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if value % devices:
       raise errors.ConfigError(f'{field}={value} does not split over {devices} '
                        f'devices; use a multiple of {devices}.')
+
+
+def pack_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The seeds of ``config.pack_seeds`` ('0,1,2,3'); () when unset.
+
+  Raises:
+    errors.ConfigError: not a comma-separated list of distinct seeds.
+  """
+  text = str(config.pack_seeds).strip()
+  if not text:
+    return ()
+  try:
+    seeds = tuple(int(part) for part in text.split(','))
+  except ValueError:
+    raise errors.ConfigError(
+        f'pack_seeds must list seeds, e.g. 0,1,2,3; got {text!r}.') from None
+  if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise errors.ConfigError(
+        f'pack_seeds must list distinct seeds >= 0; got {text!r}.')
+  return seeds
 
 
 def _check_distill(config: ml_collections.ConfigDict) -> None:

@@ -100,6 +100,13 @@ def run_main(args, devices=1, examples=MOCK_EXAMPLES, mock=True, check=True,
   return proc
 
 
+def error_lines(stderr: str) -> list[str]:
+  """A command's stderr lines but the one warning a CPU without the
+  kernels' instructions prints with every command (the XLA fallback)."""
+  return [line for line in stderr.strip().splitlines()
+          if 'CPU kernels unavailable' not in line]
+
+
 def records(workdir):
   """metrics.jsonl without the timing fields."""
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS}

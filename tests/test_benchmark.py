@@ -12,7 +12,9 @@ import pytest
 
 from conftest import ROOT
 from configs import default
+from jax_resnet.bench import benchmark
 from jax_resnet.bench import op_profile
+from jax_resnet.ops import cpu_kernels
 from jax_resnet.models import registry
 
 
@@ -64,20 +66,23 @@ def test_benchmark_with_ops():
   """The kernels against PyTorch, per-op budgets included (the jax_xla
   framework is the same worker with another conv_backend)."""
   pytest.importorskip('torch')
+  # The kernels where this CPU runs them, else XLA's convolutions.
+  jax_framework = ('jax_kernels' if cpu_kernels.cpu_can_run()[0] else
+                   'jax_xla')
   proc = subprocess.run(
       [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
        '--batch_size=4', '--eval_batch_size=4', '--steps=1', '--eval_steps=1',
-       '--warmup=1', '--ops', '--frameworks=jax_kernels,torch'],
+       '--warmup=1', '--ops', f'--frameworks={jax_framework},torch'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr
   rows = json.loads(proc.stdout.strip().splitlines()[-1])
   row = rows[0]
   assert row['network'] == '8' and row['name'] == 'ResNet-8'
-  for framework in ('jax_kernels', 'torch'):
+  for framework in (jax_framework, 'torch'):
     assert row[framework]['train_images_per_sec'] > 0
     assert set(row[framework + '_ops']) == set(op_profile.CATEGORIES)
     assert all(v > 0 for v in row[framework + '_ops'].values())
-  assert '| ResNet-8 | JAX, own CPU kernels |' in proc.stdout
+  assert f'| ResNet-8 | {benchmark._LABELS[jax_framework]} |' in proc.stdout  # pylint: disable=protected-access
   assert '| ResNet-8 | PyTorch |' in proc.stdout
   assert 'ResNet-8, ms per training step:' in proc.stdout
   assert '| measured step |' in proc.stdout

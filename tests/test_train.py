@@ -201,15 +201,15 @@ def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
 
   def init_with_interrupting_step(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
-    step = self.train_step
+    dispatch = self.dispatch
 
-    def interrupting_step(state, batch):
+    def interrupting_dispatch(state, order, count):
       calls['n'] += 1
       if calls['n'] == stop:  # The second step of an epoch.
         raise Interrupt()
-      return step(state, batch)
+      return dispatch(state, order, count)
 
-    self.train_step = interrupting_step
+    self.dispatch = interrupting_dispatch
 
   with monkeypatch.context() as m:
     m.setattr(train.Trainer, '__init__', init_with_interrupting_step)

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, TINY, run_main
+from conftest import ROOT, TINY, error_lines, run_main
 import golden
 
 MY_BLOCKS = textwrap.dedent('''
@@ -106,9 +106,9 @@ def test_unknown_hyperparameter_lists_the_block_fields(user_path):
                          '--mode=summary'], mock=False, pythonpath=user_path,
                  check=False)
   assert out.returncode == 1
-  assert out.stderr.strip() == (
+  assert error_lines(out.stderr) == [
       "error: model.block_kwargs.ratoi is not a field of block "
-      "'my_blocks:MyBlock' (MyBlock); its hyper-parameters are ratio.")
+      "'my_blocks:MyBlock' (MyBlock); its hyper-parameters are ratio."]
 
 
 def test_block_registered_by_its_module(user_path):
@@ -141,5 +141,5 @@ def test_a_block_that_cannot_be_found_is_one_line(user_path, block, message):
   out = run_main(TINY + [f'--config.model.block={block}', '--mode=summary'],
                  mock=False, pythonpath=user_path, check=False)
   assert out.returncode == 1
-  lines = out.stderr.strip().splitlines()
+  lines = error_lines(out.stderr)
   assert len(lines) == 1 and message in lines[0], out.stderr

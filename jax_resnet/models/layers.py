@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_resnet import errors
+from jax_resnet import platforms
 from jax_resnet.ops import batch_norm
 from jax_resnet.ops import canonical_conv
 from jax_resnet.ops import cpu_conv
@@ -112,10 +113,13 @@ def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
   'cpu_kernels' the project's CPU kernels run every convolution they support
   (``cpu_conv``) and XLA the rest. ``canonical_gradients`` states XLA's
   convolution gradients as canonical convolutions (``canonical_conv``), which
-  XLA:CPU needs inside the scan over blocks.
+  XLA:CPU needs inside the scan over blocks; networks traced inside a loop
+  (``canonical_conv.loop_body``) take it too. On GPU and TPU it is ignored
+  (``platforms.cpu_work``).
   """
-  xla_conv = (canonical_conv.conv_general_dilated if canonical_gradients
-              else None)
+  canonical = canonical_gradients or canonical_conv.in_loop_body()
+  xla_conv = (canonical_conv.conv_general_dilated
+              if canonical and platforms.cpu_work() else None)
   if cpu_kernels.resolve(backend) == 'cpu_kernels':
     conv = functools.partial(cpu_conv.conv_general_dilated, fallback=xla_conv)
   else:

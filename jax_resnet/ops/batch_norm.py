@@ -8,7 +8,8 @@ differs is the compiled program, which matters on CPU:
 
 * Forward: two reductions (mean, then the two-pass variance) and one
   element-wise pass ``(x - mean) * a + bias`` (then ReLU's select). The
-  per-channel vectors go through ``lax.optimization_barrier`` so that XLA:CPU
+  per-channel vectors go through ``lax.optimization_barrier`` (on the CPU
+  backend only, ``platforms.cpu_work``) so that XLA:CPU
   broadcasts them inside the element-wise pass; without it the broadcast
   ``scale * rsqrt(var)`` was materialised as a full-size tensor (read and
   written once more per layer), and ReLU's max against a materialised zero
@@ -37,13 +38,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jax_resnet import platforms
 from jax_resnet.ops import cpu_kernels
+
+
+def _cpu_barrier(values):
+  """``lax.optimization_barrier`` on the CPU backend, where XLA:CPU needs it
+  (module docstring); GPU and TPU compilers fuse the plain program."""
+  return lax.optimization_barrier(values) if platforms.cpu_work() else values
 
 
 def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,
             relu: bool) -> jax.Array:
   """``(x - mean) * a + bias`` (then ReLU), broadcasting inside the pass."""
-  mean, a, bias = lax.optimization_barrier((mean, a, bias))
+  mean, a, bias = _cpu_barrier((mean, a, bias))
   y = (x - mean) * a + bias
   # A select, not max(y, 0): XLA:CPU materialises max's broadcast zero as a
   # full-size tensor and runs that max three times slower than the select.
@@ -164,10 +172,10 @@ def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
   sum_g = jnp.sum(g, axes)
-  sum_g_xhat = jnp.sum(g * (x32 - lax.optimization_barrier(mean)), axes) * inv
+  sum_g_xhat = jnp.sum(g * (x32 - _cpu_barrier(mean)), axes) * inv
   a, k1, k0 = _backward_coefficients(sum_g, sum_g_xhat, inv, scale, g_mean,
                                      g_var, count)
-  mean, a, k1, k0 = lax.optimization_barrier((mean, a, k1, k0))
+  mean, a, k1, k0 = _cpu_barrier((mean, a, k1, k0))
   dx = g * a + (x32 - mean) * k1 + k0
   return dx.astype(x.dtype), sum_g_xhat, sum_g
 

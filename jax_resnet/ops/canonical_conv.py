@@ -5,8 +5,9 @@ NHWC input, HWIO kernel, NHWC output. Autodiff of a convolution yields an
 input gradient with a transposed kernel (``01oi``) and a kernel gradient with
 batch and features swapped (``f01b_i01o->01bf``). Outside loops XLA rewrites
 them into canonical form with explicit transposes; inside a while loop (the
-body of ``nn.scan`` over blocks) it does not, and they fall back to a naive
-loop nest, many times slower (README, Performance, has the measurement). ``conv_general_dilated`` here states both gradients
+body of ``nn.scan`` over blocks, or of the scan over train steps) it does not, and they fall back to a naive
+loop nest, many times slower (README, Performance, has the measurement).
+``conv_general_dilated`` here states both gradients
 as canonical convolutions of explicitly transposed operands, held apart by an
 optimization barrier so XLA cannot fold the transposes back in.
 
@@ -17,14 +18,35 @@ passed to ``lax.conv_general_dilated`` unchanged, with the same results and
 XLA's own gradients.
 """
 
+import contextlib
 import functools
-from typing import Sequence
+import threading
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _CANONICAL = ('NHWC', 'HWIO', 'NHWC')
+_TRACING = threading.local()
+
+
+@contextlib.contextmanager
+def loop_body() -> Iterator[None]:
+  """Networks traced inside take this path (``layers.conv_partial``): for
+  the body of a loop, such as the ``lax.scan`` over train steps
+  (``config.steps_per_dispatch``)."""
+  depth = getattr(_TRACING, 'loops', 0)
+  _TRACING.loops = depth + 1
+  try:
+    yield
+  finally:
+    _TRACING.loops = depth
+
+
+def in_loop_body() -> bool:
+  """Whether a ``loop_body`` is being traced on this thread."""
+  return getattr(_TRACING, 'loops', 0) > 0
 
 
 def _conv(x, w, strides, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from jax_resnet import errors
+from jax_resnet import platforms
 
 BACKENDS = ('auto', 'xla', 'cpu_kernels')
 
@@ -124,7 +125,7 @@ def resolve(backend: str) -> str:
                              f'valid: {", ".join(BACKENDS)}.')
   if backend == 'xla':
     return 'xla'
-  if jax.default_backend() != 'cpu':
+  if not platforms.cpu_work():
     if backend == 'cpu_kernels':
       raise errors.ConfigError(
           "model.conv_backend='cpu_kernels' runs on the CPU backend only; "

@@ -53,6 +53,7 @@ GRID_FIELDS = {'seed': '--seeds', 'model.block': '--blocks'}
 # Fields that may differ when a run is resumed (another machine's data path,
 # logging): they do not change what is trained.
 RESUMABLE_DIFFERENCES = ('data_dir', 'data.download', 'log_every_steps',
+                         'steps_per_dispatch',
                          'checkpoints_to_keep', 'eval_checkpoint')
 
 
@@ -74,6 +75,10 @@ def define_flags() -> None:
                       'of the grid (0 <= i < k).')
   flags.DEFINE_bool('dry-run', False,
                     'List the runs and their states; train nothing.')
+  flags.DEFINE_bool('pack-seeds', False,
+                    'Train the seeds of each (setting, block) together as '
+                    'one vmapped program (train.train_seeds); each seed '
+                    'still writes its own workdir.')
   flags.DEFINE_bool('retry-failed', False, 'Run failed runs again (they '
                     'resume from their last checkpoint).')
   # Typed parsing of --config.FIELD=VALUE by ml_collections, against the
@@ -330,38 +335,68 @@ def execute(run: Run, train_fn: Optional[Callable[..., Any]] = None) -> bool:
   Returns:
     True if it finished, False if it failed (the error is in status.json).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   from jax_resnet import train  # pylint: disable=g-import-not-at-top
   train_fn = train_fn or train.train_and_evaluate
-  status = _base_status(run)
-  status.update(state='running', host=socket.gethostname(), pid=os.getpid(),
-                started=_now())
+
+  def train_one(model):
+    return {run.seed: train_fn(run.config, run.workdir, model)}
+
+  return execute_group([run], train_one)
+
+
+def execute_packed(runs: Sequence[Run]) -> bool:
+  """Trains the seeds of one (setting, block) together
+  (``train.train_seeds``), resuming as a group; records each run's status.
+  Returns True if they finished."""
+  from jax_resnet import train  # pylint: disable=g-import-not-at-top
+  return execute_group(runs, lambda model: train.train_seeds(
+      runs[0].config, {run.seed: run.workdir for run in runs}, model))
+
+
+def execute_group(runs: Sequence[Run],
+                  train_group: Callable[[Any], dict[int, Any]]) -> bool:
+  """Runs ``train_group(model) -> {seed: final record}`` for runs that
+  differ in their seed only, with their status.json files kept: running,
+  then done, failed (the error) or interrupted."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax_resnet import train  # pylint: disable=g-import-not-at-top
+  statuses = {}
+  for run in runs:
+    statuses[run.seed] = {**_base_status(run), 'state': 'running',
+                          'host': socket.gethostname(), 'pid': os.getpid(),
+                          'started': _now()}
   try:
-    model = run.model or train.validated_model(run.config)
-    status['parameters'] = count_parameters(model.module)
-    write_status(run.workdir, status)
-    final = train_fn(run.config, run.workdir, model)
+    model = runs[0].model or train.validated_model(runs[0].config)
+    for run in runs:
+      statuses[run.seed]['parameters'] = count_parameters(model.module)
+      write_status(run.workdir, statuses[run.seed])
+    finals = train_group(model)
   except KeyboardInterrupt:
-    status.update(state='interrupted', stopped=_now())
-    write_status(run.workdir, status)
+    for run in runs:
+      statuses[run.seed].update(state='interrupted', stopped=_now())
+      write_status(run.workdir, statuses[run.seed])
     raise
   except Exception as e:  # pylint: disable=broad-except
-    # Any error ends this run only; the grid goes on with the next one.
-    status.update(state='failed', error_type=type(e).__name__,
-                  message=str(e), traceback=traceback.format_exc(),
-                  finished=_now(),
-                  epochs=len(metric_logging.read_metrics(run.workdir)))
-    write_status(run.workdir, status)
+    # Any error ends these runs only; the grid goes on with the next ones.
+    for run in runs:
+      statuses[run.seed].update(
+          state='failed', error_type=type(e).__name__, message=str(e),
+          traceback=traceback.format_exc(), finished=_now(),
+          epochs=len(metric_logging.read_metrics(run.workdir)))
+      write_status(run.workdir, statuses[run.seed])
     return False
   finally:
     # Each run compiles its own steps; drop them so a long grid's memory
     # stays that of one run.
     jax.clear_caches()
-  status.update(state='done', finished=_now(), epochs=final['epoch'],
-                best_test_accuracy=final['best_test_accuracy'],
-                selected_test_accuracy=final.get('selected_test_accuracy'),
-                final_test_accuracy=final['test_accuracy'])
-  write_status(run.workdir, status)
+  for run in runs:
+    final = finals[run.seed]
+    statuses[run.seed].update(
+        state='done', finished=_now(), epochs=final['epoch'],
+        best_test_accuracy=final['best_test_accuracy'],
+        selected_test_accuracy=final.get('selected_test_accuracy'),
+        final_test_accuracy=final['test_accuracy'])
+    write_status(run.workdir, statuses[run.seed])
   return True
 
 
@@ -375,9 +410,16 @@ class Outcome:
 
 
 def run_grid(runs: Sequence[Run], retry_failed: bool = False,
-             train_fn: Optional[Callable[..., Any]] = None) -> Outcome:
-  """Runs what is not done yet; a failing run does not stop the others."""
+             train_fn: Optional[Callable[..., Any]] = None,
+             pack_seeds: bool = False) -> Outcome:
+  """Runs what is not done yet; a failing run does not stop the others.
+
+  ``pack_seeds``: the runs to do of each (setting, block) train together
+  (``execute_packed``), after the last of them in the grid's order comes
+  up.
+  """
   outcome = Outcome()
+  todo = []
   for position, run in enumerate(runs, start=1):
     state = run_state(run)
     header = f'[{position}/{len(runs)}] {run.name} ({run.workdir})'
@@ -401,15 +443,35 @@ def run_grid(runs: Sequence[Run], retry_failed: bool = False,
       # incarnation of this machine (hostnames change on restart).
       print(f'{header}: status says running ({state.detail}); taking it '
             'over.', flush=True)
-    print(f'{header}: {"resuming" if state.epochs else "starting"}.',
+    print(f'{header}: {"resuming" if state.epochs else "starting"}'
+          f'{" (packed with its other seeds)" if pack_seeds else ""}.',
           flush=True)
+    todo.append(run)
+    if pack_seeds:
+      continue
     if execute(run, train_fn):
       outcome.finished.append(run)
     else:
-      detail = run_state(run).detail
-      print(f'{header}: FAILED: {detail}', flush=True)
-      outcome.failed.append((run, detail))
+      _failed(run, outcome)
+  if pack_seeds:
+    groups = {}
+    for run in todo:
+      groups.setdefault((run.setting, run.block), []).append(run)
+    for (setting, block), group in groups.items():
+      seeds = ','.join(str(run.seed) for run in group)
+      print(f'{setting} {block}: seeds {seeds} packed.', flush=True)
+      if execute_packed(group):
+        outcome.finished.extend(group)
+      else:
+        for run in group:
+          _failed(run, outcome)
   return outcome
+
+
+def _failed(run: Run, outcome: Outcome) -> None:
+  detail = run_state(run).detail
+  print(f'{run.name} ({run.workdir}): FAILED: {detail}', flush=True)
+  outcome.failed.append((run, detail))
 
 
 def format_plan(runs: Sequence[Run], total: int, shard: tuple[int, int]
@@ -491,7 +553,8 @@ def main(argv):
     print(format_plan(mine, len(runs), shard))
     return
   record_grid(args.root, runs)
-  outcome = run_grid(mine, retry_failed=args['retry-failed'].value)
+  outcome = run_grid(mine, retry_failed=args['retry-failed'].value,
+                     pack_seeds=args['pack-seeds'].value)
   print(f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} '
         f'finished now, {len(outcome.already_done)} already done, '
         f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
