@@ -381,6 +381,20 @@ def swa_average(state: AveragingTrainState, images: jax.Array,
                                  'swa': {**swa, 'batch_stats': mean}})
 
 
+def _map_over_seeds(fn, in_axes: tuple[Optional[int], ...], *args):
+  """``jax.vmap(fn, in_axes)(*args)`` computed one seed after the other
+  (``lax.map``), each seed's work the unpacked program's."""
+  stacked = tuple(a if axis == 0 else None for a, axis in zip(args, in_axes))
+
+  def one(xs):
+    return fn(*(x if axis == 0 else a
+                for x, a, axis in zip(xs, args, in_axes)))
+
+  # A loop body: XLA:CPU needs its convolution gradients in canonical form.
+  with canonical_conv.loop_body():
+    return jax.lax.map(one, stacked)
+
+
 class EvalSet(NamedTuple):
   """An evaluation split on the devices: [batches, eval batch] arrays of
   images, labels and a mask that is 0 on the padding."""
@@ -457,8 +471,14 @@ class Trainer:
     return len(self.seeds) if self.packed else 1
 
   def _over_seeds(self, fn, in_axes):
-    """``fn``, vmapped over the packed seeds (``in_axes``) when packed."""
-    return jax.vmap(fn, in_axes=in_axes) if self.packed else fn
+    """``fn`` over the packed seeds when packed (``in_axes``: 0 for the
+    stacked arguments, None for the shared ones): vmapped, or on the CPU a
+    ``lax.map`` (``platforms.pack_by_vmap``)."""
+    if not self.packed:
+      return fn
+    if platforms.pack_by_vmap():
+      return jax.vmap(fn, in_axes=in_axes)
+    return functools.partial(_map_over_seeds, fn, tuple(in_axes))
 
   def member_state(self, state: TrainState, index: int) -> TrainState:
     """The train state of one packed seed (the state itself unpacked)."""

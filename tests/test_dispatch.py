@@ -114,6 +114,10 @@ class TestBackendGating:
   def test_cpu_work(self, name, expected):
     assert platforms.cpu_work(name) is expected
 
+  def test_packed_seeds_vmapped_off_the_cpu(self):
+    assert not platforms.pack_by_vmap('cpu')
+    assert platforms.pack_by_vmap('gpu') and platforms.pack_by_vmap('tpu')
+
   def test_steps_per_dispatch(self):
     assert platforms.steps_per_dispatch('auto', 'cpu') == 1
     assert platforms.steps_per_dispatch('auto', 'gpu') == (

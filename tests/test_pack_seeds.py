@@ -11,6 +11,7 @@ from conftest import tiny_config
 from jax_resnet import checkpoints
 from jax_resnet import errors
 from jax_resnet import metric_logging
+from jax_resnet import platforms
 from jax_resnet import train
 from jax_resnet import validation
 
@@ -32,8 +33,11 @@ def _steps(trainer, state, steps):
   return state, metrics
 
 
-def test_packed_steps_equal_each_seeds_own(mock_cifar):
+# Vmapped (GPU, TPU) or one seed after the other (CPU): both run here.
+@pytest.mark.parametrize('vmap', [True, False], ids=['vmap', 'map'])
+def test_packed_steps_equal_each_seeds_own(mock_cifar, monkeypatch, vmap):
   del mock_cifar
+  monkeypatch.setattr(platforms, 'pack_by_vmap', lambda name=None: vmap)
   # Batch 16: two steps an epoch, so the third is in epoch 2's order. (At
   # batch 8 this tiny network amplifies the rounding differences of the
   # batched convolutions past 1e-5 within three steps.)
