@@ -272,3 +272,42 @@ def test_command_line_refuses_an_unknown_field(tmp_path):
   assert proc.returncode == 2
   assert "unknown config field 'model.deptth'" in proc.stderr
   assert 'Valid fields:' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_packed_seeds_train_together_and_write_each_workdir(tmp_path,
+                                                            mock_cifar,
+                                                            capsys):
+  del mock_cifar
+  runs = tiny_runs(tmp_path, seeds=(0, 1, 2), blocks=('basic', 'preact'))
+  # Seed 1 of basic is done already: the rest of its group packs.
+  grid.run_grid([r for r in runs if (r.block, r.seed) == ('basic', 1)])
+  capsys.readouterr()
+  outcome = grid.run_grid(runs, pack_seeds=True)
+  out = capsys.readouterr().out
+  assert 'resnet20-cifar10 basic: seeds 0,2 packed.' in out
+  assert 'resnet20-cifar10 preact: seeds 0,1,2 packed.' in out
+  assert len(outcome.finished) == 5 and len(outcome.already_done) == 1
+  for run in runs:
+    assert grid.run_state(run).state == 'done', run.name
+    status = grid.read_status(run.workdir)
+    assert (status['seed'], status['block']) == (run.seed, run.block)
+    history = metric_logging.read_metrics(run.workdir)
+    assert [r['epoch'] for r in history] == [1, 2]
+    assert status['best_test_accuracy'] == history[-1]['best_test_accuracy']
+  # Each seed's config.json is its own run's: no conflict on a rerun, and
+  # the report reads the workdirs as any others.
+  assert not grid.run_grid(runs).finished
+
+
+def test_a_failing_packed_group_marks_each_seed(tmp_path):
+  runs = tiny_runs(tmp_path, seeds=(0, 1))
+
+  def fail(model):
+    del model
+    raise OSError('No space left on device')
+
+  assert not grid.execute_group(runs, fail)
+  for run in runs:
+    status = grid.read_status(run.workdir)
+    assert (status['state'], status['seed']) == ('failed', run.seed)
+    assert status['message'] == 'No space left on device'
