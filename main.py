@@ -3,6 +3,10 @@
   python main.py --config configs/resnet56_cifar100.py                # train
   python main.py --config configs/resnet56_cifar100.py --mode eval    # evaluate
   python main.py --config configs/resnet110_cifar100.py --mode summary
+
+Several hosts: the same command on each, with --distributed=auto (TPU pod
+slices, SLURM) or --coordinator_address HOST:PORT --num_processes N
+--process_id I (jax_resnet/distributed.py).
 """
 
 import json
@@ -23,6 +27,17 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary'],
                           'train (resumes if the workdir has a checkpoint), '
                           'eval (restore and evaluate) or summary.')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'off', ['off', 'auto'],
+    'auto: one process per host of a TPU pod slice or SLURM job, found by '
+    'jax.distributed; off: one process, unless the three flags below.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'HOST:PORT of process 0 of a multi-host '
+    'run (with --num_processes and --process_id).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Processes of a multi-host run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   "This process's index, 0 to N-1.")
 flags.mark_flags_as_required(['config'])
 
 
@@ -31,6 +46,7 @@ def main(argv):
                                                        'auto'))
   # Imported after the platform settings, which must precede JAX's backend.
   # pylint: disable=g-import-not-at-top
+  from jax_resnet import distributed
   from jax_resnet import errors
   from jax_resnet import train
   from jax_resnet.tools import summary
@@ -41,6 +57,8 @@ def main(argv):
       config_flags.get_config_filename(flags.FLAGS['config'])))[0]
   workdir = _WORKDIR.value or os.path.join('runs', config_name)
   try:
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value,
+                           _NUM_PROCESSES.value, _PROCESS_ID.value)
     model = train.validated_model(config)
     if _MODE.value == 'summary':
       print(summary.summarize(config, model))

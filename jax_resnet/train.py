@@ -20,6 +20,7 @@ import optax
 
 from jax_resnet import checkpoints
 from jax_resnet import distillation
+from jax_resnet import distributed
 from jax_resnet.augment import pipeline as augment_pipeline
 from jax_resnet import errors
 from jax_resnet import input_pipeline
@@ -425,14 +426,16 @@ class Trainer:
     self.num_train = train_split.num_examples if train_split else 0
     self.steps_per_epoch = self.num_train // config.batch_size
     if train_split is not None:
-      self.train_images = jax.device_put(train_split.images, self.replicated)
-      self.train_labels = jax.device_put(train_split.labels, self.replicated)
+      self.train_images = distributed.place(train_split.images,
+                                            self.replicated)
+      self.train_labels = distributed.place(train_split.labels,
+                                            self.replicated)
     # The sets evaluated each epoch, by the name their metrics carry.
     self.eval_sets = {'test': self._eval_set(test_split)}
     if validation_split is not None:
       self.eval_sets['validation'] = self._eval_set(validation_split)
 
-    self._seed = jax.device_put(
+    self._seed = distributed.place(
         np.asarray(self.seeds if self.packed else config.seed, np.int32),
         self.replicated)
     self._permutation = jax.jit(
@@ -445,7 +448,7 @@ class Trainer:
       self.teacher = distillation.load_teacher(config)
     self._teacher_variables = (
         None if self.teacher is None else
-        jax.device_put(self.teacher.variables, self.replicated))
+        distributed.place(self.teacher.variables, self.replicated))
     self.steps_per_dispatch = platforms.steps_per_dispatch(
         config.steps_per_dispatch)
     # The compiled dispatches of the training loop, by their step count.
@@ -492,8 +495,9 @@ class Trainer:
       (state,) = states
       return state
     # Leaf by leaf: each state carries its own (equal) optimiser object.
-    leaves = [jnp.stack(xs) for xs in zip(*map(jax.tree.leaves, states))]
-    return jax.device_put(
+    leaves = [np.stack(xs) for xs in
+              zip(*(jax.tree.leaves(jax.device_get(s)) for s in states))]
+    return distributed.place(
         jax.tree.unflatten(jax.tree.structure(states[0]), leaves),
         self.replicated)
 
@@ -510,7 +514,7 @@ class Trainer:
     mask = np.concatenate([np.ones((n,), np.float32),
                            np.zeros((pad,), np.float32)])
     shape = (num_batches, batch)
-    return EvalSet(jax.device_put(
+    return EvalSet(distributed.place(
         {'image': images.reshape(shape + images.shape[1:]),
          'label': labels.reshape(shape), 'mask': mask.reshape(shape)},
         NamedSharding(self.mesh, P(None, DATA_AXIS))), n, num_batches)
@@ -521,9 +525,10 @@ class Trainer:
 
   def init_state(self) -> TrainState:
     """A fresh, replicated train state (stacked, when packed)."""
-    states = [jax.device_put(create_train_state(
-        self.config, self.model, max(self.steps_per_epoch, 1), seed),
-                             self.replicated)
+    # Computed by every process alike, then placed on its devices.
+    states = [distributed.place(jax.device_get(create_train_state(
+        self.config, self.model, max(self.steps_per_epoch, 1), seed)),
+                                self.replicated)
               for seed in (self.seeds or (self.config.seed,))]
     return self.stack(states)
 
@@ -660,7 +665,7 @@ class Trainer:
 
 
 def _progress_bar(total: int, epoch: int):
-  if not sys.stderr.isatty():
+  if not sys.stderr.isatty() or not distributed.is_primary():
     return None
   import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm.tqdm(total=total, desc=f'epoch {epoch}', leave=False,
@@ -788,6 +793,12 @@ def seed_config(config: ml_collections.ConfigDict, seed: int
   return config
 
 
+def _say(message: str) -> None:
+  """Prints a line of the run's output, on process 0 only."""
+  if distributed.is_primary():
+    print(message, flush=True)
+
+
 class _Member:
   """One seed's run in a training command: its workdir, checkpoints, log
   and best metrics."""
@@ -801,7 +812,7 @@ class _Member:
     os.makedirs(workdir, exist_ok=True)
     self.ckpt = checkpoints.Checkpointer(workdir,
                                          keep=config.checkpoints_to_keep)
-    self.best, self.selected, self.logger = {}, None, None
+    self.best, self.selected, self.logger, self.last = {}, None, None, None
 
   def restore(self, trainer: Trainer, fit: checkpoints.Fit,
               max_step: Optional[int] = None
@@ -827,7 +838,10 @@ class _Member:
 
   def start(self, resumed_epoch: int, mixes: bool):
     """Writes config.json and opens the log (after the checkpoints were
-    found to fit: a refused command leaves the workdir as it was)."""
+    found to fit: a refused command leaves the workdir as it was); on
+    process 0 only."""
+    if not distributed.is_primary():
+      return
     with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
       f.write(self.config.to_json(indent=2))
     self.logger = metric_logging.MetricLogger(
@@ -852,7 +866,9 @@ class _Member:
     record = {'epoch': epoch + 1, 'step': step, **train_metrics,
               **test_metrics, **self.best,
               'selected_test_accuracy': self.selected, **timing}
-    self.logger.write(record, self.config.num_epochs)
+    self.last = record
+    if self.logger is not None:
+      self.logger.write(record, self.config.num_epochs)
     meta = {'epoch': epoch + 1, **self.best,
             'selected_test_accuracy': self.selected,
             'selection_metric': self.selection,
@@ -866,18 +882,19 @@ class _Member:
     self.ckpt.close()
 
   def final(self) -> dict[str, Any]:
-    history = metric_logging.read_metrics(self.workdir)
-    if not history:
+    history = (metric_logging.read_metrics(self.workdir)
+               if distributed.is_primary() else [self.last])
+    if not history or history[-1] is None:
       raise RuntimeError(f'No epochs recorded in {self.workdir}.')
     final = dict(history[-1])
     final['final_test_accuracy'] = final['test_accuracy']
     chosen_on = ('validation' if self.config.data.validation_examples else
                  'test')
-    print(f'{self.label}Final test accuracy {final["test_accuracy"]:.2f}%, '
-          f'best {final["best_test_accuracy"]:.2f}%; the best checkpoint '
-          f'(selected on {chosen_on}) has '
-          f'{final["selected_test_accuracy"]:.2f}% '
-          f'({self.config.num_epochs} epochs).', flush=True)
+    _say(f'{self.label}Final test accuracy {final["test_accuracy"]:.2f}%, '
+         f'best {final["best_test_accuracy"]:.2f}%; the best checkpoint '
+         f'(selected on {chosen_on}) has '
+         f'{final["selected_test_accuracy"]:.2f}% '
+         f'({self.config.num_epochs} epochs).')
     logging.info('Finished: %s', json.dumps(final))
     return final
 
@@ -891,8 +908,8 @@ def _resume(members: list[_Member], trainer: Trainer, fit: checkpoints.Fit
     # A packed group killed during its first saves: all start afresh (the
     # epochs are deterministic; the saved steps are kept as they are).
     if len(members) > 1 and any(r is not None for r in restored):
-      print('Some seeds of the group have no checkpoint; the group starts '
-            'from epoch 0.', flush=True)
+      _say('Some seeds of the group have no checkpoint; the group starts '
+           'from epoch 0.')
     for member in members:
       member.best, member.selected = {}, None
     return None, 0
@@ -965,28 +982,27 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str],
       state = trainer.init_state()
     else:
       where = ', '.join(m.workdir for m in members)
-      print(f'Resumed from epoch {start_epoch} (step '
-            f'{start_epoch * trainer.steps_per_epoch}) in {where}.',
-            flush=True)
+      _say(f'Resumed from epoch {start_epoch} (step '
+           f'{start_epoch * trainer.steps_per_epoch}) in {where}.')
     mixes = trainer.step_cfg.augment.mixes
     for member in members:
       member.start(start_epoch, mixes)
     packing = (f', seeds {",".join(map(str, seeds))} packed' if packed
                else '')
-    print(f'{config.dataset} {model.description}: '
-          f'{trainer.num_train} train / {trainer.num_test} test images, '
-          f'{trainer.steps_per_epoch} steps per epoch, '
-          f'{jax.device_count()} device(s){packing}.', flush=True)
+    _say(f'{config.dataset} {model.description}: '
+         f'{trainer.num_train} train / {trainer.num_test} test images, '
+         f'{trainer.steps_per_epoch} steps per epoch, '
+         f'{jax.device_count()} device(s){packing}.')
     if trainer.teacher is not None:
-      print(f'Distilling {trainer.teacher.description} '
-            f'({trainer.teacher.workdir}, best checkpoint, step '
-            f'{trainer.teacher.checkpoint_step}): alpha '
-            f'{config.distill.alpha}, temperature '
-            f'{config.distill.temperature}.', flush=True)
+      _say(f'Distilling {trainer.teacher.description} '
+           f'({trainer.teacher.workdir}, best checkpoint, step '
+           f'{trainer.teacher.checkpoint_step}): alpha '
+           f'{config.distill.alpha}, temperature '
+           f'{config.distill.temperature}.')
     if mixes:
-      print('Mixup/CutMix: the train loss is against the mixed targets and '
-            'the train accuracy is lam-weighted (a prediction of the '
-            "mixed-in example's class counts 1 - lam).", flush=True)
+      _say('Mixup/CutMix: the train loss is against the mixed targets and '
+           'the train accuracy is lam-weighted (a prediction of the '
+           "mixed-in example's class counts 1 - lam).")
 
     for epoch in range(start_epoch, config.num_epochs):
       start = time.perf_counter()

@@ -4,6 +4,8 @@ With COUNT_CALLS=1 it also counts, and prints as the last line of stderr,
 how often the command resolved a network (``registry.resolve``) and really
 initialised one (``train.Trainer.init_state``): a main.py train command
 resolves once, and initialises only when there is no checkpoint to resume.
+With PAUSE_AFTER_FIRST_EPOCH=S it sleeps S seconds before each epoch after
+the first.
 """
 
 import atexit
@@ -43,10 +45,27 @@ def count_calls() -> None:
                                 file=sys.stderr, flush=True))
 
 
+def pause_after_first_epoch(seconds: float) -> None:
+  """Sleeps before every epoch but the first: a window in which a test can
+  kill the run right after epoch 1's checkpoint."""
+  import time
+  from jax_resnet import train
+  original = train.Trainer.train_epoch
+
+  def paused(self, state, epoch):
+    if epoch >= 1:
+      time.sleep(seconds)
+    return original(self, state, epoch)
+
+  train.Trainer.train_epoch = paused
+
+
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
   if os.environ.get('COUNT_CALLS'):
     count_calls()
+  if os.environ.get('PAUSE_AFTER_FIRST_EPOCH'):
+    pause_after_first_epoch(float(os.environ['PAUSE_AFTER_FIRST_EPOCH']))
   with tfds.testing.mock_data(num_examples=num_examples):
     config_overrides.check_command_line(sys.argv)
     app.run(main.main)
