@@ -1,6 +1,7 @@
 """Shared test setup and helpers: project XLA flags, tiny configs, TFDS mock
 data, and the command line run as a user runs it."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -98,6 +99,36 @@ def run_main(args, devices=1, examples=MOCK_EXAMPLES, mock=True, check=True,
     raise AssertionError(f'{os.path.basename(script)} {args} exited '
                          f'{proc.returncode}:\n{proc.stdout}\n{proc.stderr}')
   return proc
+
+
+class Interrupt(Exception):
+  """Raised in place of a dispatch by ``interrupted_at_dispatch``."""
+
+
+@contextlib.contextmanager
+def interrupted_at_dispatch(monkeypatch, n: int):
+  """Trainers made inside raise ``Interrupt`` at the ``n``-th dispatch
+  (counted over all of them), as a kill would stop the run there; yields
+  the count so far, ``{'n': ...}``."""
+  from jax_resnet import train  # pylint: disable=g-import-not-at-top
+  original_init = train.Trainer.__init__
+  calls = {'n': 0}
+
+  def init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    dispatch = self.dispatch
+
+    def interrupting(state, order, count):
+      calls['n'] += 1
+      if calls['n'] == n:
+        raise Interrupt()
+      return dispatch(state, order, count)
+
+    self.dispatch = interrupting
+
+  with monkeypatch.context() as m:
+    m.setattr(train.Trainer, '__init__', init)
+    yield calls
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -6,6 +6,8 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import Interrupt
+from conftest import interrupted_at_dispatch
 from conftest import records
 from conftest import tiny_config
 from jax_resnet import checkpoints
@@ -98,26 +100,7 @@ def test_an_interrupted_group_resumes_together(mock_cifar, tmp_path,
   full, resumed = tmp_path / 'full', tmp_path / 'resumed'
   train.train_and_evaluate(config, str(full))
 
-  class Interrupt(Exception):
-    pass
-
-  original_init = train.Trainer.__init__
-  calls = {'n': 0}
-
-  def init_with_interrupting_dispatch(self, *args, **kwargs):
-    original_init(self, *args, **kwargs)
-    dispatch = self.dispatch
-
-    def interrupting(state, order, count):
-      calls['n'] += 1
-      if calls['n'] == 13:  # Epoch 3's third step.
-        raise Interrupt()
-      return dispatch(state, order, count)
-
-    self.dispatch = interrupting
-
-  with monkeypatch.context() as m:
-    m.setattr(train.Trainer, '__init__', init_with_interrupting_dispatch)
+  with interrupted_at_dispatch(monkeypatch, 13):  # Epoch 3's third step.
     with pytest.raises(Interrupt):
       train.train_and_evaluate(config, str(resumed))
   # As if killed while saving epoch 2: seed 2's last checkpoint is missing.

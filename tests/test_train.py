@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import MOCK_EXAMPLES, records, tiny_config
+from conftest import (MOCK_EXAMPLES, Interrupt, interrupted_at_dispatch,
+                      records, tiny_config)
 from jax_resnet import checkpoints
 from jax_resnet import errors
 from jax_resnet import input_pipeline
@@ -192,28 +193,8 @@ def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
   full_dir, resumed_dir = str(tmp_path / 'full'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, full_dir)
 
-  original_init = train.Trainer.__init__
-
-  class Interrupt(Exception):
-    pass
-
-  calls = {'n': 0}
-
-  def init_with_interrupting_step(self, *args, **kwargs):
-    original_init(self, *args, **kwargs)
-    dispatch = self.dispatch
-
-    def interrupting_dispatch(state, order, count):
-      calls['n'] += 1
-      if calls['n'] == stop:  # The second step of an epoch.
-        raise Interrupt()
-      return dispatch(state, order, count)
-
-    self.dispatch = interrupting_dispatch
-
-  with monkeypatch.context() as m:
-    m.setattr(train.Trainer, '__init__', init_with_interrupting_step)
-    with pytest.raises(Interrupt):
+  with interrupted_at_dispatch(monkeypatch, stop) as calls:
+    with pytest.raises(Interrupt):  # The second step of an epoch.
       train.train_and_evaluate(config, resumed_dir)
   assert calls['n'] == stop
   assert len(metric_logging.read_metrics(resumed_dir)) == stop // 2 - 1
@@ -226,23 +207,29 @@ def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
     np.testing.assert_array_equal(a, b)  # Bitwise.
 
 
+# An infinite learning rate from step 3 (epoch 2's first, 2 steps an epoch):
+# step 4's loss is NaN. With 4 steps per dispatch and 5 steps an epoch (batch
+# 8), from step 7: step 8 is third in epoch 2's first dispatch.
+@pytest.mark.parametrize('batch,dispatch,inf_from,message,steps', [
+    (16, 1, 2, r'at epoch 2, step 4 \(step 2 of the epoch\)', 2),
+    (8, 4, 6, r'at epoch 2, step 8 \(step 3 of the epoch\)', 5)],
+                         ids=['one_step', 'inside_a_dispatch'])
 def test_nan_loss_stops_with_epoch_and_step(mock_cifar, tmp_path,
-                                            monkeypatch):
+                                            monkeypatch, batch, dispatch,
+                                            inf_from, message, steps):
   del mock_cifar
   schedule = schedules.learning_rate_fn
 
-  def exploding_after_first_epoch(config, steps_per_epoch):
+  def exploding(config, steps_per_epoch):
     base = schedule(config, steps_per_epoch)
-    return lambda step: jnp.where(step >= steps_per_epoch, jnp.inf,
-                                  base(step))
+    return lambda step: jnp.where(step >= inf_from, jnp.inf, base(step))
 
-  monkeypatch.setattr(schedules, 'learning_rate_fn',
-                      exploding_after_first_epoch)
-  config = tiny_config(num_epochs=2)
-  with pytest.raises(train.NonFiniteLossError,
-                     match=r'at epoch 2, step 4 \(step 2 of the epoch\)'):
+  monkeypatch.setattr(schedules, 'learning_rate_fn', exploding)
+  config = tiny_config(num_epochs=2, batch_size=batch,
+                       steps_per_dispatch=dispatch)
+  with pytest.raises(train.NonFiniteLossError, match=message):
     train.train_and_evaluate(config, str(tmp_path))
   assert len(metric_logging.read_metrics(str(tmp_path))) == 1
   state, meta = restore_latest(config, str(tmp_path))
-  assert meta['epoch'] == 1 and int(state.step) == 2
+  assert meta['epoch'] == 1 and int(state.step) == steps
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
