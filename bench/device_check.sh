@@ -27,9 +27,11 @@ PYTHON="${PYTHON:-python3}"
 cd "$ROOT"
 
 if [[ -n "${QUICK:-}" ]]; then
-  DEPTHS=8; STEPS=3; EPOCHS=1; PACKS=2; DISPATCH=1,2
+  DEPTHS=8; STEPS=3; EPOCHS=1; PACKS=2; DISPATCH=1,2; BATCH=16
+  LOOP_LIMIT=900; PACK_LIMIT=600  # A CPU compiles slowly.
 else
-  DEPTHS=20,56,110; STEPS=50; EPOCHS=2; PACKS=8; DISPATCH=1,8
+  DEPTHS=20,56,110; STEPS=50; EPOCHS=2; PACKS=8; DISPATCH=1,8; BATCH=128
+  LOOP_LIMIT=100; PACK_LIMIT=50
 fi
 
 "$PYTHON" - <<'EOF' | tee "$OUT/machine.txt"
@@ -49,14 +51,16 @@ start=$SECONDS
 # One depth at a time, the smallest first, each in its own process and time
 # limit, so that a slow compile costs its own rows only.
 for depth in ${DEPTHS//,/ }; do
-  timeout 100 "$PYTHON" -m jax_resnet.bench.loop --depths="$depth" \
+  timeout "$LOOP_LIMIT" "$PYTHON" -m jax_resnet.bench.loop --depths="$depth" \
     --dtypes=float32,bfloat16 --steps_per_dispatch="$DISPATCH" --packs=1 \
     --torch_dtypes=float32,bfloat16 --steps="$STEPS" --epochs="$EPOCHS" \
+    --batch_size="$BATCH" \
     --json="$OUT/loop_$depth.json" --markdown="$OUT/loop_$depth.md" \
     || echo "ResNet-$depth loop rows: exit $? after $((SECONDS - start)) s"
-  timeout 50 "$PYTHON" -m jax_resnet.bench.loop --depths="$depth" \
+  timeout "$PACK_LIMIT" "$PYTHON" -m jax_resnet.bench.loop --depths="$depth" \
     --dtypes=float32 --steps_per_dispatch="${DISPATCH##*,}" \
     --packs="1,$PACKS" --steps="$STEPS" --epochs="$EPOCHS" \
+    --batch_size="$BATCH" \
     --json="$OUT/packed_$depth.json" --markdown="$OUT/packed_$depth.md" \
     || echo "ResNet-$depth packed rows: exit $? after $((SECONDS - start)) s"
 done
