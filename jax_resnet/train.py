@@ -1035,7 +1035,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Restores the best (or latest) checkpoint and evaluates the test set.
 
   ``model`` as in ``train_and_evaluate``.
+
+  Raises:
+    errors.ConfigError: ``pack_seeds`` is set; each seed's workdir is
+      evaluated on its own.
   """
+  seeds = validation.pack_seeds(config)
+  if seeds:
+    raise errors.ConfigError(
+        f'Packed seeds are evaluated one at a time: --workdir '
+        f'{os.path.join(workdir, f"seed{seeds[0]}")} '
+        f'--config.seed={seeds[0]} --config.pack_seeds= (and so on for '
+        f'{", ".join(map(str, seeds[1:])) or "the others"}).')
   model = model or validated_model(config)
   trainer = Trainer(config, model, *load_data(config, train=False))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)

@@ -121,6 +121,13 @@ def test_bad_pack_seeds(value):
     validation.pack_seeds(tiny_config(pack_seeds=value))
 
 
+def test_eval_of_a_packed_config_points_to_the_seed_workdirs(tmp_path):
+  with pytest.raises(errors.ConfigError,
+                     match=r'seed3 --config.seed=3 --config.pack_seeds= '
+                     r'\(and so on for 5\)'):
+    train.evaluate(tiny_config(pack_seeds='3,5'), str(tmp_path))
+
+
 def test_pack_seeds_parsing():
   assert validation.pack_seeds(tiny_config(pack_seeds=' 4,1 ')) == (4, 1)
   assert validation.pack_seeds(tiny_config()) == ()
