@@ -525,11 +525,12 @@ class Trainer:
 
   def init_state(self) -> TrainState:
     """A fresh, replicated train state (stacked, when packed)."""
-    # Computed by every process alike, then placed on its devices.
-    states = [distributed.place(jax.device_get(create_train_state(
-        self.config, self.model, max(self.steps_per_epoch, 1), seed)),
-                                self.replicated)
+    # Computed by every process alike, then placed on its devices once.
+    states = [jax.device_get(create_train_state(
+        self.config, self.model, max(self.steps_per_epoch, 1), seed))
               for seed in (self.seeds or (self.config.seed,))]
+    if not self.packed:
+      return distributed.place(states[0], self.replicated)
     return self.stack(states)
 
   def abstract_state(self) -> TrainState:
