@@ -18,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jax_resnet import config_overrides
+from jax_resnet import distributed
 from jax_resnet import runtime
 
 _CONFIG = config_overrides.define_config_file(
@@ -27,17 +28,7 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary'],
                           'train (resumes if the workdir has a checkpoint), '
                           'eval (restore and evaluate) or summary.')
-_DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'off', ['off', 'auto'],
-    'auto: one process per host of a TPU pod slice or SLURM job, found by '
-    'jax.distributed; off: one process, unless the three flags below.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'HOST:PORT of process 0 of a multi-host '
-    'run (with --num_processes and --process_id).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'Processes of a multi-host run.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None,
-                                   "This process's index, 0 to N-1.")
+distributed.define_flags()
 flags.mark_flags_as_required(['config'])
 
 
@@ -46,7 +37,7 @@ def main(argv):
                                                        'auto'))
   # Imported after the platform settings, which must precede JAX's backend.
   # pylint: disable=g-import-not-at-top
-  from jax_resnet import distributed
+  import jax
   from jax_resnet import errors
   from jax_resnet import train
   from jax_resnet.tools import summary
@@ -57,8 +48,7 @@ def main(argv):
       config_flags.get_config_filename(flags.FLAGS['config'])))[0]
   workdir = _WORKDIR.value or os.path.join('runs', config_name)
   try:
-    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value,
-                           _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize_from_flags()
     model = train.validated_model(config)
     if _MODE.value == 'summary':
       print(summary.summarize(config, model))
@@ -77,6 +67,10 @@ def main(argv):
     # raising, a bug) keeps its traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except jax.errors.JaxRuntimeError as e:
+    if not distributed.is_multi_process():
+      raise
+    distributed.exit_after_runtime_error(e, workdir)
 
 
 if __name__ == '__main__':

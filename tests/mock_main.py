@@ -5,7 +5,8 @@ how often the command resolved a network (``registry.resolve``) and really
 initialised one (``train.Trainer.init_state``): a main.py train command
 resolves once, and initialises only when there is no checkpoint to resume.
 With PAUSE_AFTER_FIRST_EPOCH=S it sleeps S seconds before each epoch after
-the first.
+the first, and with PAUSE_MARKER=P also creates the file P.<pid> as it
+starts sleeping.
 """
 
 import atexit
@@ -54,6 +55,8 @@ def pause_after_first_epoch(seconds: float) -> None:
 
   def paused(self, state, epoch):
     if epoch >= 1:
+      if os.environ.get('PAUSE_MARKER'):
+        open(f'{os.environ["PAUSE_MARKER"]}.{os.getpid()}', 'w').close()
       time.sleep(seconds)
     return original(self, state, epoch)
 

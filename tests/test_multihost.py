@@ -10,10 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import MOCK_MAIN, ROOT, TINY, command_env, records, run_main
+from conftest import MOCK_MAIN, ROOT, TINY, command_env, error_lines, records
+from conftest import run_main
 from jax_resnet import distributed
 from jax_resnet import errors
 from jax_resnet import metric_logging
+from jax_resnet.tools import grid
 
 ARGS = TINY + ['--config.num_epochs=3']
 EXAMPLES = 64
@@ -25,13 +27,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_pair(workdir, extra_env=None):
+def _start_pair(workdir, extra_env=None, command=None):
+  """Two processes of ``command`` (main.py's arguments on mock data by
+  default) forming one run on localhost."""
   port = _free_port()
-  env = {**command_env(1, EXAMPLES), **(extra_env or {})}
+  env = {**command_env(1, EXAMPLES, pythonpath=os.path.join(ROOT, 'tests')),
+         **(extra_env or {})}
+  command = command or ([MOCK_MAIN] + ARGS + [f'--workdir={workdir}'])
   return [subprocess.Popen(
-      [sys.executable, MOCK_MAIN] + ARGS +
-      [f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
-       '--num_processes=2', f'--process_id={i}'],
+      [sys.executable] + command +
+      [f'--coordinator_address=localhost:{port}', '--num_processes=2',
+       f'--process_id={i}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
 
@@ -43,20 +49,32 @@ def _finish(processes, timeout=300):
   return outputs
 
 
-def test_two_processes_equal_two_devices_and_resume_after_kill_9(tmp_path):
+def test_two_processes_equal_two_devices_lost_process_and_resume(tmp_path):
   reference = tmp_path / 'one_process'
   run_main(ARGS + [f'--workdir={reference}'], devices=2, examples=EXAMPLES)
 
   workdir = tmp_path / 'two_processes'
-  pair = _start_pair(workdir, {'PAUSE_AFTER_FIRST_EPOCH': '60'})
+  marker = tmp_path / 'paused'
+  pair = _start_pair(workdir, {'PAUSE_AFTER_FIRST_EPOCH': '5',
+                               'PAUSE_MARKER': str(marker)})
   deadline = time.time() + 240
-  # Epoch 1's checkpoint is complete once Orbax has renamed it into place.
-  while not os.path.isdir(workdir / 'checkpoints' / '4'):
+  # Both processes are past epoch 1 (its checkpoint written) and sleeping.
+  while not all(os.path.exists(f'{marker}.{p.pid}') for p in pair):
     assert time.time() < deadline and all(p.poll() is None for p in pair)
-    time.sleep(0.2)
-  for p in pair:
-    p.send_signal(signal.SIGKILL)
-    p.communicate()
+    time.sleep(0.1)
+  pair[1].send_signal(signal.SIGKILL)
+  pair[1].communicate()
+  lost = time.time()
+  _, err = pair[0].communicate(timeout=150)
+  # Process 0's next collective fails: one message, no traceback, and no
+  # wait at the shutdown barrier for the lost process.
+  assert time.time() - lost < 120
+  assert pair[0].returncode == distributed.LOST_PROCESS_EXIT_CODE, err
+  # (The lines before are the mock dataset's warnings.)
+  lines = error_lines(err)[-2:]
+  assert lines[0].startswith('error: process 0 of 2 stopped: '), err
+  assert 'probably lost' in lines[1] and str(workdir) in lines[1], err
+  assert 'Traceback' not in err, err
   assert len(metric_logging.read_metrics(str(workdir))) == 1
 
   restart = _start_pair(workdir)
@@ -75,6 +93,31 @@ def test_two_processes_equal_two_devices_and_resume_after_kill_9(tmp_path):
       np.testing.assert_allclose(ra[key], rb[key], rtol=1e-4)
     for key in ('train_accuracy', 'test_accuracy', 'best_test_accuracy'):
       assert ra[key] == pytest.approx(rb[key], abs=1e-6)
+
+
+def test_a_two_process_grid_runs_each_run_on_both(tmp_path):
+  root = tmp_path / 'grid'
+  overrides = [a for a in TINY if a.startswith('--config.') and
+               'depth' not in a] + ['--config.model.depth=8']
+  command = [os.path.join(ROOT, 'tests', 'mock_grid.py'),
+             '--settings=resnet20-cifar10',
+             '--blocks=mock_grid:NaNBlock,basic', '--seeds=0',
+             f'--root={root}', '--epochs=1'] + overrides
+  pair = _start_pair(None, command=command)
+  (out0, err0), (out1, err1) = [p.communicate(timeout=300) for p in pair]
+  # The NaN run fails on both processes alike, and both go on to the next.
+  assert [p.returncode for p in pair] == [1, 1], out0 + err0 + out1 + err1
+  assert 'failed: resnet20-cifar10 mock_grid:NaNBlock seed0' in out0
+  assert '1 finished now' in out0 and '2 device(s)' in out0
+  # Process 1 prints nothing of the grid (gloo's connection notice only).
+  assert 'resnet20-cifar10' not in out1 and 'Grid' not in out1, out1
+  basic = root / 'resnet20-cifar10' / 'basic' / 'seed0'
+  status = grid.read_status(str(basic))
+  assert (status['state'], status['pid']) == ('done', pair[0].pid)
+  assert [r['step'] for r in records(basic)] == [EXAMPLES // 16]
+  nan = grid.read_status(str(root / 'resnet20-cifar10' /
+                             'mock_grid.NaNBlock' / 'seed0'))
+  assert nan['state'] == 'failed'
 
 
 @pytest.mark.parametrize('kwargs,message', [

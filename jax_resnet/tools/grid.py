@@ -25,6 +25,15 @@ partial grid already gives a complete table for one seed. ``--shard i/k``
 (0 <= i < k) takes runs i, i+k, i+2k, ... of that order: k machines given the
 same grid flags and one shared root each write only their own workdirs.
 ``<root>/grid.json`` records the grid's axes for the report.
+
+Several hosts: the grid command on every host with main.py's multi-host
+flags (``--distributed=auto``, or ``--coordinator_address``,
+``--num_processes``, ``--process_id``; jax_resnet/distributed.py). The grid
+then trains one multi-host run at a time, every process taking part.
+Process 0 reads the workdirs and decides what to run; the others follow its
+decisions. Only process 0 prints and writes status.json and grid.json. A
+lost process ends the grid on every host (the runs' status says running;
+the same commands resume them).
 """
 
 import dataclasses
@@ -42,6 +51,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from jax_resnet import config_overrides
+from jax_resnet import distributed
 from jax_resnet import errors
 from jax_resnet import metric_logging
 from jax_resnet import runtime
@@ -81,6 +91,7 @@ def define_flags() -> None:
                     'still writes its own workdir.')
   flags.DEFINE_bool('retry-failed', False, 'Run failed runs again (they '
                     'resume from their last checkpoint).')
+  distributed.define_flags()
   # Typed parsing of --config.FIELD=VALUE by ml_collections, against the
   # defaults that every setting's config starts from.
   config_overrides.define_config_dict(
@@ -224,7 +235,10 @@ def read_status(workdir: str) -> Optional[dict[str, Any]]:
 
 
 def write_status(workdir: str, status: dict[str, Any]) -> None:
-  """Replaces status.json atomically: a reader never sees half a file."""
+  """Replaces status.json atomically: a reader never sees half a file.
+  Process 0 of a multi-host grid writes; the others do nothing."""
+  if not distributed.is_primary():
+    return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, STATUS_FILE)
   with open(path + '.tmp', 'w') as f:
@@ -377,6 +391,11 @@ def execute_group(runs: Sequence[Run],
       write_status(run.workdir, statuses[run.seed])
     raise
   except Exception as e:  # pylint: disable=broad-except
+    if (isinstance(e, jax.errors.JaxRuntimeError) and
+        distributed.is_multi_process()):
+      # A lost process: the other processes cannot go on with this run or
+      # the next; the same commands resume it.
+      raise
     # Any error ends these runs only; the grid goes on with the next ones.
     for run in runs:
       statuses[run.seed].update(
@@ -421,31 +440,20 @@ def run_grid(runs: Sequence[Run], retry_failed: bool = False,
   outcome = Outcome()
   todo = []
   for position, run in enumerate(runs, start=1):
-    state = run_state(run)
-    header = f'[{position}/{len(runs)}] {run.name} ({run.workdir})'
-    if state.state == 'done':
-      print(f'{header}: done, skipped.', flush=True)
+    # Process 0's reading of the workdirs, followed by every process.
+    action, line, detail = distributed.from_primary(
+        lambda: _decide(run, f'[{position}/{len(runs)}]', retry_failed,
+                        pack_seeds))
+    _say(line)
+    if action == 'done':
       outcome.already_done.append(run)
       continue
-    if state.state == 'conflict' or (state.state == 'failed' and
-                                     not retry_failed):
-      print(f'{header}: {state.state}, skipped: {state.detail}', flush=True)
-      outcome.failed.append((run, state.detail))
+    if action == 'skip':
+      outcome.failed.append((run, detail))
       continue
-    if state.state == 'running':
-      status = read_status(run.workdir)
-      if status.get('host') == socket.gethostname():
-        print(f'{header}: running in another process ({state.detail}), '
-              'skipped.', flush=True)
-        outcome.elsewhere.append(run)
-        continue
-      # The run belongs to this shard: the status is from an earlier
-      # incarnation of this machine (hostnames change on restart).
-      print(f'{header}: status says running ({state.detail}); taking it '
-            'over.', flush=True)
-    print(f'{header}: {"resuming" if state.epochs else "starting"}'
-          f'{" (packed with its other seeds)" if pack_seeds else ""}.',
-          flush=True)
+    if action == 'elsewhere':
+      outcome.elsewhere.append(run)
+      continue
     todo.append(run)
     if pack_seeds:
       continue
@@ -459,7 +467,7 @@ def run_grid(runs: Sequence[Run], retry_failed: bool = False,
       groups.setdefault((run.setting, run.block), []).append(run)
     for (setting, block), group in groups.items():
       seeds = ','.join(str(run.seed) for run in group)
-      print(f'{setting} {block}: seeds {seeds} packed.', flush=True)
+      _say(f'{setting} {block}: seeds {seeds} packed.')
       if execute_packed(group):
         outcome.finished.extend(group)
       else:
@@ -468,9 +476,44 @@ def run_grid(runs: Sequence[Run], retry_failed: bool = False,
   return outcome
 
 
+def _decide(run: Run, position: str, retry_failed: bool,
+            pack_seeds: bool) -> tuple[str, str, str]:
+  """What to do with a run, from its workdir: ``(action, line, detail)``,
+  the action one of done, skip (failed or conflict), elsewhere (running in
+  another process) and train; the line says it."""
+  state = run_state(run)
+  header = f'{position} {run.name} ({run.workdir})'
+  if state.state == 'done':
+    return 'done', f'{header}: done, skipped.', ''
+  if state.state == 'conflict' or (state.state == 'failed' and
+                                   not retry_failed):
+    return ('skip', f'{header}: {state.state}, skipped: {state.detail}',
+            state.detail)
+  if state.state == 'running':
+    status = read_status(run.workdir)
+    if status.get('host') == socket.gethostname():
+      return ('elsewhere', f'{header}: running in another process '
+              f'({state.detail}), skipped.', '')
+  line = f'{header}: {"resuming" if state.epochs else "starting"}'
+  if state.state == 'running':
+    # The run belongs to this shard: the status is from an earlier
+    # incarnation of this machine (hostnames change on restart).
+    line = (f'{header}: status says running ({state.detail}); taking it '
+            'over.\n' + line)
+  line += ' (packed with its other seeds).' if pack_seeds else '.'
+  return 'train', line, ''
+
+
+def _say(line: str) -> None:
+  """Prints on process 0 only (every process of a multi-host grid runs the
+  same loop)."""
+  if distributed.is_primary():
+    print(line, flush=True)
+
+
 def _failed(run: Run, outcome: Outcome) -> None:
-  detail = run_state(run).detail
-  print(f'{run.name} ({run.workdir}): FAILED: {detail}', flush=True)
+  detail = distributed.from_primary(lambda: run_state(run).detail)
+  _say(f'{run.name} ({run.workdir}): FAILED: {detail}')
   outcome.failed.append((run, detail))
 
 
@@ -502,7 +545,10 @@ def format_plan(runs: Sequence[Run], total: int, shard: tuple[int, int]
 
 
 def record_grid(root: str, runs: Sequence[Run]) -> None:
-  """Adds the grid's axes to <root>/grid.json (the report's row order)."""
+  """Adds the grid's axes to <root>/grid.json (the report's row order);
+  process 0 of a multi-host grid only."""
+  if not distributed.is_primary():
+    return
   path = os.path.join(root, GRID_FILE)
   grid = {'settings': [], 'blocks': [], 'seeds': []}
   if os.path.exists(path):
@@ -521,11 +567,15 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 
 def main(argv):
   runtime.start_command(argv)
-  from jax_resnet import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax_resnet import train
+  # pylint: enable=g-import-not-at-top
 
   args = flags.FLAGS
   overrides = dict(config_flags.get_override_values(args['config']))
   try:
+    distributed.initialize_from_flags()
     if not args.settings:
       raise errors.ConfigError('--settings is required, e.g. '
                                '--settings resnet20-cifar10.')
@@ -550,17 +600,22 @@ def main(argv):
 
   mine = shard_runs(runs, *shard)
   if args['dry-run'].value:
-    print(format_plan(mine, len(runs), shard))
+    _say(format_plan(mine, len(runs), shard))
     return
   record_grid(args.root, runs)
-  outcome = run_grid(mine, retry_failed=args['retry-failed'].value,
-                     pack_seeds=args['pack-seeds'].value)
-  print(f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} '
-        f'finished now, {len(outcome.already_done)} already done, '
-        f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
-        'elsewhere.')
+  try:
+    outcome = run_grid(mine, retry_failed=args['retry-failed'].value,
+                       pack_seeds=args['pack-seeds'].value)
+  except jax.errors.JaxRuntimeError as e:
+    if not distributed.is_multi_process():
+      raise
+    distributed.exit_after_runtime_error(e, args.root)
+  _say(f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} '
+       f'finished now, {len(outcome.already_done)} already done, '
+       f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
+       'elsewhere.')
   for run, detail in outcome.failed:
-    print(f'  failed: {run.name} ({run.workdir}): {detail}')
+    _say(f'  failed: {run.name} ({run.workdir}): {detail}')
   if outcome.failed:
     sys.exit(1)
 
