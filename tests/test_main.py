@@ -116,19 +116,25 @@ def test_two_devices_equal_one(tmp_path):
       assert ra[key] == pytest.approx(rb[key], abs=1e-6)
 
 
-def test_packed_seeds_on_two_devices_equal_their_own_runs(tmp_path):
-  args = TINY + ['--config.num_epochs=2']
+def test_packed_sam_seeds_on_two_devices_equal_their_own_runs(tmp_path):
+  # SAM perturbs per device (a shard_map inside the map over seeds): the
+  # packed seed equals its own run on the same two devices.
+  args = TINY + ['--config.num_epochs=2', '--config.optimizer.sam_rho=0.05']
   packed = tmp_path / 'packed'
   out = run_main(args + [f'--workdir={packed}', '--config.pack_seeds=0,1'],
                  devices=2, examples=64)
   assert 'seeds 0,1 packed' in out.stdout and '2 device(s)' in out.stdout
   assert 'seed 1: epoch   2/2' in out.stdout
   alone = tmp_path / 'alone1'
-  run_main(args + [f'--workdir={alone}', '--config.seed=1'], examples=64)
+  run_main(args + [f'--workdir={alone}', '--config.seed=1'], devices=2,
+           examples=64)
   for rp, ra in zip(records(packed / 'seed1'), records(alone), strict=True):
     assert rp['step'] == ra['step']
+    # SAM's second gradient amplifies rounding: measured 1.5e-4 relative at
+    # most, where SAM over the whole batch (one device) differs by 3e-3 to
+    # 2e-2.
     for key in ('train_loss', 'test_loss'):
-      np.testing.assert_allclose(rp[key], ra[key], rtol=1e-4)
+      np.testing.assert_allclose(rp[key], ra[key], rtol=5e-4)
     for key in ('train_accuracy', 'test_accuracy'):
       assert rp[key] == pytest.approx(ra[key], abs=1e-6)
   for seed in (0, 1):
