@@ -9,6 +9,7 @@ slices, SLURM) or --coordinator_address HOST:PORT --num_processes N
 --process_id I (jax_resnet/distributed.py).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from ml_collections import config_flags
 from jax_resnet import config_overrides
 from jax_resnet import distributed
 from jax_resnet import runtime
+from jax_resnet import workdir_lock
 
 _CONFIG = config_overrides.define_config_file(
     'Config file, e.g. configs/resnet20_cifar10.py.')
@@ -53,6 +55,12 @@ def main(argv):
     if _MODE.value == 'summary':
       print(summary.summarize(config, model))
     elif _MODE.value == 'eval':
+      trainer = workdir_lock.holder(workdir)
+      if trainer is not None and distributed.is_primary():
+        # Eval only reads: it may run beside the training.
+        print(f'{workdir} is in use by process {trainer.get("pid")} on '
+              f'host {trainer.get("host")}; evaluating its checkpoints as '
+              'they are now.')
       result = train.evaluate(config, workdir, model)
       print(f'test loss {result["test_loss"]:.4f}, test accuracy '
             f'{result["test_accuracy"]:.2f}% ({config.eval_checkpoint} '
@@ -61,7 +69,13 @@ def main(argv):
       print(json.dumps({k: result[k] for k in
                         ('test_accuracy', 'test_loss', 'checkpoint_step')}))
     else:
-      train.train_and_evaluate(config, workdir, model)
+      with contextlib.ExitStack() as locks:
+        # Process 0 holds the locks of a multi-host run.
+        if distributed.is_primary():
+          for path in train.run_workdirs(config, workdir).values():
+            locks.enter_context(workdir_lock.WorkdirLock(
+                path, workdir_lock.command_name()))
+        train.train_and_evaluate(config, workdir, model)
   except errors.Error as e:
     # The project's own errors are one line; anything else (a user's block
     # raising, a bug) keeps its traceback.

@@ -943,14 +943,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     The last epoch's record plus 'final_test_accuracy' (of the first seed,
     when packed).
   """
+  workdirs = run_workdirs(config, workdir)
+  results = train_seeds(config, workdirs, model,
+                        packed=bool(validation.pack_seeds(config)))
+  return results[next(iter(workdirs))]
+
+
+def run_workdirs(config: ml_collections.ConfigDict, workdir: str
+                 ) -> dict[int, str]:
+  """Where ``train_and_evaluate`` writes, by seed: ``workdir`` itself, or
+  ``<workdir>/seed<k>`` for each seed of ``config.pack_seeds``."""
   seeds = validation.pack_seeds(config)
   if not seeds:
-    return train_seeds(config, {config.seed: workdir}, model,
-                       packed=False)[config.seed]
-  results = train_seeds(
-      config, {seed: os.path.join(workdir, f'seed{seed}') for seed in seeds},
-      model)
-  return results[seeds[0]]
+    return {config.seed: workdir}
+  return {seed: os.path.join(workdir, f'seed{seed}') for seed in seeds}
 
 
 def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str],

@@ -15,6 +15,7 @@ from jax_resnet import config_overrides
 from jax_resnet import errors
 from jax_resnet.tools import grid
 from jax_resnet import metric_logging
+from jax_resnet import workdir_lock
 
 NO_DATA = os.path.join(ROOT, 'tests', 'no_such_tfds_dir')
 # Every run of these tests: ResNet-8, batch 16, on 40 mock images.
@@ -272,6 +273,21 @@ def test_command_line_refuses_an_unknown_field(tmp_path):
   assert proc.returncode == 2
   assert "unknown config field 'model.deptth'" in proc.stderr
   assert 'Valid fields:' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_a_run_whose_workdir_is_in_use_is_skipped(tmp_path, mock_cifar,
+                                                  capsys):
+  del mock_cifar
+  held, other = tiny_runs(tmp_path, num_epochs=1)
+  with workdir_lock.WorkdirLock(held.workdir, 'another command'):
+    outcome = grid.run_grid([held, other])
+  assert outcome.elsewhere == [held] and outcome.finished == [other]
+  out = capsys.readouterr().out
+  assert f'{held.name} ({held.workdir}): in use by process {os.getpid()}' in out
+  assert '(another command, since' in out
+  assert grid.run_state(held).state == 'pending'
+  assert not os.path.exists(os.path.join(other.workdir,
+                                         workdir_lock.LOCK_FILE))
 
 
 def test_packed_seeds_train_together_and_write_each_workdir(tmp_path,

@@ -18,6 +18,7 @@ from conftest import (MOCK_MAIN, ROOT, TINY, command_env, records, run_main,
                       workdir_bytes)
 import golden
 from jax_resnet import metric_logging
+from jax_resnet import workdir_lock
 
 
 def calls(process) -> dict[str, int]:
@@ -49,8 +50,12 @@ def test_train_eval_refuse_and_resume_one_workdir(tmp_path):
                    if r['test_accuracy'] == best_record['test_accuracy'])
   assert result['checkpoint_step'] == history[best_epoch - 1]['step']
 
-  latest = run_main(TINY + ['--config.num_epochs=3', f'--workdir={workdir}',
-                            '--mode=eval', '--config.eval_checkpoint=latest'])
+  # Eval may run beside a command that holds the workdir (read-only).
+  with workdir_lock.WorkdirLock(workdir, 'a training command'):
+    latest = run_main(TINY + ['--config.num_epochs=3', f'--workdir={workdir}',
+                              '--mode=eval', '--config.eval_checkpoint=latest'])
+  assert (f'{workdir} is in use by process {os.getpid()} on host '
+          in latest.stdout)
   result = json.loads(latest.stdout.strip().splitlines()[-1])
   assert result['test_accuracy'] == history[-1]['test_accuracy']
   assert result['test_loss'] == pytest.approx(history[-1]['test_loss'],

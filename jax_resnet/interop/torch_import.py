@@ -47,6 +47,7 @@ from jax_resnet import config_overrides
 from jax_resnet import errors
 from jax_resnet import runtime
 from jax_resnet import train
+from jax_resnet import workdir_lock
 from jax_resnet.models import backbone
 from jax_resnet.models import densenet
 from jax_resnet.models import wide_resnet
@@ -407,7 +408,8 @@ def main(argv):
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
   try:
-    meta = convert(config, flags.FLAGS['torch-checkpoint'].value, workdir)
+    with workdir_lock.WorkdirLock(workdir, workdir_lock.command_name()):
+      meta = convert(config, flags.FLAGS['torch-checkpoint'].value, workdir)
   except errors.Error as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -55,6 +55,7 @@ from jax_resnet import distributed
 from jax_resnet import errors
 from jax_resnet import metric_logging
 from jax_resnet import runtime
+from jax_resnet import workdir_lock
 
 STATUS_FILE = 'status.json'
 GRID_FILE = 'grid.json'
@@ -438,12 +439,33 @@ def run_grid(runs: Sequence[Run], retry_failed: bool = False,
   up.
   """
   outcome = Outcome()
+  # The workdir locks process 0 holds, of the runs decided and not done.
+  locks = {}
+  try:
+    _run_grid(runs, retry_failed, train_fn, pack_seeds, outcome, locks)
+  finally:
+    for lock in locks.values():
+      lock.release()
+  return outcome
+
+
+def _run_grid(runs: Sequence[Run], retry_failed: bool,
+              train_fn: Optional[Callable[..., Any]], pack_seeds: bool,
+              outcome: Outcome,
+              locks: dict[str, workdir_lock.WorkdirLock]) -> None:
+  """run_grid's loop; ``locks``: see _decide."""
+
+  def done_with(group):
+    for run in group:
+      if run.workdir in locks:
+        locks.pop(run.workdir).release()
+
   todo = []
   for position, run in enumerate(runs, start=1):
     # Process 0's reading of the workdirs, followed by every process.
     action, line, detail = distributed.from_primary(
         lambda: _decide(run, f'[{position}/{len(runs)}]', retry_failed,
-                        pack_seeds))
+                        pack_seeds, locks))
     _say(line)
     if action == 'done':
       outcome.already_done.append(run)
@@ -457,7 +479,9 @@ def run_grid(runs: Sequence[Run], retry_failed: bool = False,
     todo.append(run)
     if pack_seeds:
       continue
-    if execute(run, train_fn):
+    finished = execute(run, train_fn)
+    done_with([run])
+    if finished:
       outcome.finished.append(run)
     else:
       _failed(run, outcome)
@@ -468,19 +492,22 @@ def run_grid(runs: Sequence[Run], retry_failed: bool = False,
     for (setting, block), group in groups.items():
       seeds = ','.join(str(run.seed) for run in group)
       _say(f'{setting} {block}: seeds {seeds} packed.')
-      if execute_packed(group):
+      finished = execute_packed(group)
+      done_with(group)
+      if finished:
         outcome.finished.extend(group)
       else:
         for run in group:
           _failed(run, outcome)
-  return outcome
 
 
-def _decide(run: Run, position: str, retry_failed: bool,
-            pack_seeds: bool) -> tuple[str, str, str]:
+def _decide(run: Run, position: str, retry_failed: bool, pack_seeds: bool,
+            locks: dict[str, workdir_lock.WorkdirLock]
+            ) -> tuple[str, str, str]:
   """What to do with a run, from its workdir: ``(action, line, detail)``,
-  the action one of done, skip (failed or conflict), elsewhere (running in
-  another process) and train; the line says it."""
+  the action one of done, skip (failed or conflict), elsewhere (another
+  process holds the workdir) and train; the line says it. For train, the
+  workdir's lock is taken and put in ``locks``."""
   state = run_state(run)
   header = f'{position} {run.name} ({run.workdir})'
   if state.state == 'done':
@@ -489,17 +516,18 @@ def _decide(run: Run, position: str, retry_failed: bool,
                                    not retry_failed):
     return ('skip', f'{header}: {state.state}, skipped: {state.detail}',
             state.detail)
-  if state.state == 'running':
-    status = read_status(run.workdir)
-    if status.get('host') == socket.gethostname():
-      return ('elsewhere', f'{header}: running in another process '
-              f'({state.detail}), skipped.', '')
+  try:
+    locks[run.workdir] = workdir_lock.WorkdirLock(
+        run.workdir, workdir_lock.command_name()).acquire()
+  except workdir_lock.WorkdirLocked as e:
+    return ('elsewhere', f'{header}: in use by '
+            f'{workdir_lock.describe(e.holder)}, skipped.', '')
   line = f'{header}: {"resuming" if state.epochs else "starting"}'
   if state.state == 'running':
-    # The run belongs to this shard: the status is from an earlier
-    # incarnation of this machine (hostnames change on restart).
-    line = (f'{header}: status says running ({state.detail}); taking it '
-            'over.\n' + line)
+    # No process holds the workdir: its status is from a run that died
+    # (on another host, or before this machine restarted).
+    line = (f'{header}: status says running ({state.detail}), but no '
+            'process holds the workdir; taking it over.\n' + line)
   line += ' (packed with its other seeds).' if pack_seeds else '.'
   return 'train', line, ''
 
