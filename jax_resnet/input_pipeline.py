@@ -7,8 +7,13 @@ per step.
 """
 
 import dataclasses
+import glob
 import os
+import threading
 from typing import Optional
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +32,64 @@ NORMALIZATIONS = {
 }
 
 
+# Where TFDS downloads each dataset from (its image_classification/cifar.py).
+# When a dataset is not prepared, the host is tried once, for at most
+# REACH_TIMEOUT_SECONDS, before TFDS's own ten retries (three and a half
+# minutes without network).
+DOWNLOAD_URLS = {
+    'cifar10': 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
+    'cifar100': 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
+}
+REACH_TIMEOUT_SECONDS = 5.0
+
+
 class DatasetNotFoundError(errors.Error, RuntimeError):
   """The dataset is not prepared in data_dir and could not be downloaded."""
+
+
+def _not_found(dataset: str, searched: str, why: str) -> DatasetNotFoundError:
+  return DatasetNotFoundError(
+      f'Dataset {dataset!r} is not prepared in {searched} {why}.\n'
+      'Prepare it offline on a machine with network access with\n'
+      '  python -c "import tensorflow_datasets as tfds; '
+      f"tfds.builder('{dataset}', data_dir='DIR').download_and_prepare()\"\n"
+      f'then copy DIR/{dataset} here and pass --config.data_dir=DIR '
+      '(or set TFDS_DATA_DIR).')
+
+
+def is_prepared(dataset: str, data_dir: Optional[str]) -> bool:
+  """Whether TFDS has prepared a version of ``dataset`` in ``data_dir``."""
+  return bool(glob.glob(os.path.join(_resolved_data_dir(data_dir), dataset,
+                                     '*', 'dataset_info.json')))
+
+
+def unreachable(url: str, timeout: float) -> Optional[str]:
+  """None if ``url``'s server answers an HTTP HEAD request (through the
+  environment's proxy, if any) within ``timeout`` seconds, name lookup
+  included; else why not. Any HTTP answer counts: the network is there."""
+  outcome = []
+
+  def ask():
+    try:
+      urllib.request.urlopen(urllib.request.Request(url, method='HEAD'),
+                             timeout=timeout).close()
+      outcome.append(None)
+    except urllib.error.HTTPError:
+      outcome.append(None)
+    except (OSError, ValueError) as e:
+      reason = getattr(e, 'reason', e)
+      outcome.append(f'{type(reason).__name__}: {reason}')
+
+  # In a thread: the name lookup has no timeout of its own.
+  thread = threading.Thread(target=ask, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  host = urllib.parse.urlsplit(url).netloc
+  if not outcome:
+    return f'{host} did not answer within {timeout:g} s'
+  if outcome[0] is not None:
+    return f'{host} cannot be reached ({outcome[0]})'
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,25 +163,24 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None,
   Raises:
     DatasetNotFoundError: the dataset is missing and could not be prepared.
   """
+  num_classes(dataset)
+  searched = _resolved_data_dir(data_dir)
+  if download and not is_prepared(dataset, data_dir):
+    why = unreachable(DOWNLOAD_URLS[dataset], REACH_TIMEOUT_SECONDS)
+    if why is not None:
+      raise _not_found(dataset, searched, f'and cannot be downloaded: {why}')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   # TFDS only reads the files; keep TensorFlow off any accelerator.
   tf.config.set_visible_devices([], 'GPU')
-  num_classes(dataset)
-  searched = _resolved_data_dir(data_dir)
   try:
     ds = tfds.load(dataset, split=split, data_dir=data_dir,
                    download=download, shuffle_files=False)
   except Exception as e:  # TFDS raises several types for a missing dataset.
-    raise DatasetNotFoundError(
-        f'Dataset {dataset!r} is not prepared in {searched}'
-        f'{" and could not be downloaded" if download else ""} '
-        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}).\n'
-        f'Prepare it offline on a machine with network access with\n'
-        f'  python -c "import tensorflow_datasets as tfds; '
-        f"tfds.builder('{dataset}', data_dir='DIR').download_and_prepare()\"\n"
-        f'then copy DIR/{dataset} here and pass --config.data_dir=DIR '
-        f'(or set TFDS_DATA_DIR).') from e
+    first = str(e).splitlines()[0] if str(e) else ''
+    raise _not_found(dataset, searched,
+                     f'{"and could not be downloaded " if download else ""}'
+                     f'({type(e).__name__}: {first})') from e
   if max_examples is not None:
     ds = ds.take(max_examples)
   images, labels = [], []

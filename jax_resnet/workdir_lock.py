@@ -95,6 +95,7 @@ class WorkdirLock:
     self.command = command
     self.path = os.path.join(workdir, LOCK_FILE)
     self._fd: Optional[int] = None
+    self._created = False
     self.record: dict[str, Any] = {}
 
   def acquire(self) -> 'WorkdirLock':
@@ -103,6 +104,7 @@ class WorkdirLock:
       raise WorkdirLocked(f'{self.workdir} is already locked by this '
                           f'process ({WorkdirLock.held[key].command}).',
                           WorkdirLock.held[key].record)
+    self._created = not os.path.exists(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     while True:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -145,6 +147,12 @@ class WorkdirLock:
       pass
     os.close(self._fd)
     self._fd = None
+    if self._created:
+      # A command that stopped before writing anything leaves no trace.
+      try:
+        os.rmdir(self.workdir)
+      except OSError:
+        pass
 
   def __enter__(self) -> 'WorkdirLock':
     return self.acquire()

@@ -1,5 +1,10 @@
 """Data loading, augmentation and normalisation."""
 
+import http.server
+import socket
+import threading
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,3 +206,65 @@ def test_augmentation_figure(tmp_path):
   augmentations.write_figure(path, rows)
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def _closed_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_a_dataset_that_cannot_be_downloaded_fails_fast(tmp_path,
+                                                        monkeypatch):
+  # Offline: the download host does not answer (here a closed local port).
+  for name in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY'):
+    monkeypatch.delenv(name, raising=False)
+  url = f'https://127.0.0.1:{_closed_port()}/cifar-100-binary.tar.gz'
+  monkeypatch.setitem(input_pipeline.DOWNLOAD_URLS, 'cifar100', url)
+  start = time.time()
+  with pytest.raises(input_pipeline.DatasetNotFoundError) as info:
+    input_pipeline.load_split('cifar100', 'train', data_dir=str(tmp_path))
+  assert time.time() - start < 5
+  message = str(info.value)
+  assert message.startswith(f"Dataset 'cifar100' is not prepared in "
+                            f'{tmp_path} and cannot be downloaded: '
+                            '127.0.0.1:')
+  assert 'cannot be reached (ConnectionRefusedError' in message, message
+  assert 'download_and_prepare' in message
+
+
+class _Head(http.server.BaseHTTPRequestHandler):
+
+  def do_HEAD(self):  # pylint: disable=invalid-name
+    self.send_response(200)
+    self.end_headers()
+
+  def log_message(self, *args):
+    del args
+
+
+def test_unreachable():
+  server = http.server.HTTPServer(('127.0.0.1', 0), _Head)
+  threading.Thread(target=server.handle_request, daemon=True).start()
+  url = f'http://127.0.0.1:{server.server_port}/x'
+  assert input_pipeline.unreachable(url, 5) is None
+  server.server_close()
+  # A server that never answers: the wait ends at the timeout.
+  with socket.socket() as silent:
+    silent.bind(('127.0.0.1', 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    start = time.time()
+    why = input_pipeline.unreachable(f'http://127.0.0.1:{port}/x', 0.5)
+  assert time.time() - start < 1.5
+  assert why == f'127.0.0.1:{port} did not answer within 0.5 s'
+
+
+def test_is_prepared(tmp_path, monkeypatch):
+  (tmp_path / 'cifar10' / '3.0.2').mkdir(parents=True)
+  assert not input_pipeline.is_prepared('cifar10', str(tmp_path))
+  (tmp_path / 'cifar10' / '3.0.2' / 'dataset_info.json').write_text('{}')
+  assert input_pipeline.is_prepared('cifar10', str(tmp_path))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  assert input_pipeline.is_prepared('cifar10', None)
+  assert not input_pipeline.is_prepared('cifar100', None)

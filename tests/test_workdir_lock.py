@@ -57,6 +57,13 @@ def test_a_second_holder_is_refused_and_named(tmp_path):
   # Released: the file is gone and anyone may lock.
   assert not os.path.exists(tmp_path / workdir_lock.LOCK_FILE)
   assert workdir_lock.holder(str(tmp_path)) is None
+  # A workdir the lock created is removed with it if nothing was written.
+  for written in (False, True):
+    new = tmp_path / f'new{written}'
+    with workdir_lock.WorkdirLock(str(new), 'fourth'):
+      if written:
+        (new / 'config.json').write_text('{}')
+    assert os.path.isdir(new) == written
 
 
 def test_two_commands_on_one_workdir(tmp_path):
