@@ -15,6 +15,8 @@ metadata carries the older signature layout (``legacy_signature``).
 
 import dataclasses
 import os
+import re
+import shutil
 from typing import Any, Optional
 
 from absl import logging
@@ -32,10 +34,37 @@ CHECKPOINT_KINDS = ('best', 'latest')
 # this name hold it as 'test_accuracy'.
 BEST_METRIC = 'selection_accuracy'
 LEGACY_BEST_METRIC = 'test_accuracy'
+# Room a checkpoint needs beyond the last one's size (or the state's bytes,
+# if larger): a tenth more and this many bytes, for Orbax's metadata and the
+# epoch's log lines.
+SPACE_MARGIN_BYTES = 64 << 10
 
 
 class CheckpointMismatchError(errors.Error, ValueError):
   """The workdir's checkpoint was written by a different run setting."""
+
+
+class CheckpointWriteError(errors.Error, OSError):
+  """A checkpoint could not be written: a full disk, no permission."""
+
+
+def _size(count: float) -> str:
+  for unit in ('bytes', 'KB', 'MB', 'GB'):
+    if count < 1024 or unit == 'GB':
+      return f'{count:.0f} {unit}' if unit == 'bytes' else f'{count:.1f} {unit}'
+    count /= 1024
+  return ''
+
+
+def _directory_bytes(path: str) -> int:
+  total = 0
+  for root, _, files in os.walk(path):
+    for name in files:
+      try:
+        total += os.path.getsize(os.path.join(root, name))
+      except OSError:
+        pass
+  return total
 
 
 class NoCheckpointError(errors.Error, FileNotFoundError):
@@ -111,11 +140,25 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.workdir = workdir
     self.directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not read_only:
+      self._remove_unfinished()
     self._manager = _manager(self.directory, None if read_only else keep,
                              read_only)
     legacy = os.path.join(workdir, LEGACY_BEST_DIR)
     self._legacy_best = (_manager(legacy, None, read_only=True)
                          if os.path.isdir(legacy) else None)
+
+  def _remove_unfinished(self) -> None:
+    """Deletes what a killed or failed save left (``<step>.orbax-checkpoint-
+    tmp*``). Only a writer does it: it holds the workdir (workdir_lock), so
+    no save is under way."""
+    if not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if re.fullmatch(r'\d+\.orbax-checkpoint-tmp.*', name):
+        logging.warning('Removing %s, left by a checkpoint save that did '
+                        'not finish.', os.path.join(self.directory, name))
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def steps(self) -> list[int]:
     """Saved steps, oldest first."""
@@ -132,11 +175,50 @@ class Checkpointer:
     """
     if step in self._manager.all_steps():
       return
-    self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)),
-        metrics={BEST_METRIC: selection_accuracy})
-    self._manager.wait_until_finished()
+    # A full disk is found before Orbax starts writing: its failure midway
+    # is reported by several threads at once.
+    previous = self.steps()
+    size = max(
+        sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state)),
+        _directory_bytes(os.path.join(self.directory, str(previous[-1])))
+        if previous else 0)
+    needed = size + size // 10 + SPACE_MARGIN_BYTES
+    usage = shutil.disk_usage(self.directory)
+    if usage.free < needed:
+      raise self._write_error(
+          step, meta, f'no space left on the device ({_size(usage.free)} '
+          f'free of {_size(usage.total)}; it needs about {_size(needed)})')
+    try:
+      self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(meta)),
+          metrics={BEST_METRIC: selection_accuracy})
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      why = errors.write_failure(e)
+      if why is None:
+        raise
+      # What was written of it is useless; its space is the user's.
+      self._remove_unfinished()
+      usage = shutil.disk_usage(self.directory)
+      raise self._write_error(step, meta, f'{why} ({_size(usage.free)} '
+                              f'free of {_size(usage.total)})') from None
+
+  def _write_error(self, step: int, meta: dict[str, Any],
+                   why: str) -> CheckpointWriteError:
+    """The error of a checkpoint not written, with what still stands."""
+    previous = self.steps()
+    per_epoch = meta.get('steps_per_epoch') or 1
+    if previous:
+      stands = (f'The previous checkpoint (epoch {previous[-1] // per_epoch},'
+                f' step {previous[-1]}) is intact: free some space (or move '
+                'the workdir) and rerun the same command to resume from it.')
+    else:
+      stands = ('There is no earlier checkpoint: free some space (or move '
+                'the workdir) and rerun the same command to start again.')
+    return CheckpointWriteError(
+        f'Could not write the checkpoint of epoch {meta.get("epoch")} (step '
+        f'{step}) to {self.directory}: {why}. {stands}')
 
   def _candidates(self, kind: str, max_step: Optional[int] = None
                   ) -> list[tuple[ocp.CheckpointManager, int, str]]:

@@ -105,9 +105,17 @@ class WorkdirLock:
                           f'process ({WorkdirLock.held[key].command}).',
                           WorkdirLock.held[key].record)
     self._created = not os.path.exists(self.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
     while True:
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        os.makedirs(self.workdir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      except OSError as e:
+        why = errors.write_failure(e)
+        if why is None:
+          raise
+        raise errors.Error(f'Cannot write to the workdir {self.workdir}: '
+                           f'{why} ({e.strerror}). Use a writable '
+                           '--workdir.') from None
       try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError:
