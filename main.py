@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from jax_resnet import config_overrides
 from jax_resnet import distributed
+from jax_resnet import preemption
 from jax_resnet import runtime
 from jax_resnet import workdir_lock
 
@@ -37,6 +38,7 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   runtime.start_command(argv, _CONFIG.value.model.get('conv_backend',
                                                        'auto'))
+  preemption.install()
   # Imported after the platform settings, which must precede JAX's backend.
   # pylint: disable=g-import-not-at-top
   import jax
@@ -81,6 +83,11 @@ def main(argv):
     # raising, a bug) keeps its traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except preemption.Stopped as e:
+    # SIGTERM or SIGINT: saved (or nothing to save yet); exit 0 for SIGTERM.
+    if distributed.is_primary():
+      print(e, flush=True)
+    sys.exit(e.exit_code)
   except jax.errors.JaxRuntimeError as e:
     if not distributed.is_multi_process():
       raise

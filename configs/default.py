@@ -238,6 +238,10 @@ def get_config() -> ml_collections.ConfigDict:
                                                           field_type=object)
   # Latest checkpoints kept (the best one is kept separately).
   config.checkpoints_to_keep = 3
+  # Also save a mid-epoch checkpoint every N train steps (0 = only at epoch
+  # ends); only the newest is kept, in <workdir>/mid_epoch. A graceful stop
+  # (SIGTERM, SIGINT) saves one at the step it stops on, whatever this is.
+  config.checkpoint_every_steps = 0
   # Checkpoint restored by --mode eval: 'best' or 'latest'.
   config.eval_checkpoint = 'best'
   return config

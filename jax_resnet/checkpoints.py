@@ -28,6 +28,9 @@ from jax_resnet import errors
 
 CHECKPOINT_DIR = 'checkpoints'
 LEGACY_BEST_DIR = 'best'
+# Checkpoints saved inside an epoch: on a graceful stop (preemption.py) and
+# every config.checkpoint_every_steps; only the newest is kept.
+MID_EPOCH_DIR = 'mid_epoch'
 CHECKPOINT_KINDS = ('best', 'latest')
 # The Orbax metric the best checkpoint is chosen by: the accuracy of the
 # run's selection (train.selection_metric). Checkpoints written before it had
@@ -78,16 +81,18 @@ def _best_metric(metrics: Any) -> float:
 
 
 def _manager(directory: str, keep: Optional[int],
-             read_only: bool) -> ocp.CheckpointManager:
-  policies = [checkpoint_managers.BestN(
-      get_metric_fn=_best_metric, n=1,
-      keep_checkpoints_without_metrics=False)]
+             read_only: bool, ranked: bool = True) -> ocp.CheckpointManager:
+  policies = []
+  if ranked:
+    policies.append(checkpoint_managers.BestN(
+        get_metric_fn=_best_metric, n=1,
+        keep_checkpoints_without_metrics=False))
   if keep is not None:
     policies.append(checkpoint_managers.LatestN(n=keep))
   options = ocp.CheckpointManagerOptions(
       create=not read_only, read_only=read_only,
       enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
-      best_fn=_best_metric, best_mode='max',
+      best_fn=_best_metric if ranked else None, best_mode='max',
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -137,16 +142,22 @@ def _describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str:
 class Checkpointer:
   """Saves and restores the checkpoints of a workdir."""
 
-  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
+               subdir: str = CHECKPOINT_DIR, ranked: bool = True):
+    """``subdir``: the checkpoints' folder in the workdir; ``ranked``: the
+    best one is kept and found (by ``save``'s accuracy), as for the epoch
+    checkpoints; unranked (mid-epoch checkpoints), only the newest
+    ``keep``."""
     self.workdir = workdir
-    self.directory = os.path.join(workdir, CHECKPOINT_DIR)
+    self.directory = os.path.join(workdir, subdir)
+    self.ranked = ranked
     if not read_only:
       self._remove_unfinished()
     self._manager = _manager(self.directory, None if read_only else keep,
-                             read_only)
+                             read_only, ranked)
     legacy = os.path.join(workdir, LEGACY_BEST_DIR)
     self._legacy_best = (_manager(legacy, None, read_only=True)
-                         if os.path.isdir(legacy) else None)
+                         if ranked and os.path.isdir(legacy) else None)
 
   def _remove_unfinished(self) -> None:
     """Deletes what a killed or failed save left (``<step>.orbax-checkpoint-
@@ -165,7 +176,7 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any],
-           selection_accuracy: float):
+           selection_accuracy: Optional[float] = None):
     """Saves ``state`` and ``meta`` under ``step``; a saved step is kept as is.
 
     The best checkpoint is the one of the highest ``selection_accuracy``.
@@ -192,7 +203,8 @@ class Checkpointer:
       self._manager.save(
           step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                         meta=ocp.args.JsonSave(meta)),
-          metrics={BEST_METRIC: selection_accuracy})
+          metrics=({BEST_METRIC: selection_accuracy} if self.ranked else
+                   None))
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       why = errors.write_failure(e)
@@ -203,6 +215,12 @@ class Checkpointer:
       usage = shutil.disk_usage(self.directory)
       raise self._write_error(step, meta, f'{why} ({_size(usage.free)} '
                               f'free of {_size(usage.total)})') from None
+
+  def delete_all(self) -> None:
+    """Deletes every checkpoint of this folder (mid-epoch checkpoints, once
+    their epoch's checkpoint is saved)."""
+    for step in self._manager.all_steps():
+      self._manager.delete(step)
 
   def _write_error(self, step: int, meta: dict[str, Any],
                    why: str) -> CheckpointWriteError:

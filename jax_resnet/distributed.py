@@ -115,6 +115,17 @@ def is_multi_process() -> bool:
   return jax.process_count() > 1
 
 
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is true on any process of the run (a collective:
+  every process must call it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return flag
+  with jax.transfer_guard('allow'):
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def from_primary(compute: Callable[[], Any]) -> Any:
   """Process 0's ``compute()`` (JSON-serialisable) on every process; the
   others do not call it. For decisions read from shared files: taken once,

@@ -5,9 +5,10 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import time
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import logging
 from flax.training import train_state
@@ -27,6 +28,7 @@ from jax_resnet import input_pipeline
 from jax_resnet import metric_logging
 from jax_resnet import optimizers
 from jax_resnet import platforms
+from jax_resnet import preemption
 from jax_resnet import sam
 from jax_resnet import schedules
 from jax_resnet.models import layers
@@ -603,33 +605,48 @@ class Trainer:
   def train_epoch(self, state: TrainState, epoch: int
                   ) -> tuple[TrainState, list[dict[str, float]]]:
     """One pass over the shuffled training set (0-based ``epoch``); the
-    epoch's mean train loss and accuracy of each member (packed seed).
+    epoch's mean train loss and accuracy of each member (packed seed)."""
+    state, progress = self.run_steps(state, epoch, EpochProgress.start(
+        self.num_members))
+    return state, progress.metrics(self.steps_per_epoch)
 
-    Each dispatch runs ``steps_per_dispatch`` steps (the epoch's last one the
-    rest); nothing goes from the host to the devices (a transfer guard says
-    so), and the metrics come back every ``log_every_steps`` steps (at the
-    first dispatch boundary from there), for the NaN check and the progress
-    bar.
+  def run_steps(self, state: TrainState, epoch: int, progress: 'EpochProgress',
+                until: Optional[int] = None,
+                should_stop: Optional[Callable[[], bool]] = None
+                ) -> tuple[TrainState, 'EpochProgress']:
+    """Trains epoch ``epoch`` (0-based) from ``progress.done`` steps into it
+    up to ``until`` steps into it (default: its end), or until
+    ``should_stop()`` says so after a dispatch; returns the state and the
+    progress made, with the epoch's partial train metric sums.
+
+    Each dispatch runs ``steps_per_dispatch`` steps (fewer where ``until``
+    or the epoch's end comes first); nothing goes from the host to the
+    devices (a transfer guard says so), and the metrics come back every
+    ``log_every_steps`` steps (at the first dispatch boundary from there),
+    and whenever it stops, for the NaN check and the progress bar.
     """
     log_every = max(1, self.config.log_every_steps)
     members = self.num_members
-    loss_sums, acc_sums = [0.0] * members, [0.0] * members
-    pending, pending_steps, done = [], 0, 0
-    progress = _progress_bar(self.steps_per_epoch, epoch + 1)
+    until = self.steps_per_epoch if until is None else until
+    loss_sums, acc_sums = list(progress.loss_sums), list(progress.acc_sums)
+    pending, pending_steps, done = [], 0, progress.done
+    bar = _progress_bar(self.steps_per_epoch, epoch + 1, done)
     first_step = int(np.reshape(jax.device_get(state.step), -1)[0])
-    if first_step != epoch * self.steps_per_epoch:
-      raise AssertionError(f'Epoch {epoch + 1} starts at step '
-                           f'{epoch * self.steps_per_epoch}; the state is at '
-                           f'step {first_step}.')
+    if first_step != epoch * self.steps_per_epoch + done:
+      raise AssertionError(f'Step {done} of epoch {epoch + 1} is step '
+                           f'{epoch * self.steps_per_epoch + done}; the '
+                           f'state is at step {first_step}.')
+    stop = False
     with jax.transfer_guard('disallow'):
       order = self._permutation(state.step, self._seed)
-      while done < self.steps_per_epoch:
-        count = min(self.steps_per_dispatch, self.steps_per_epoch - done)
+      while done < until and not stop:
+        count = min(self.steps_per_dispatch, until - done)
         state, metrics = self.dispatch(state, order, count)
         pending.append(metrics)
         pending_steps += count
         done += count
-        if pending_steps < log_every and done < self.steps_per_epoch:
+        stop = should_stop is not None and should_stop()
+        if pending_steps < log_every and done < until and not stop:
           continue
         fetched = jax.device_get(pending)
         # [members, steps] each.
@@ -654,23 +671,41 @@ class Trainer:
                                     accuracies[member].tolist()):
             loss_sums[member] += loss
             acc_sums[member] += accuracy
-        if progress is not None:
-          progress.update(losses.shape[1])
-          progress.set_postfix(loss=f'{losses[0, -1]:.3f}')
+        if bar is not None:
+          bar.update(losses.shape[1])
+          bar.set_postfix(loss=f'{losses[0, -1]:.3f}')
         pending, pending_steps = [], 0
-    if progress is not None:
-      progress.close()
-    return state, [{'train_loss': loss / self.steps_per_epoch,
-                    'train_accuracy': acc / self.steps_per_epoch}
-                   for loss, acc in zip(loss_sums, acc_sums)]
+    if bar is not None:
+      bar.close()
+    return state, EpochProgress(done, tuple(loss_sums), tuple(acc_sums))
 
 
-def _progress_bar(total: int, epoch: int):
+@dataclasses.dataclass(frozen=True)
+class EpochProgress:
+  """How far an epoch has come: ``done`` steps, and each member's sums of
+  their train loss and accuracy (in step order, so that an epoch stopped
+  and continued sums exactly as one that was not)."""
+  done: int
+  loss_sums: tuple[float, ...]
+  acc_sums: tuple[float, ...]
+
+  @classmethod
+  def start(cls, members: int) -> 'EpochProgress':
+    return cls(0, (0.0,) * members, (0.0,) * members)
+
+  def metrics(self, steps_per_epoch: int) -> list[dict[str, float]]:
+    """Each member's epoch means (of a finished epoch)."""
+    return [{'train_loss': loss / steps_per_epoch,
+             'train_accuracy': acc / steps_per_epoch}
+            for loss, acc in zip(self.loss_sums, self.acc_sums)]
+
+
+def _progress_bar(total: int, epoch: int, done: int = 0):
   if not sys.stderr.isatty() or not distributed.is_primary():
     return None
   import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(total=total, desc=f'epoch {epoch}', leave=False,
-                   file=sys.stderr)
+  return tqdm.tqdm(total=total, initial=done, desc=f'epoch {epoch}',
+                   leave=False, file=sys.stderr)
 
 
 def run_signature(config: ml_collections.ConfigDict,
@@ -813,7 +848,37 @@ class _Member:
     os.makedirs(workdir, exist_ok=True)
     self.ckpt = checkpoints.Checkpointer(workdir,
                                          keep=config.checkpoints_to_keep)
+    # Mid-epoch checkpoints: opened when there are some, or one is saved.
+    self._mid = None
+    if os.path.isdir(os.path.join(workdir, checkpoints.MID_EPOCH_DIR)):
+      self._mid = self._mid_epoch()
     self.best, self.selected, self.logger, self.last = {}, None, None, None
+
+  def _mid_epoch(self) -> checkpoints.Checkpointer:
+    return checkpoints.Checkpointer(self.workdir, keep=1,
+                                    subdir=checkpoints.MID_EPOCH_DIR,
+                                    ranked=False)
+
+  def restore_mid_epoch(self, trainer: Trainer, fit: checkpoints.Fit
+                        ) -> Optional[tuple[TrainState, dict[str, Any]]]:
+    """The mid-epoch checkpoint, or None."""
+    if self._mid is None or not self._mid.steps():
+      return None
+    return self._mid.restore('latest', trainer.abstract_state(), fit)
+
+  def save_mid_epoch(self, step: int, state: TrainState, epoch: int,
+                     done: int, loss_sum: float, acc_sum: float,
+                     fit: checkpoints.Fit, steps_per_epoch: int) -> None:
+    """Saves the state ``done`` steps into epoch ``epoch`` (0-based), with
+    the epoch's partial train metric sums and the best metrics so far."""
+    if self._mid is None:
+      self._mid = self._mid_epoch()
+    meta = {'epoch': epoch, 'step_in_epoch': done,
+            'train_loss_sum': loss_sum, 'train_accuracy_sum': acc_sum,
+            **self.best, 'selected_test_accuracy': self.selected,
+            'selection_metric': self.selection,
+            'steps_per_epoch': steps_per_epoch, 'signature': fit.signature}
+    self._mid.save(step, state, meta)
 
   def restore(self, trainer: Trainer, fit: checkpoints.Fit,
               max_step: Optional[int] = None
@@ -876,11 +941,16 @@ class _Member:
             'test_accuracy': test_metrics['test_accuracy'],
             'steps_per_epoch': steps_per_epoch, 'signature': fit.signature}
     self.ckpt.save(step, state, meta, selection_accuracy)
+    if self._mid is not None:
+      # The epoch's checkpoint supersedes its mid-epoch ones.
+      self._mid.delete_all()
 
   def close(self):
     if self.logger is not None:
       self.logger.close()
     self.ckpt.close()
+    if self._mid is not None:
+      self._mid.close()
 
   def final(self) -> dict[str, Any]:
     history = (metric_logging.read_metrics(self.workdir)
@@ -901,9 +971,36 @@ class _Member:
 
 
 def _resume(members: list[_Member], trainer: Trainer, fit: checkpoints.Fit
-            ) -> tuple[Optional[TrainState], int]:
-  """Restores the members' latest checkpoints at one epoch: (the state,
-  stacked when packed, and its epoch), or (None, 0) to start afresh."""
+            ) -> tuple[Optional[TrainState], int, EpochProgress]:
+  """Restores the members' latest checkpoints at one step: (the state,
+  stacked when packed, its epoch and the progress into that epoch), or
+  (None, 0, none) to start afresh. A mid-epoch checkpoint newer than the
+  epoch checkpoints, at the same step for every member, comes first."""
+  state, epoch = _resume_epoch(members, trainer, fit)
+  mids = [member.restore_mid_epoch(trainer, fit) for member in members]
+  start = EpochProgress.start(len(members))
+  if any(mid is None for mid in mids):
+    return state, epoch, start
+  steps = {mid[1]['epoch'] * trainer.steps_per_epoch +
+           mid[1]['step_in_epoch'] for mid in mids}
+  if len(steps) != 1 or steps.pop() <= epoch * trainer.steps_per_epoch:
+    return state, epoch, start
+  for member, (_, meta) in zip(members, mids):
+    member.best = {k: meta[k] for k in meta if k.startswith('best_')}
+    member.selected = meta['selected_test_accuracy']
+  meta = mids[0][1]
+  progress = EpochProgress(
+      meta['step_in_epoch'],
+      tuple(mid[1]['train_loss_sum'] for mid in mids),
+      tuple(mid[1]['train_accuracy_sum'] for mid in mids))
+  return (trainer.stack([mid[0] for mid in mids]), meta['epoch'], progress)
+
+
+def _resume_epoch(members: list[_Member], trainer: Trainer,
+                  fit: checkpoints.Fit) -> tuple[Optional[TrainState], int]:
+  """Restores the members' latest epoch checkpoints at one epoch: (the
+  state, stacked when packed, and its epoch), or (None, 0) to start
+  afresh."""
   restored = [member.restore(trainer, fit) for member in members]
   if any(r is None for r in restored):
     # A packed group killed during its first saves: all start afresh (the
@@ -984,13 +1081,16 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str],
                      f'seed {seed}: ' if packed else '')
              for seed, workdir in workdirs.items()]
   try:
-    state, start_epoch = _resume(members, trainer, fit)
+    state, start_epoch, progress = _resume(members, trainer, fit)
     if state is None:
       state = trainer.init_state()
     else:
       where = ', '.join(m.workdir for m in members)
-      _say(f'Resumed from epoch {start_epoch} (step '
-           f'{start_epoch * trainer.steps_per_epoch}) in {where}.')
+      into = (f', {progress.done} steps into epoch {start_epoch + 1}'
+              if progress.done else '')
+      _say(f'Resumed from epoch {start_epoch}{into} (step '
+           f'{start_epoch * trainer.steps_per_epoch + progress.done}) in '
+           f'{where}.')
     mixes = trainer.step_cfg.augment.mixes
     for member in members:
       member.start(start_epoch, mixes)
@@ -1011,29 +1111,81 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str],
            'the train accuracy is lam-weighted (a prediction of the '
            "mixed-in example's class counts 1 - lam).")
 
-    for epoch in range(start_epoch, config.num_epochs):
-      start = time.perf_counter()
-      learning_rate = float(trainer.learning_rate(
-          epoch * trainer.steps_per_epoch))
-      state, train_metrics = trainer.train_epoch(state, epoch)
-      train_seconds = time.perf_counter() - start
-      if config.swa_start_epoch and epoch + 1 >= config.swa_start_epoch:
-        state = trainer.average_swa(state)
-      test_metrics = evaluate_all(trainer, state)
-      step = (epoch + 1) * trainer.steps_per_epoch
-      timing = {'learning_rate': learning_rate,
-                'images_per_sec': trainer.num_members *
-                                  trainer.steps_per_epoch *
-                                  config.batch_size / train_seconds,
-                'epoch_seconds': time.perf_counter() - start}
-      for i, member in enumerate(members):
-        member.end_epoch(epoch, step, trainer.member_state(state, i),
-                         train_metrics[i], test_metrics[i], fit,
-                         trainer.steps_per_epoch, timing)
+    with preemption.training():
+      for epoch in range(start_epoch, config.num_epochs):
+        if epoch != start_epoch:
+          _stop_if_asked(members, f'at the end of epoch {epoch} (step '
+                         f'{epoch * trainer.steps_per_epoch}); its '
+                         'checkpoint is saved')
+          progress = EpochProgress.start(len(members))
+        start = time.perf_counter()
+        steps_run = trainer.steps_per_epoch - progress.done
+        learning_rate = float(trainer.learning_rate(
+            epoch * trainer.steps_per_epoch))
+        state, progress = _train_epoch(trainer, state, epoch, progress,
+                                       members, fit)
+        train_seconds = time.perf_counter() - start
+        train_metrics = progress.metrics(trainer.steps_per_epoch)
+        if config.swa_start_epoch and epoch + 1 >= config.swa_start_epoch:
+          state = trainer.average_swa(state)
+        test_metrics = evaluate_all(trainer, state)
+        step = (epoch + 1) * trainer.steps_per_epoch
+        timing = {'learning_rate': learning_rate,
+                  'images_per_sec': trainer.num_members * steps_run *
+                                    config.batch_size / train_seconds,
+                  'epoch_seconds': time.perf_counter() - start}
+        for i, member in enumerate(members):
+          member.end_epoch(epoch, step, trainer.member_state(state, i),
+                           train_metrics[i], test_metrics[i], fit,
+                           trainer.steps_per_epoch, timing)
   finally:
     for member in members:
       member.close()
   return {member.seed: member.final() for member in members}
+
+
+def _stop_asked() -> bool:
+  """Whether a signal asked this run to stop, on any of its processes."""
+  return distributed.any_process(preemption.requested() is not None)
+
+
+def _stop_if_asked(members: list[_Member], where: str) -> None:
+  if _stop_asked():
+    name = signal.Signals(preemption.requested() or signal.SIGTERM).name
+    raise preemption.Stopped(
+        f'Stopped by {name} {where} in '
+        f'{", ".join(m.workdir for m in members)}. Rerun the same command '
+        'to continue.', preemption.requested() or signal.SIGTERM)
+
+
+def _train_epoch(trainer: Trainer, state: TrainState, epoch: int,
+                 progress: EpochProgress, members: list[_Member],
+                 fit: checkpoints.Fit) -> tuple[TrainState, EpochProgress]:
+  """Trains the rest of an epoch; saves a mid-epoch checkpoint every
+  ``checkpoint_every_steps`` steps, and where a signal stops it (then
+  raises preemption.Stopped)."""
+  steps_per_epoch = trainer.steps_per_epoch
+  every = trainer.config.checkpoint_every_steps
+  while progress.done < steps_per_epoch:
+    until = steps_per_epoch
+    if every:
+      # The next multiple of ``every`` in the run's steps.
+      global_done = epoch * steps_per_epoch + progress.done
+      until = min(until, (global_done // every + 1) * every -
+                  epoch * steps_per_epoch)
+    state, progress = trainer.run_steps(state, epoch, progress, until,
+                                        should_stop=_stop_asked)
+    if progress.done == steps_per_epoch:
+      break
+    step = epoch * steps_per_epoch + progress.done
+    for i, member in enumerate(members):
+      member.save_mid_epoch(step, trainer.member_state(state, i), epoch,
+                            progress.done, progress.loss_sums[i],
+                            progress.acc_sums[i], fit, steps_per_epoch)
+    _stop_if_asked(members, f'at epoch {epoch + 1}, step {step} '
+                   f'({progress.done} of {steps_per_epoch} steps into the '
+                   f'epoch), saved in {checkpoints.MID_EPOCH_DIR}/')
+  return state, progress
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -92,6 +92,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   platforms.steps_per_dispatch(config.steps_per_dispatch)
   pack_seeds(config)
   _at_least(config.checkpoints_to_keep, 1, 'checkpoints_to_keep')
+  _at_least(config.checkpoint_every_steps, 0, 'checkpoint_every_steps')
   devices = jax.device_count()
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]

@@ -51,8 +51,10 @@ def test_leftover_temporary_checkpoints_are_removed_at_start(tmp_path):
   checkpoints.Checkpointer(str(tmp_path)).close()
   assert not os.listdir(tmp_path / 'checkpoints')
   # Evaluation (read-only) leaves a workdir as it is.
+  other = tmp_path / 'other'
+  leftover = other / 'checkpoints' / '6.orbax-checkpoint-tmp-1' / 'state'
   leftover.mkdir(parents=True)
-  checkpoints.Checkpointer(str(tmp_path), read_only=True).close()
+  checkpoints.Checkpointer(str(other), read_only=True).close()
   assert os.path.isdir(leftover)
 
 

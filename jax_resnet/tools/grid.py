@@ -54,6 +54,7 @@ from jax_resnet import config_overrides
 from jax_resnet import distributed
 from jax_resnet import errors
 from jax_resnet import metric_logging
+from jax_resnet import preemption
 from jax_resnet import runtime
 from jax_resnet import workdir_lock
 
@@ -64,7 +65,7 @@ GRID_FIELDS = {'seed': '--seeds', 'model.block': '--blocks'}
 # Fields that may differ when a run is resumed (another machine's data path,
 # logging): they do not change what is trained.
 RESUMABLE_DIFFERENCES = ('data_dir', 'data.download', 'log_every_steps',
-                         'steps_per_dispatch',
+                         'steps_per_dispatch', 'checkpoint_every_steps',
                          'checkpoints_to_keep', 'eval_checkpoint')
 
 
@@ -386,7 +387,7 @@ def execute_group(runs: Sequence[Run],
       statuses[run.seed]['parameters'] = count_parameters(model.module)
       write_status(run.workdir, statuses[run.seed])
     finals = train_group(model)
-  except KeyboardInterrupt:
+  except (KeyboardInterrupt, preemption.Stopped):
     for run in runs:
       statuses[run.seed].update(state='interrupted', stopped=_now())
       write_status(run.workdir, statuses[run.seed])
@@ -595,6 +596,7 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 
 def main(argv):
   runtime.start_command(argv)
+  preemption.install()
   # pylint: disable=g-import-not-at-top
   import jax
   from jax_resnet import train
@@ -634,6 +636,11 @@ def main(argv):
   try:
     outcome = run_grid(mine, retry_failed=args['retry-failed'].value,
                        pack_seeds=args['pack-seeds'].value)
+  except preemption.Stopped as e:
+    # The run in progress saved where it stopped; the same grid command
+    # resumes it. Exit 0 for SIGTERM.
+    _say(str(e))
+    sys.exit(e.exit_code)
   except jax.errors.JaxRuntimeError as e:
     if not distributed.is_multi_process():
       raise
