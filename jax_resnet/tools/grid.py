@@ -18,7 +18,9 @@ interrupted), its parameter count, and for a failure the error. The same
 command again skips finished runs, resumes interrupted ones from their
 checkpoint, and leaves failed ones alone unless --retry-failed. A workdir
 started with other settings (another ``--epochs``, say) is reported as a
-conflict and left untouched. ``--dry-run`` lists every run and its state.
+conflict and left untouched. A run whose workdir another command holds
+(``workdir_lock``: another grid, a ``main.py`` on the same root) is skipped.
+``--dry-run`` lists every run and its state.
 
 Runs are ordered seed by seed (all settings and blocks of seed 0 first), so a
 partial grid already gives a complete table for one seed. ``--shard i/k``
