@@ -1086,7 +1086,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str],
       state = trainer.init_state()
     else:
       where = ', '.join(m.workdir for m in members)
-      into = (f', {progress.done} steps into epoch {start_epoch + 1}'
+      steps = 'step' if progress.done == 1 else 'steps'
+      into = (f', {progress.done} {steps} into epoch {start_epoch + 1}'
               if progress.done else '')
       _say(f'Resumed from epoch {start_epoch}{into} (step '
            f'{start_epoch * trainer.steps_per_epoch + progress.done}) in '

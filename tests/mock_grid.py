@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax_resnet.models import blocks
 from jax_resnet import config_overrides
 from jax_resnet.tools import grid
+import signal_hooks
 import tensorflow_datasets as tfds
 
 
@@ -33,6 +34,7 @@ class NaNBlock(blocks.ResidualBlock):
 
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
+  signal_hooks.install_from_environment()
   with tfds.testing.mock_data(num_examples=num_examples):
     config_overrides.exit_on_unknown_fields(sys.argv, config_overrides.default_config())
     grid.define_flags()

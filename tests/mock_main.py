@@ -7,14 +7,13 @@ resolves once, and initialises only when there is no checkpoint to resume.
 With PAUSE_AFTER_FIRST_EPOCH=S it sleeps S seconds before each epoch after
 the first, and with PAUSE_MARKER=P also creates the file P.<pid> as it
 starts sleeping. SIGNAL_AFTER_STEPS and SIGNALS_IN_MID_EPOCH_SAVE send the
-process signals at set moments (see their functions).
+process signals at set moments (tests/signal_hooks.py).
 """
 
 import atexit
 import collections
 import json
 import os
-import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +23,7 @@ sys.path.insert(0, ROOT)
 from absl import app
 import main
 from jax_resnet import config_overrides
+import signal_hooks
 import tensorflow_datasets as tfds
 
 
@@ -65,54 +65,13 @@ def pause_after_first_epoch(seconds: float) -> None:
   train.Trainer.run_steps = paused
 
 
-def _signal(name: str) -> None:
-  os.kill(os.getpid(), getattr(signal, f'SIG{name}'))
-
-
-def signal_after_steps(spec: str) -> None:
-  """SIGNAL_AFTER_STEPS=N:NAME sends this process SIGNAME once it has
-  dispatched N train steps (e.g. 6:TERM, 7:KILL)."""
-  from jax_resnet import train
-  steps, name = spec.split(':')
-  original = train.Trainer.dispatch
-  dispatched = [0]
-
-  def counted(self, state, order, count):
-    result = original(self, state, order, count)
-    before = dispatched[0]
-    dispatched[0] += count
-    if before < int(steps) <= dispatched[0]:
-      _signal(name)
-    return result
-
-  train.Trainer.dispatch = counted
-
-
-def signals_in_mid_epoch_save(count: int) -> None:
-  """SIGNALS_IN_MID_EPOCH_SAVE=N sends this process N more SIGTERMs as a
-  mid-epoch checkpoint save starts."""
-  from jax_resnet import checkpoints
-  original = checkpoints.Checkpointer.save
-
-  def save(self, *args, **kwargs):
-    if not self.ranked:
-      for _ in range(count):
-        _signal('TERM')
-    return original(self, *args, **kwargs)
-
-  checkpoints.Checkpointer.save = save
-
-
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
   if os.environ.get('COUNT_CALLS'):
     count_calls()
   if os.environ.get('PAUSE_AFTER_FIRST_EPOCH'):
     pause_after_first_epoch(float(os.environ['PAUSE_AFTER_FIRST_EPOCH']))
-  if os.environ.get('SIGNAL_AFTER_STEPS'):
-    signal_after_steps(os.environ['SIGNAL_AFTER_STEPS'])
-  if os.environ.get('SIGNALS_IN_MID_EPOCH_SAVE'):
-    signals_in_mid_epoch_save(int(os.environ['SIGNALS_IN_MID_EPOCH_SAVE']))
+  signal_hooks.install_from_environment()
   with tfds.testing.mock_data(num_examples=num_examples):
     config_overrides.check_command_line(sys.argv)
     app.run(main.main)

@@ -234,12 +234,37 @@ def test_dry_run_lists_every_state(tmp_path):
                               'done 1; failed 1')
 
 
-def _grid_command(args, module=True):
+def _grid_command(args, module=True, extra_env=None):
   command = ([sys.executable, '-m', 'jax_resnet.tools.grid'] if module else
              [sys.executable, os.path.join(ROOT, 'tests', 'mock_grid.py')])
   return subprocess.run(
       command + args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env=command_env(pythonpath=os.path.join(ROOT, 'tests')))
+      env={**command_env(pythonpath=os.path.join(ROOT, 'tests')),
+           **(extra_env or {})})
+
+
+def test_sigterm_stops_the_grid_after_saving_and_the_rerun_resumes(
+    tmp_path):
+  root = str(tmp_path / 'grid')
+  args = (['--settings=resnet20-cifar10', '--seeds=0,1', f'--root={root}'] +
+          [f'--config.{k}={v}' for k, v in TINY.items()])
+  # 40 examples: 2 steps per epoch; the signal comes after step 3.
+  stopped = _grid_command(args, module=False,
+                          extra_env={'SIGNAL_AFTER_STEPS': '3:TERM'})
+  assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+  seed0 = os.path.join(root, 'resnet20-cifar10', 'basic', 'seed0')
+  assert stopped.stdout.strip().splitlines()[-1] == (
+      'Stopped by SIGTERM at epoch 2, step 3 (1 of 2 steps into the epoch), '
+      f'saved in mid_epoch/ in {seed0}. Rerun the same command to continue.')
+  assert grid.read_status(seed0)['state'] == 'interrupted'
+  seed1 = os.path.join(root, 'resnet20-cifar10', 'basic', 'seed1')
+  assert grid.read_status(seed1) is None
+  rerun = _grid_command(args, module=False)
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  assert 'Resumed from epoch 1, 1 step into epoch 2 (step 3)' in rerun.stdout
+  for workdir in (seed0, seed1):
+    assert grid.read_status(workdir)['state'] == 'done'
+    assert [r['step'] for r in metric_logging.read_metrics(workdir)] == [2, 4]
 
 
 def test_command_line_records_a_nan_run_and_exits_nonzero(tmp_path):
