@@ -4,6 +4,10 @@ import json
 import os
 from typing import Any
 
+from absl import logging
+
+from jax_resnet import errors
+
 METRICS_FILE = 'metrics.jsonl'
 # What every epoch record holds. selected_test_accuracy: the test accuracy
 # (of the weights config.eval_weights names) at the epoch the best
@@ -14,13 +18,43 @@ EPOCH_KEYS = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss',
               'learning_rate', 'images_per_sec', 'epoch_seconds')
 
 
+class MetricsFileError(errors.Error, ValueError):
+  """A line of metrics.jsonl that is not a record."""
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The epoch records of a workdir's metrics.jsonl, in order."""
+  """The epoch records of a workdir's metrics.jsonl, in order.
+
+  A last line cut off (no newline at its end: a write interrupted by a kill)
+  is dropped with a warning; its epoch is trained again from the
+  checkpoint. Any other line that is not a JSON record is an error.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split('\n')
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError as e:
+      if number == len(lines):
+        logging.warning('Ignoring the last line of %s, cut off by an '
+                        'interrupted write: %r', path, line[:80])
+        continue
+      raise MetricsFileError(
+          f'{path}, line {number}, is not a JSON record ({e}). The '
+          'checkpoints are not affected: fix or delete that line (one '
+          'record per epoch) and rerun.') from None
+    if not isinstance(record, dict):
+      raise MetricsFileError(f'{path}, line {number}, is not a JSON record '
+                             '(an object). Fix or delete that line and '
+                             'rerun.')
+    records.append(record)
+  return records
 
 
 def format_epoch(record: dict[str, Any], num_epochs: int,

@@ -845,6 +845,9 @@ class _Member:
     self.seed, self.workdir, self.label = seed, workdir, label
     self.selection = selection_metric(config)
     self.selected_key = selected_test_metric(config)
+    # A metrics.jsonl that cannot be read stops the command before it
+    # writes anything.
+    metric_logging.read_metrics(workdir)
     os.makedirs(workdir, exist_ok=True)
     self.ckpt = checkpoints.Checkpointer(workdir,
                                          keep=config.checkpoints_to_keep)

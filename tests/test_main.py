@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (MOCK_MAIN, ROOT, TINY, command_env, records, run_main,
-                      workdir_bytes)
+from conftest import (MOCK_MAIN, ROOT, TINY, command_env, error_lines,
+                      records, run_main, workdir_bytes)
 import golden
 from jax_resnet import metric_logging
 from jax_resnet import workdir_lock
@@ -70,6 +70,26 @@ def test_train_eval_refuse_and_resume_one_workdir(tmp_path):
   assert 'depth: checkpoint 8, command 14' in out.stderr
   assert 'Traceback' not in out.stderr
   assert workdir_bytes(workdir) == before
+
+  # A corrupted metrics.jsonl line: one line of error, nothing changed.
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with open(path) as f:
+    good = f.read()
+  lines = good.splitlines(keepends=True)
+  with open(path, 'w') as f:
+    f.write(lines[0] + '{"epoch": 2, bad\n' + ''.join(lines[2:]))
+  before = workdir_bytes(workdir)
+  out = run_main(TINY + ['--config.num_epochs=4', f'--workdir={workdir}'],
+                 check=False)
+  assert out.returncode == 1
+  assert error_lines(out.stderr)[-1].startswith(
+      f'error: {path}, line 2, is not a JSON record ('), out.stderr
+  assert 'Traceback' not in out.stderr
+  assert workdir_bytes(workdir) == before
+  # A last line cut off by a kill mid-write is dropped (its epoch trains
+  # again from the checkpoint).
+  with open(path, 'w') as f:
+    f.write(good + '{"epoch": 4, "st')
 
   # Resuming resolves the network once and initialises nothing: the state's
   # shapes come from jax.eval_shape, its values from the checkpoint.
