@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from jax_resnet import config_overrides
 from jax_resnet import distributed
+from jax_resnet import exits
 from jax_resnet import preemption
 from jax_resnet import runtime
 from jax_resnet import workdir_lock
@@ -41,8 +42,6 @@ def main(argv):
   preemption.install()
   # Imported after the platform settings, which must precede JAX's backend.
   # pylint: disable=g-import-not-at-top
-  import jax
-  from jax_resnet import errors
   from jax_resnet import train
   from jax_resnet.tools import summary
   # pylint: enable=g-import-not-at-top
@@ -51,7 +50,7 @@ def main(argv):
   config_name = os.path.splitext(os.path.basename(
       config_flags.get_config_filename(flags.FLAGS['config'])))[0]
   workdir = _WORKDIR.value or os.path.join('runs', config_name)
-  try:
+  with exits.reported(workdir):
     distributed.initialize_from_flags()
     model = train.validated_model(config)
     if _MODE.value == 'summary':
@@ -78,20 +77,6 @@ def main(argv):
             locks.enter_context(workdir_lock.WorkdirLock(
                 path, workdir_lock.command_name()))
         train.train_and_evaluate(config, workdir, model)
-  except errors.Error as e:
-    # The project's own errors are one line; anything else (a user's block
-    # raising, a bug) keeps its traceback.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except preemption.Stopped as e:
-    # SIGTERM or SIGINT: saved (or nothing to save yet); exit 0 for SIGTERM.
-    if distributed.is_primary():
-      print(e, flush=True)
-    sys.exit(e.exit_code)
-  except jax.errors.JaxRuntimeError as e:
-    if not distributed.is_multi_process():
-      raise
-    distributed.exit_after_runtime_error(e, workdir)
 
 
 if __name__ == '__main__':

@@ -14,10 +14,13 @@ metadata carries the older signature layout (``legacy_signature``).
 """
 
 import dataclasses
+import inspect
+import json
 import os
 import re
 import shutil
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -94,7 +97,52 @@ def _manager(directory: str, keep: Optional[int],
       enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
       best_fn=_best_metric if ranked else None, best_mode='max',
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  try:
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax reads every step's metrics as it starts: one damaged file stops
+    # it (a JSONDecodeError from a thread pool).
+    damaged = _damaged_metadata(directory)
+    what = (f'damaged: {", ".join(damaged)}' if damaged else _reason(e))
+    raise UnreadableCheckpointsError(
+        f'Cannot read the checkpoints in {directory}: {what}. Move the '
+        'damaged step folder out of it to resume from the other steps, or '
+        'use another --workdir.') from e
+
+
+class UnreadableCheckpointsError(errors.Error):
+  """A checkpoint folder Orbax cannot even list."""
+
+
+def _reason(error: BaseException) -> str:
+  """An exception in one short line: its type and its message's first
+  sentence (TensorStore appends its whole multi-line spec)."""
+  text = str(error).strip().split('\n', 1)[0]
+  text = text.split(' See full TensorStore details', 1)[0].rstrip('.')
+  if len(text) > 300:
+    text = text[:300] + '...'
+  return f'{type(error).__name__}: {text}'
+
+
+def _damaged_metadata(directory: str) -> list[str]:
+  """The JSON files of ``directory``'s step folders that do not parse."""
+  damaged = []
+  if not os.path.isdir(directory):
+    return damaged
+  for step in sorted(os.listdir(directory)):
+    if not step.isdigit():
+      continue
+    for name in ('_CHECKPOINT_METADATA', os.path.join('metrics', 'metrics'),
+                 os.path.join('meta', 'metadata')):
+      path = os.path.join(directory, step, name)
+      if not os.path.isfile(path):
+        continue
+      try:
+        with open(path, 'rb') as f:
+          json.loads(f.read())
+      except (ValueError, OSError):
+        damaged.append(path)
+  return damaged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,34 +337,73 @@ class Checkpointer:
       raise NoCheckpointError(f'No {kind} checkpoint{at} in '
                               f'{self.directory}.')
     errors_seen = []
-    for manager, step, where in candidates:
-      try:
-        meta = _restore_meta(manager, step)
-      except Exception as e:  # pylint: disable=broad-except
-        errors_seen.append(f'step {step}: {type(e).__name__}: {e}')
-        logging.warning('Checkpoint %s/%d is unreadable (%s); trying the '
-                        'previous one.', where, step, e)
-        continue
-      fit.check(meta, f'{where} (step {step})')
-      try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-      except Exception as e:  # pylint: disable=broad-except
-        errors_seen.append(f'step {step}: {type(e).__name__}: {e}')
-        logging.warning('Checkpoint %s/%d is unreadable (%s); trying the '
-                        'previous one.', where, step, e)
+    for i, (manager, step, where) in enumerate(candidates):
+      meta, why = _attempt(lambda: _restore_meta(manager, step))  # pylint: disable=cell-var-from-loop
+      if why is None:
+        fit.check(meta, f'{where} (step {step})')
+        restored, why = _attempt(lambda: manager.restore(  # pylint: disable=cell-var-from-loop
+            step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state))))
+      if why is not None:
+        errors_seen.append(f'step {step}: {why}')
+        logging.warning('Checkpoint %s/%d is unreadable (%s)%s', where, step,
+                        why, '; trying the previous one.'
+                        if i + 1 < len(candidates) else '.')
         continue
       if (manager, step, where) != candidates[0]:
         logging.warning('Restored the older checkpoint %s/%d instead of the '
                         'unreadable newer ones.', where, step)
       return restored['state'], meta
-    raise NoCheckpointError(f'No readable {kind} checkpoint in '
-                            f'{self.directory}: ' + ' | '.join(errors_seen))
+    raise NoCheckpointError(
+        f'No readable {kind} checkpoint in {self.directory}: ' +
+        ' | '.join(errors_seen) + '. Its files are damaged; use another '
+        '--workdir, or move the damaged step folders aside.')
 
   def close(self):
     self._manager.close()
     if self._legacy_best is not None:
       self._legacy_best.close()
+
+
+def _attempt(read: Callable[[], Any]) -> tuple[Any, Optional[str]]:
+  """(read(), None), or (None, why) when reading fails."""
+  # Before the read: its leftovers may report while it is still failing.
+  _drop_leftovers_of_failed_reads()
+  try:
+    return read(), None
+  except Exception as e:  # pylint: disable=broad-except
+    return None, _reason(e)
+
+
+# After a failed restore, two kinds of leftovers would each print a
+# traceback (and TensorStore's whole spec) about the failure already
+# reported in one line: Orbax's array reads
+# (serialization._read_array_index_and_device_put catch BaseException, so
+# closing the unfinished ones raises again), and TensorStore's callbacks of
+# the reads still in flight, which find Orbax's event loop closed.
+_ORBAX_READ = '_read_array_index_and_device_put'
+
+
+def _leftover_of_failed_read(unraisable) -> bool:
+  if (inspect.iscoroutine(unraisable.object) and
+      unraisable.object.__name__ == _ORBAX_READ):
+    return True
+  return (unraisable.exc_type is RuntimeError and
+          str(unraisable.exc_value) == 'Event loop is closed')
+
+
+def _drop_leftovers_of_failed_reads() -> None:
+  """From now on, drops just those reports (other ones still print)."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_leftovers_of_failed_reads', False):
+    return
+
+  def hook(unraisable):
+    if not _leftover_of_failed_read(unraisable):
+      previous(unraisable)
+
+  hook.drops_leftovers_of_failed_reads = True
+  sys.unraisablehook = hook
 
 
 def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import os
 import sys
+import traceback
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import ml_collections
@@ -135,7 +136,12 @@ def check_command_line(argv: Sequence[str]) -> None:
             else '')
     print(f'error: no config file {path}.{hint}', file=sys.stderr)
     sys.exit(2)
-  exit_on_unknown_fields(argv, load_config_file(path))
+  try:
+    config = load_config_file(path)
+  except errors.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  exit_on_unknown_fields(argv, config)
 
 
 def define_config_file(help_string: str, name: str = 'config'):
@@ -177,8 +183,37 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(
       '_config_' + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, 'get_config', None)):
+      raise errors.ConfigError(
+          f'config file {path} defines no get_config(); a config file '
+          'returns its ConfigDict from get_config() (see configs/).')
+    return module.get_config()
+  except errors.Error:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(
+        f'config file {path} raised {type(e).__name__}: {e}\n'
+        f'  {_where(e, path)}') from e
+
+
+def _where(error: BaseException, path: str) -> str:
+  """Where in the config files (``path`` or one it imports) ``error``
+  arose: the innermost frame outside this project's own code, else the
+  innermost one."""
+  if isinstance(error, SyntaxError) and error.filename:
+    return (f'at {error.filename}, line {error.lineno}: '
+            f'{(error.text or "").strip()}')
+  frames = traceback.extract_tb(error.__traceback__)
+  package = os.path.dirname(os.path.abspath(__file__))
+  own = [f for f in frames if not os.path.abspath(f.filename).startswith(
+      package + os.sep) and '<frozen' not in f.filename]
+  frame = (own or frames)[-1] if frames else None
+  if frame is None:
+    return f'at {path}'
+  return f'at {frame.filename}, line {frame.lineno}, in {frame.name}: ' + (
+      frame.line or '').strip()
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -78,14 +78,16 @@ def unreachable(url: str, timeout: float) -> Optional[str]:
       outcome.append(None)
     except (OSError, ValueError) as e:
       reason = getattr(e, 'reason', e)
-      outcome.append(f'{type(reason).__name__}: {reason}')
+      # The socket's own timeout may end the wait just before the join's.
+      outcome.append(TimeoutError if isinstance(reason, TimeoutError) else
+                     f'{type(reason).__name__}: {reason}')
 
   # In a thread: the name lookup has no timeout of its own.
   thread = threading.Thread(target=ask, daemon=True)
   thread.start()
   thread.join(timeout)
   host = urllib.parse.urlsplit(url).netloc
-  if not outcome:
+  if not outcome or outcome[0] is TimeoutError:
     return f'{host} did not answer within {timeout:g} s'
   if outcome[0] is not None:
     return f'{host} cannot be reached ({outcome[0]})'

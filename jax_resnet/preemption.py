@@ -94,6 +94,21 @@ def training() -> Iterator[None]:
     _STATE.training = False
 
 
+def finished() -> None:
+  """The command's work is over (done, stopped or failed): from now on a
+  SIGTERM or SIGINT is ignored.
+
+  What is left is the interpreter's exit (a few seconds of library
+  teardown), during which Python puts back the default handlers: a signal
+  then would kill the process (status 143) though nothing is lost, and a
+  scheduler would count a finished run as killed. The exit status stays the
+  command's own.
+  """
+  if installed():
+    for signum in SIGNALS:
+      signal.signal(signum, signal.SIG_IGN)
+
+
 def installed() -> bool:
   """Whether ``install`` took the signals (the commands do; a library
   caller, e.g. a notebook or the tests, keeps its own handlers)."""

@@ -45,6 +45,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.eval_weights == 'ema' and not config.ema_decay:
     raise errors.ConfigError(
         "eval_weights='ema' needs an EMA: set ema_decay (e.g. 0.999).")
+  _at_least(config.num_epochs, 1, 'num_epochs')
   if not 0 <= config.swa_start_epoch <= config.num_epochs:
     raise errors.ConfigError(
         f'swa_start_epoch must be in [0, num_epochs={config.num_epochs}] '
@@ -54,7 +55,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.eval_weights == 'swa' and not config.swa_start_epoch:
     raise errors.ConfigError(
         "eval_weights='swa' needs SWA: set swa_start_epoch.")
-  _at_least(config.num_epochs, 1, 'num_epochs')
   _at_least(config.optimizer.warmup_epochs, 0, 'optimizer.warmup_epochs')
   if config.optimizer.warmup_epochs >= config.num_epochs:
     raise errors.ConfigError('optimizer.warmup_epochs must be below num_epochs; got '
@@ -69,6 +69,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError('optimizer.label_smoothing must be in [0, 1); got '
                      f'{config.optimizer.label_smoothing}.')
   _at_least(config.data.train_examples, 0, 'data.train_examples')
+  if 0 < config.data.train_examples < config.batch_size:
+    # Known before any data is read (the dataset's own size is checked
+    # where it is loaded).
+    raise errors.ConfigError(
+        f'data.train_examples={config.data.train_examples} makes no batch of '
+        f'batch_size={config.batch_size}; lower batch_size or raise '
+        'data.train_examples.')
   if not 0.0 < config.model.bn_momentum <= 1.0:
     raise errors.ConfigError('model.bn_momentum must be in (0, 1] (PyTorch '
                              "convention: the new batch's weight); got "

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import MOCK_MAIN, ROOT, TINY, command_env, records, run_main
 from jax_resnet import checkpoints
+from jax_resnet import preemption
 
 EXAMPLES = 64  # 4 steps per epoch at batch 16.
 ARGS = TINY + ['--config.num_epochs=3']
@@ -116,3 +117,23 @@ def test_sigterm_at_random_moments(tmp_path, reference):
   _run(tmp_path)
   assert records(tmp_path) == reference
   assert max(exits) < 30, exits
+
+
+def test_a_signal_once_the_work_is_over_is_ignored():
+  """After ``finished`` (the end of main.py's and the grid's work), SIGTERM
+  and SIGINT are ignored: Python puts back the default handlers while it
+  exits, and a signal then would report a finished run as killed."""
+  saved = {s: signal.getsignal(s) for s in preemption.SIGNALS}
+  try:
+    preemption.finished()  # Not installed: a library caller's handlers stay.
+    assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == saved
+    preemption.install()
+    preemption.finished()
+    for signum in preemption.SIGNALS:
+      assert signal.getsignal(signum) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)  # Still here.
+  finally:
+    for signum, handler in saved.items():
+      signal.signal(signum, handler)

@@ -130,16 +130,3 @@ def test_error_inside_the_users_block_keeps_its_traceback(user_path):
   assert 'Traceback' in out.stderr
   assert 'my_blocks.py' in out.stderr
   assert 'ValueError: broken on purpose' in out.stderr
-
-
-@pytest.mark.parametrize('block,message', [
-    ('no_such_module:MyBlock', "Cannot import module 'no_such_module'"),
-    ('my_blocks:Missing', "Module 'my_blocks' has no class 'Missing'"),
-    ('my_blocks:nn', 'must be a subclass of jax_resnet.blocks.ResidualBlock'),
-])
-def test_a_block_that_cannot_be_found_is_one_line(user_path, block, message):
-  out = run_main(TINY + [f'--config.model.block={block}', '--mode=summary'],
-                 mock=False, pythonpath=user_path, check=False)
-  assert out.returncode == 1
-  lines = error_lines(out.stderr)
-  assert len(lines) == 1 and message in lines[0], out.stderr

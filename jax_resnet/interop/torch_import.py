@@ -45,6 +45,7 @@ import numpy as np
 from jax_resnet import checkpoints
 from jax_resnet import config_overrides
 from jax_resnet import errors
+from jax_resnet import exits
 from jax_resnet import runtime
 from jax_resnet import train
 from jax_resnet import workdir_lock
@@ -407,12 +408,9 @@ def main(argv):
   runtime.start_command(argv)
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
-  try:
-    with workdir_lock.WorkdirLock(workdir, workdir_lock.command_name()):
-      meta = convert(config, flags.FLAGS['torch-checkpoint'].value, workdir)
-  except errors.Error as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  with exits.reported(workdir), workdir_lock.WorkdirLock(
+      workdir, workdir_lock.command_name()):
+    meta = convert(config, flags.FLAGS['torch-checkpoint'].value, workdir)
   print(f'Imported {meta["imported_from"]} into {workdir} (checkpoint of '
         'step 0). Evaluate it with main.py --mode eval, the same '
         f'--config and --workdir {workdir}.')

@@ -32,7 +32,7 @@ class _ScannedBlock(nn.Module):
     block = self.block_cls(
         survival_probability=survival_probability if self.stochastic else 1.0,
         name='block', **self.block_kwargs)
-    return block(x, self.train), None
+    return blocks.call_checked(block, x, self.train), None
 
 
 # The stems: 'cifar' (a 3x3 convolution, stride 1) and 'imagenet' (a 7x7
@@ -171,7 +171,7 @@ class CifarResNet(nn.Module):
           in_planes=in_planes, stride=2 if stage > 0 else 1,
           survival_probability=survival[index],
           name=f'stage{stage + 1}_block1', **common)
-      x = first(x, train)
+      x = blocks.call_checked(first, x, train)
       in_planes = first.out_planes
       index += 1
       rest = survival[index:index + size - 1]
@@ -187,10 +187,11 @@ class CifarResNet(nn.Module):
             name=f'stage{stage + 1}_blocks')(x, jnp.asarray(rest, jnp.float32))
       else:
         for b, p in enumerate(rest, start=2):
-          x = self.block_cls(in_planes=in_planes, stride=1,
+          x = blocks.call_checked(
+              self.block_cls(in_planes=in_planes, stride=1,
                              survival_probability=p,
-                             name=f'stage{stage + 1}_block{b}', **common)(
-                                 x, train)
+                             name=f'stage{stage + 1}_block{b}', **common),
+              x, train)
       index += len(rest)
 
     if preact:

@@ -150,6 +150,33 @@ class ResidualBlock(nn.Module):
     return branch * keep.astype(branch.dtype)
 
 
+class BlockOutputError(errors.Error):
+  """A block returned a shape other than its contract's."""
+
+
+def call_checked(block: ResidualBlock, x: jax.Array, train: bool
+                 ) -> jax.Array:
+  """``block(x, train)``, checked against the block contract: the output
+  keeps the batch, divides height and width by ``stride`` (rounded up, as a
+  padded strided convolution does) and has ``out_planes`` channels.
+
+  A block breaking it would otherwise feed the next block (whose layers take
+  any input width) and train a different network without a word.
+  """
+  y = block(x, train)
+  expected = (x.shape[0], -(-x.shape[1] // block.stride),
+              -(-x.shape[2] // block.stride), block.out_planes)
+  if tuple(y.shape) != expected:
+    cls = type(block)
+    raise BlockOutputError(
+        f'block {cls.__module__}:{cls.__qualname__} ({block.name}) returned '
+        f'shape {tuple(y.shape)} for input {tuple(x.shape)}; with '
+        f'in_planes={block.in_planes}, planes={block.planes}, '
+        f'stride={block.stride} and expansion={cls.expansion} it must return '
+        f'{expected}: out_planes = planes * expansion channels.')
+  return y
+
+
 def basic_branch(block: ResidualBlock, x: jax.Array) -> jax.Array:
   """conv3x3-BN-ReLU-conv3x3-BN of a basic block (call from its __call__).
 

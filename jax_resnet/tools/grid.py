@@ -55,6 +55,7 @@ from ml_collections import config_flags
 from jax_resnet import config_overrides
 from jax_resnet import distributed
 from jax_resnet import errors
+from jax_resnet import exits
 from jax_resnet import metric_logging
 from jax_resnet import preemption
 from jax_resnet import runtime
@@ -599,10 +600,7 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 def main(argv):
   runtime.start_command(argv)
   preemption.install()
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from jax_resnet import train
-  # pylint: enable=g-import-not-at-top
+  from jax_resnet import train  # pylint: disable=g-import-not-at-top
 
   args = flags.FLAGS
   overrides = dict(config_flags.get_override_values(args['config']))
@@ -628,34 +626,26 @@ def main(argv):
       run.model = train.validated_model(run.config)
   except errors.Error as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(exits.COMMAND_LINE)
 
   mine = shard_runs(runs, *shard)
   if args['dry-run'].value:
     _say(format_plan(mine, len(runs), shard))
     return
   record_grid(args.root, runs)
-  try:
+  with exits.reported(args.root):
+    # A signal's stop: the run in progress saved where it stopped, and the
+    # same grid command resumes it.
     outcome = run_grid(mine, retry_failed=args['retry-failed'].value,
                        pack_seeds=args['pack-seeds'].value)
-  except preemption.Stopped as e:
-    # The run in progress saved where it stopped; the same grid command
-    # resumes it. Exit 0 for SIGTERM.
-    _say(str(e))
-    sys.exit(e.exit_code)
-  except jax.errors.JaxRuntimeError as e:
-    if not distributed.is_multi_process():
-      raise
-    distributed.exit_after_runtime_error(e, args.root)
-  _say(f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} '
-       f'finished now, {len(outcome.already_done)} already done, '
-       f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
-       'elsewhere.')
-  for run, detail in outcome.failed:
-    _say(f'  failed: {run.name} ({run.workdir}): {detail}')
-  if outcome.failed:
-    sys.exit(1)
-
+    _say(f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} '
+         f'finished now, {len(outcome.already_done)} already done, '
+         f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
+         'elsewhere.')
+    for run, detail in outcome.failed:
+      _say(f'  failed: {run.name} ({run.workdir}): {detail}')
+    if outcome.failed:
+      sys.exit(exits.ERROR)
 
 if __name__ == '__main__':
   runtime.restart_with_process_settings()
