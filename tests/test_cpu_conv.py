@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jax_resnet.ops import cpu_conv
+from jax_resnet.ops import cpu_conv_bf16
 from jax_resnet.ops import cpu_kernels
 from jax_resnet.models import layers
 from jax_resnet.models import registry
@@ -99,8 +100,10 @@ def test_kernels_agree_with_xla(shape):
 
 
 @kernels_only
-def test_fallbacks_are_xla():
-  """Grouped, dilated, bfloat16 and 12-channel convolutions go to XLA."""
+def test_fallbacks_are_xla(monkeypatch):
+  """Grouped, dilated, 12-channel convolutions, and bfloat16 ones without the
+  bf16 kernels (test_cpu_conv_bf16), go to XLA."""
+  monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'none')
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 32)), jnp.float32)
   cases = {

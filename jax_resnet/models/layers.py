@@ -18,6 +18,7 @@ from jax_resnet import platforms
 from jax_resnet.ops import batch_norm
 from jax_resnet.ops import canonical_conv
 from jax_resnet.ops import cpu_conv
+from jax_resnet.ops import cpu_conv_bf16
 from jax_resnet.ops import cpu_kernels
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -111,9 +112,10 @@ def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
 
   ``backend`` (``cpu_kernels.BACKENDS``) picks the convolution: with
   'cpu_kernels' the project's CPU kernels run every convolution they support
-  (``cpu_conv``) and XLA the rest. ``canonical_gradients`` states XLA's
-  convolution gradients as canonical convolutions (``canonical_conv``), which
-  XLA:CPU needs inside the scan over blocks; networks traced inside a loop
+  (``cpu_conv``; bf16 ones on the bf16 kernels, ``cpu_conv_bf16``, where the
+  CPU has AMX or AVX512-BF16) and XLA the rest. ``canonical_gradients`` states
+  XLA's convolution gradients as canonical convolutions (``canonical_conv``),
+  which XLA:CPU needs inside the scan over blocks; networks traced inside a loop
   (``canonical_conv.loop_body``) take it too. On GPU and TPU it is ignored
   (``platforms.cpu_work``).
   """
@@ -121,6 +123,8 @@ def conv_partial(dtype: Any, init: Init = CIFAR_RESNET_INIT,
   xla_conv = (canonical_conv.conv_general_dilated
               if canonical and platforms.cpu_work() else None)
   if cpu_kernels.resolve(backend) == 'cpu_kernels':
+    if jnp.dtype(dtype) == jnp.bfloat16:
+      cpu_conv_bf16.isa()  # Chosen, built and checked now, or a clear error.
     conv = functools.partial(cpu_conv.conv_general_dilated, fallback=xla_conv)
   else:
     conv = xla_conv

@@ -4,10 +4,13 @@
 ``nn.Conv(conv_general_dilated=...)``: a float32 NHWC/HWIO convolution whose
 output channels are a multiple of 16 runs the AVX-512 kernels (forward, input
 gradient and kernel gradient, as XLA FFI custom calls inside the jitted step,
-with a ``custom_vjp``); any other convolution (grouped, dilated, bfloat16, 12
-output channels, ...) is handed to the fallback (XLA) before tracing. The
-input gradient also goes to XLA when the input channels are not a multiple of
-16 (the RGB stem, whose input needs no gradient, so XLA drops it).
+with a ``custom_vjp``). A bfloat16 one with input and output channels in
+multiples of 16 runs the bf16 kernels (``cpu_conv_bf16``: AMX or AVX512-BF16)
+where the CPU has them. Any other convolution (grouped, dilated, 12 output
+channels, bf16 without the bf16 kernels, ...) is handed to the fallback (XLA)
+before tracing. The float32 input gradient also goes to XLA when the input
+channels are not a multiple of 16 (the RGB stem, whose input needs no
+gradient, so XLA drops it).
 
 Networks use it where ``model.conv_backend`` resolves to 'cpu_kernels'
 (``cpu_kernels.resolve``; ``layers.conv_partial``).
@@ -21,6 +24,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from jax_resnet.ops import canonical_conv
+from jax_resnet.ops import cpu_conv_bf16
 from jax_resnet.ops import cpu_kernels
 
 _FORWARD = 'jax_resnet_conv_forward'
@@ -114,6 +118,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
           dimension_numbers, feature_group_count, batch_group_count, precision,
           preferred_element_type)
   canonical = canonical_conv.canonical_arguments(*args)
+  if cpu_conv_bf16.takes(lhs, rhs, canonical):
+    return cpu_conv_bf16.conv2d(lhs, rhs, *canonical)
   if (canonical is not None and lhs.dtype == jnp.float32 and
       rhs.dtype == jnp.float32 and supported(lhs.shape, rhs.shape,
                                              *canonical)):

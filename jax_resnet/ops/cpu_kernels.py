@@ -5,7 +5,9 @@ training-mode BatchNorm passes) are AVX-512 code called from jitted JAX
 programs as XLA FFI custom calls. They are compiled at first use
 (``native_build``), never inside a traced function, and split each call over
 the CPUs this process may run on (``os.sched_getaffinity``) on XLA's own
-intra-op thread pool.
+intra-op thread pool. The bf16 convolutions (``cpu_conv_bf16``: AMX or
+AVX512-BF16) are a library of their own, built the same way, that
+``cpu_conv`` calls for bf16 operands.
 
 ``model.conv_backend`` chooses, once per process, through ``resolve``:
 

@@ -1,0 +1,603 @@
+// NHWC bfloat16 convolution kernels for x86-64 CPUs: bf16 operands, float32
+// accumulation, float32 results; called from jitted JAX code as XLA FFI custom
+// calls (see cpu_conv_bf16.py).
+//
+// Three handlers, for y = conv(x, w) with x [N,H,W,C], w [KH,KW,C,K] (HWIO),
+// y [N,Ho,Wo,K], integer strides and zero padding; every operand is bf16 and
+// every result float32:
+//   jax_resnet_conv_bf16_forward        x, w  -> y
+//   jax_resnet_conv_bf16_input_grad     dy, w -> dx
+//   jax_resnet_conv_bf16_kernel_grad    x, dy -> dw
+//
+// All three are cut into one product, computed by a micro-kernel:
+//
+//   C[M x 16 NB] (+)= sum over segments s of A_s[M x kd_s] . B_s[kd_s x 16 NB]
+//
+// with M <= 16 rows, NB <= 4 blocks of 16 columns, A row-major bf16 with any
+// row stride, B in the VNNI pair layout (element (k, n) at [k / 2][n][k % 2]),
+// which is both AMX's B operand and vdpbf16ps's, and kd a multiple of 16.
+//
+// * Forward: for a kernel row kh, the index j = kw * C + c runs contiguously
+//   through the HWIO kernel row and through a zero-padded input row, so M
+//   consecutive output pixels are the rows of A (row stride sw * C) and the
+//   kernel row is B (kd = KW * C), one segment per kh.
+// * Input gradient, stride 1: the forward on the padded dy with the flipped,
+//   io-swapped kernel. Stride > 1: for each kernel tap, M pixels of dy times
+//   the tap's transposed kernel, added into the padded dx (col2im).
+// * Kernel gradient: per image, each tap's input pixels are packed channel-
+//   major (A: 16 channels x pixels) and dy in pixel pairs (B), and every
+//   16 x 16 block of dw is reduced over the image's pixels. The batch is cut
+//   into parts fixed by the shape, summed in order (deterministic results).
+//
+// Micro-kernels, chosen per call by the `isa` attribute (cpu_conv_bf16.py
+// chooses from the CPU's features):
+//   2  AMX: tile registers and TDPBF16PS (Sapphire Rapids and later);
+//   1  AVX512-BF16: zmm accumulators and VDPBF16PS (Cooper Lake, Zen 4);
+//   0  reference: plain C++ with the same arithmetic, for any x86-64 CPU. It
+//      is slow, and it exists so the blocking above is tested on every CPU and
+//      the two fast micro-kernels are checked against it when loaded
+//      (jax_resnet_bf16_self_check).
+// The library is compiled for baseline x86-64; only the two fast
+// micro-kernels carry the instructions they use (target attributes), so the
+// library loads on every x86-64 CPU.
+//
+// Shapes a kernel cannot run (C or K not a multiple of 16, padding beyond the
+// kernel) are refused with an error, never an abort; cpu_conv_bf16.py routes
+// them to XLA before tracing.
+
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu_parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using jax_resnet::i64;
+using jax_resnet::ParallelFor;
+using bf16 = uint16_t;
+
+namespace {
+
+inline float ToFloat(bf16 v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// Round to nearest even; NaN stays NaN.
+inline bf16 ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    return static_cast<bf16>((u >> 16) | 0x40);
+  }
+  return static_cast<bf16>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// A thread's bf16 / float32 scratch buffer `which`, reused across calls.
+template <typename T>
+T* Scratch(int which, i64 size) {
+  thread_local std::vector<T> buffers[3];
+  std::vector<T>& b = buffers[which];
+  if (static_cast<i64>(b.size()) < size) b.resize(size);
+  return b.data();
+}
+
+// ------------------------------------------------------- micro-kernels -----
+
+struct Segment {
+  const bf16* a;  // A[m][k] = a[m * lda + k]
+  i64 lda;
+  const bf16* b;  // B[k][n] = b[(k / 2) * ldb + 2 * n + k % 2]
+  i64 ldb;
+  i64 kd;         // a multiple of 16
+};
+
+enum Isa { kReference = 0, kAvx512Bf16 = 1, kAmx = 2 };
+
+// c[m * ldc + n] = (add ? c : 0) + sum_s A_s . B_s, m < M, n < 16 * NB.
+void ReferenceKernel(int M, int NB, const Segment* segs, int ns, float* c,
+                     i64 ldc, bool add) {
+  for (int m = 0; m < M; ++m) {
+    for (int n = 0; n < 16 * NB; ++n) {
+      float acc = add ? c[m * ldc + n] : 0.0f;
+      for (int s = 0; s < ns; ++s) {
+        const Segment& g = segs[s];
+        const bf16* ar = g.a + m * g.lda;
+        for (i64 p = 0; p < g.kd / 2; ++p) {
+          const bf16* bp = g.b + p * g.ldb + 2 * n;
+          acc += ToFloat(ar[2 * p]) * ToFloat(bp[0]) +
+                 ToFloat(ar[2 * p + 1]) * ToFloat(bp[1]);
+        }
+      }
+      c[m * ldc + n] = acc;
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Kernel(
+    int M, int NB, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
+  for (int m = 0; m < M; ++m) {
+    float* cr = c + m * ldc;
+    __m512 acc[4];
+    for (int t = 0; t < NB; ++t) {
+      acc[t] = add ? _mm512_loadu_ps(cr + 16 * t) : _mm512_setzero_ps();
+    }
+    for (int s = 0; s < ns; ++s) {
+      const Segment& g = segs[s];
+      const bf16* ar = g.a + m * g.lda;
+      for (i64 p = 0; p < g.kd / 2; ++p) {
+        int32_t pair;
+        std::memcpy(&pair, ar + 2 * p, sizeof(pair));
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+        const bf16* br = g.b + p * g.ldb;
+        for (int t = 0; t < NB; ++t) {
+          const __m512bh bv = (__m512bh)_mm512_loadu_si512(br + 32 * t);
+          acc[t] = _mm512_dpbf16_ps(acc[t], av, bv);
+        }
+      }
+    }
+    for (int t = 0; t < NB; ++t) _mm512_storeu_ps(cr + 16 * t, acc[t]);
+  }
+}
+
+// AMX tile configuration, palette 1 (Intel SDM, LDTILECFG).
+struct alignas(64) TileConfig {
+  uint8_t palette;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// The tile rows this thread's configuration was loaded for; 0 = none. Every
+// FFI call releases the tiles when it ends (AmxRelease), so no other code on
+// the thread sees a stale configuration.
+thread_local int amx_rows = 0;
+
+// Tiles 0-3: C blocks (M x 16 float32); 4, 5: A (M x 32 bf16) and B (16 pair
+// rows x 16); 6, 7: A (M x 16 bf16) and B (8 pair rows), for kd's last 16.
+__attribute__((target("amx-tile"))) void AmxConfigure(int M) {
+  if (amx_rows == M) return;
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette = 1;
+  for (int t = 0; t < 4; ++t) {
+    cfg.rows[t] = static_cast<uint8_t>(M);
+    cfg.colsb[t] = 64;
+  }
+  cfg.rows[4] = static_cast<uint8_t>(M);
+  cfg.colsb[4] = 64;
+  cfg.rows[5] = 16;
+  cfg.colsb[5] = 64;
+  cfg.rows[6] = static_cast<uint8_t>(M);
+  cfg.colsb[6] = 32;
+  cfg.rows[7] = 8;
+  cfg.colsb[7] = 64;
+  _tile_loadconfig(&cfg);
+  amx_rows = M;
+}
+
+__attribute__((target("amx-tile"))) void AmxRelease() {
+  if (amx_rows) {
+    _tile_release();
+    amx_rows = 0;
+  }
+}
+
+#define JR_AMX_STEP(T, A, B, bk, ldb_bytes)     \
+  if (NB > T) {                                 \
+    _tile_loadd(B, (bk) + 32 * T, ldb_bytes);   \
+    _tile_dpbf16ps(T, A, B);                    \
+  }
+
+__attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
+    int M, int NB, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
+  AmxConfigure(M);
+  const i64 ldc_bytes = ldc * 4;
+  if (add) {
+    if (NB > 0) _tile_loadd(0, c, ldc_bytes);
+    if (NB > 1) _tile_loadd(1, c + 16, ldc_bytes);
+    if (NB > 2) _tile_loadd(2, c + 32, ldc_bytes);
+    if (NB > 3) _tile_loadd(3, c + 48, ldc_bytes);
+  } else {
+    if (NB > 0) _tile_zero(0);
+    if (NB > 1) _tile_zero(1);
+    if (NB > 2) _tile_zero(2);
+    if (NB > 3) _tile_zero(3);
+  }
+  for (int s = 0; s < ns; ++s) {
+    const Segment& g = segs[s];
+    const i64 lda_bytes = g.lda * 2, ldb_bytes = g.ldb * 2;
+    i64 k = 0;
+    for (; k + 32 <= g.kd; k += 32) {
+      const bf16* bk = g.b + (k / 2) * g.ldb;
+      _tile_loadd(4, g.a + k, lda_bytes);
+      JR_AMX_STEP(0, 4, 5, bk, ldb_bytes)
+      JR_AMX_STEP(1, 4, 5, bk, ldb_bytes)
+      JR_AMX_STEP(2, 4, 5, bk, ldb_bytes)
+      JR_AMX_STEP(3, 4, 5, bk, ldb_bytes)
+    }
+    if (k < g.kd) {  // The last 16.
+      const bf16* bk = g.b + (k / 2) * g.ldb;
+      _tile_loadd(6, g.a + k, lda_bytes);
+      JR_AMX_STEP(0, 6, 7, bk, ldb_bytes)
+      JR_AMX_STEP(1, 6, 7, bk, ldb_bytes)
+      JR_AMX_STEP(2, 6, 7, bk, ldb_bytes)
+      JR_AMX_STEP(3, 6, 7, bk, ldb_bytes)
+    }
+  }
+  if (NB > 0) _tile_stored(0, c, ldc_bytes);
+  if (NB > 1) _tile_stored(1, c + 16, ldc_bytes);
+  if (NB > 2) _tile_stored(2, c + 32, ldc_bytes);
+  if (NB > 3) _tile_stored(3, c + 48, ldc_bytes);
+}
+
+#undef JR_AMX_STEP
+
+using MicroKernel = void (*)(int, int, const Segment*, int, float*, i64, bool);
+
+MicroKernel Kernel(i64 isa) {
+  switch (isa) {
+    case kAmx: return AmxKernel;
+    case kAvx512Bf16: return Avx512Bf16Kernel;
+    default: return ReferenceKernel;
+  }
+}
+
+// Ends a thread's share of an FFI call: AMX tiles are released.
+void EndWork(i64 isa) {
+  if (isa == kAmx) AmxRelease();
+}
+
+// C[M x N] (+)= sum_s A_s . B_s for any N (a multiple of 16): blocks of 64
+// columns. Segment b pointers are at column 0.
+void Product(MicroKernel kernel, int M, i64 N, const Segment* segs, int ns,
+             float* c, i64 ldc, bool add) {
+  Segment shifted[16];
+  for (i64 n0 = 0; n0 < N; n0 += 64) {
+    const int nb = static_cast<int>(std::min<i64>(4, (N - n0) / 16));
+    for (int s = 0; s < ns; ++s) {
+      shifted[s] = segs[s];
+      shifted[s].b += 2 * n0;
+    }
+    kernel(M, nb, shifted, ns, c + n0, ldc, add);
+  }
+}
+
+// ------------------------------------------------------------ geometry ------
+
+struct Geometry {
+  i64 N, H, W, C;      // input
+  i64 KH, KW, K;       // kernel rows, columns, output channels
+  i64 Ho, Wo;          // output
+  i64 sh, sw;          // strides
+  i64 pt, pb, pl, pr;  // padding
+};
+
+// Copies image [H,W,C] into a zeroed [H+pt+pb, W+pl+pr, C] buffer.
+template <typename T>
+void PadImage(const T* src, const Geometry& g, T* dst) {
+  const i64 Wp = g.W + g.pl + g.pr, row = Wp * g.C;
+  std::memset(dst, 0, sizeof(T) * (g.H + g.pt + g.pb) * row);
+  for (i64 h = 0; h < g.H; ++h) {
+    std::memcpy(dst + (g.pt + h) * row + g.pl * g.C, src + h * g.W * g.C,
+                sizeof(T) * g.W * g.C);
+  }
+}
+
+// w [KH][KW*C][K] -> VNNI pairs wv[KH][KW*C/2][K][2].
+void PackPairs(const bf16* w, i64 rows, i64 jn, i64 K, bf16* wv) {
+  for (i64 r = 0; r < rows; ++r)
+    for (i64 j = 0; j < jn; ++j)
+      for (i64 k = 0; k < K; ++k)
+        wv[((r * jn + (j & ~i64{1})) * K + 2 * k) + (j & 1)] =
+            w[(r * jn + j) * K + k];
+}
+
+// ------------------------------------------------------------- forward -----
+
+// y = conv(x, w); x [N,H,W,C] bf16 (C % 16 == 0), w [KH,KW,C,K] bf16.
+void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
+             const bf16* x, const bf16* w, float* y) {
+  const MicroKernel kernel = Kernel(isa);
+  const i64 jn = g.KW * g.C;
+  std::vector<bf16> wv(g.KH * jn * g.K);
+  PackPairs(w, g.KH, jn, g.K, wv.data());
+  const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
+  ParallelFor(pool, threads, g.N, [&](int, i64 n) {
+    bf16* a = Scratch<bf16>(0, Hp * row);
+    PadImage(x + n * g.H * g.W * g.C, g, a);
+    Segment segs[16];
+    for (i64 oh = 0; oh < g.Ho; ++oh) {
+      float* yr = y + (n * g.Ho + oh) * g.Wo * g.K;
+      for (i64 ow = 0; ow < g.Wo; ow += 16) {
+        const int M = static_cast<int>(std::min<i64>(16, g.Wo - ow));
+        for (i64 kh = 0; kh < g.KH; ++kh) {
+          segs[kh] = Segment{a + (oh * g.sh + kh) * row + ow * g.sw * g.C,
+                             g.sw * g.C, wv.data() + kh * jn * g.K, 2 * g.K,
+                             jn};
+        }
+        Product(kernel, M, g.K, segs, static_cast<int>(g.KH), yr + ow * g.K,
+                g.K, false);
+      }
+    }
+    EndWork(isa);
+  });
+}
+
+// ------------------------------------------------------ input gradient -----
+
+// dx = d conv / d x applied to dy (float32 result).
+void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
+               const bf16* dy, const bf16* w, float* dx) {
+  const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
+  if (g.sh == 1 && g.sw == 1) {
+    // dx = conv(pad(dy), w') with w'[kh][kw][k][c] = w[KH-1-kh][KW-1-kw][c][k].
+    std::vector<bf16> wf(KH * KW * C * K);
+    for (i64 kh = 0; kh < KH; ++kh)
+      for (i64 kw = 0; kw < KW; ++kw)
+        for (i64 c = 0; c < C; ++c)
+          for (i64 k = 0; k < K; ++k)
+            wf[((kh * KW + kw) * K + k) * C + c] =
+                w[(((KH - 1 - kh) * KW + (KW - 1 - kw)) * C + c) * K + k];
+    Geometry t{g.N, g.Ho, g.Wo, K, KH, KW, C, g.H, g.W, 1, 1,
+               KH - 1 - g.pt, KH - 1 - g.pb, KW - 1 - g.pl, KW - 1 - g.pr};
+    Forward(pool, threads, isa, t, dy, wf.data(), dx);
+    return;
+  }
+  // Strided: col2im. Tap (kh, kw)'s transposed kernel [K][C] in pairs.
+  const MicroKernel kernel = Kernel(isa);
+  std::vector<bf16> wt(KH * KW * K * C), wv(KH * KW * K * C);
+  for (i64 t = 0; t < KH * KW; ++t)
+    for (i64 c = 0; c < C; ++c)
+      for (i64 k = 0; k < K; ++k) {
+        wt[(t * K + k) * C + c] = w[(t * C + c) * K + k];
+      }
+  PackPairs(wt.data(), KH * KW, K, C, wv.data());
+  const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
+  const i64 pixels = g.Ho * g.Wo;
+  ParallelFor(pool, threads, g.N, [&](int, i64 n) {
+    float* dxp = Scratch<float>(1, Hp * Wp * C);
+    float* tile = Scratch<float>(2, 16 * C);
+    std::memset(dxp, 0, sizeof(float) * Hp * Wp * C);
+    const bf16* dyn = dy + n * pixels * K;
+    for (i64 p0 = 0; p0 < pixels; p0 += 16) {
+      const int M = static_cast<int>(std::min<i64>(16, pixels - p0));
+      for (i64 kh = 0; kh < KH; ++kh) {
+        for (i64 kw = 0; kw < KW; ++kw) {
+          const Segment seg{dyn + p0 * K, K, wv.data() + (kh * KW + kw) * K * C,
+                            2 * C, K};
+          Product(kernel, M, C, &seg, 1, tile, C, false);
+          for (int m = 0; m < M; ++m) {
+            const i64 oh = (p0 + m) / g.Wo, ow = (p0 + m) % g.Wo;
+            float* d = dxp + ((oh * g.sh + kh) * Wp + ow * g.sw + kw) * C;
+            const float* s = tile + m * C;
+            for (i64 c = 0; c < C; ++c) d[c] += s[c];
+          }
+        }
+      }
+    }
+    float* out = dx + n * g.H * g.W * C;
+    for (i64 h = 0; h < g.H; ++h) {
+      std::memcpy(out + h * g.W * C, dxp + ((h + g.pt) * Wp + g.pl) * C,
+                  sizeof(float) * g.W * C);
+    }
+    EndWork(isa);
+  });
+}
+
+// ----------------------------------------------------- kernel gradient -----
+
+// The batch is cut into a number of parts fixed by the shape alone (never by
+// the thread count), each part sums its images in order into a buffer of its
+// own, and the buffers are added in order: the result is bitwise the same on
+// every run and every machine, whichever thread ran which part.
+i64 KernelGradParts(i64 N, i64 size) {
+  const i64 budget = (32 << 20) / (sizeof(float) * size);  // 32 MB of copies
+  return std::max<i64>(1, std::min<i64>(N, std::clamp<i64>(budget, 2, 8)));
+}
+
+// dw = d conv / d w applied to dy; x [N,H,W,C], dy [N,Ho,Wo,K] bf16.
+void KernelGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
+                const bf16* x, const bf16* dy, float* dw) {
+  const MicroKernel kernel = Kernel(isa);
+  const i64 C = g.C, K = g.K, taps = g.KH * g.KW;
+  const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
+  const i64 pixels = g.Ho * g.Wo, padded = (pixels + 15) / 16 * 16;
+  const i64 size = taps * C * K;
+  const i64 parts = KernelGradParts(g.N, size);
+  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
+  ParallelFor(pool, threads, parts, [&](int, i64 part) {
+    float* acc = part == 0 ? dw : copies.data() + (part - 1) * size;
+    std::memset(acc, 0, sizeof(float) * size);
+    bf16* xp = Scratch<bf16>(0, Hp * Wp * C);
+    // xt[tap][c][p]: the input pixel tap (kh, kw) of output pixel p sees.
+    bf16* xt = Scratch<bf16>(1, taps * C * padded);
+    // dyv[p / 2][k][p % 2].
+    bf16* dyv = Scratch<bf16>(2, padded * K);
+    std::memset(xt, 0, sizeof(bf16) * taps * C * padded);
+    std::memset(dyv, 0, sizeof(bf16) * padded * K);
+    for (i64 n = part * g.N / parts; n < (part + 1) * g.N / parts; ++n) {
+      PadImage(x + n * g.H * g.W * C, g, xp);
+      for (i64 kh = 0; kh < g.KH; ++kh)
+        for (i64 kw = 0; kw < g.KW; ++kw) {
+          bf16* dst = xt + (kh * g.KW + kw) * C * padded;
+          for (i64 oh = 0; oh < g.Ho; ++oh)
+            for (i64 ow = 0; ow < g.Wo; ++ow) {
+              const bf16* s = xp + ((oh * g.sh + kh) * Wp + ow * g.sw + kw) * C;
+              const i64 p = oh * g.Wo + ow;
+              for (i64 c = 0; c < C; ++c) dst[c * padded + p] = s[c];
+            }
+        }
+      PackPairs(dy + n * pixels * K, 1, pixels, K, dyv);
+      for (i64 t = 0; t < taps; ++t)
+        for (i64 c0 = 0; c0 < C; c0 += 16) {
+          const Segment seg{xt + (t * C + c0) * padded, padded, dyv, 2 * K,
+                            padded};
+          Product(kernel, 16, K, &seg, 1, acc + (t * C + c0) * K, K, true);
+        }
+    }
+    EndWork(isa);
+  });
+  for (i64 part = 1; part < parts; ++part) {
+    const float* p = copies.data() + (part - 1) * size;
+    for (i64 i = 0; i < size; ++i) dw[i] += p[i];
+  }
+}
+
+// ------------------------------------------------------------ handlers -----
+
+struct Attrs {
+  i64 sh, sw, pt, pb, pl, pr;
+};
+
+template <typename Dims>
+ffi::Error MakeGeometry(const Dims& x, const Dims& w, const Dims& y,
+                        const Attrs& at, Geometry* g) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: operands must be rank 4");
+  }
+  *g = Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
+                at.sh, at.sw, at.pt, at.pb, at.pl, at.pr};
+  if (w[2] != x[3] || y[0] != x[0] || y[3] != w[3]) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: channel counts disagree");
+  }
+  if (g->K % 16 || g->C % 16) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: input and output channels must be multiples of 16");
+  }
+  if (g->sh < 1 || g->sw < 1 || g->pt < 0 || g->pb < 0 || g->pl < 0 ||
+      g->pr < 0 || g->KH > 16) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: bad strides, padding or kernel");
+  }
+  if (g->Ho != (g->H + g->pt + g->pb - g->KH) / g->sh + 1 ||
+      g->Wo != (g->W + g->pl + g->pr - g->KW) / g->sw + 1 || g->Ho < 1 ||
+      g->Wo < 1) {
+    return ffi::Error::InvalidArgument("cpu_conv_bf16: inconsistent shapes");
+  }
+  return ffi::Error::Success();
+}
+
+const bf16* Data(ffi::Buffer<ffi::BF16>& b) {
+  return reinterpret_cast<const bf16*>(b.typed_data());
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
+                       ffi::Buffer<ffi::BF16> w,
+                       ffi::ResultBuffer<ffi::F32> y, i64 sh, i64 sw, i64 pt,
+                       i64 pb, i64 pl, i64 pr, i64 threads, i64 isa) {
+  Geometry g;
+  JR_TRY(MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(),
+                      {sh, sw, pt, pb, pl, pr}, &g));
+  Forward(pool, static_cast<int>(threads), isa, g, Data(x), Data(w),
+          y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dy,
+                         ffi::Buffer<ffi::BF16> w,
+                         ffi::ResultBuffer<ffi::F32> dx, i64 sh, i64 sw,
+                         i64 pt, i64 pb, i64 pl, i64 pr, i64 threads,
+                         i64 isa) {
+  Geometry g;
+  JR_TRY(MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(),
+                      {sh, sw, pt, pb, pl, pr}, &g));
+  if (g.pt >= g.KH || g.pb >= g.KH || g.pl >= g.KW || g.pr >= g.KW) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: input gradient needs padding smaller than the kernel");
+  }
+  InputGrad(pool, static_cast<int>(threads), isa, g, Data(dy), Data(w),
+            dx->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
+                          ffi::Buffer<ffi::BF16> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, i64 sh, i64 sw,
+                          i64 pt, i64 pb, i64 pl, i64 pr, i64 threads,
+                          i64 isa) {
+  Geometry g;
+  JR_TRY(MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(),
+                      {sh, sw, pt, pb, pl, pr}, &g));
+  KernelGrad(pool, static_cast<int>(threads), isa, g, Data(x), Data(dy),
+             dw->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define JR_BIND()                      \
+  ffi::Ffi::Bind()                     \
+      .Ctx<ffi::ThreadPool>()          \
+      .Arg<ffi::Buffer<ffi::BF16>>()   \
+      .Arg<ffi::Buffer<ffi::BF16>>()   \
+      .Ret<ffi::Buffer<ffi::F32>>()    \
+      .Attr<i64>("stride_h")           \
+      .Attr<i64>("stride_w")           \
+      .Attr<i64>("pad_top")            \
+      .Attr<i64>("pad_bottom")         \
+      .Attr<i64>("pad_left")           \
+      .Attr<i64>("pad_right")          \
+      .Attr<i64>("threads")            \
+      .Attr<i64>("isa")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_forward, ForwardImpl,
+                              JR_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_input_grad, InputGradImpl,
+                              JR_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_kernel_grad, KernelGradImpl,
+                              JR_BIND());
+
+// 1 when Linux lets this process use AMX tile data (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), 0 otherwise.
+extern "C" int jax_resnet_amx_permitted() {
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+// 1 when micro-kernel `isa` computes what the reference computes (within
+// float32 rounding of a different summation order) on products with every
+// shape feature the convolutions use: M = 16 and M < 16, 4 column blocks plus
+// one, kd with a last 16, two segments, C overwritten and C accumulated into.
+// Run once per process before `isa` is used.
+extern "C" int jax_resnet_bf16_self_check(long isa) {
+  constexpr int kN = 80, kKd = 48;
+  for (const int M : {16, 13}) {
+    const bool add = M != 16;
+    std::vector<bf16> a(2 * M * kKd), b(2 * kKd * kN);
+    for (size_t i = 0; i < a.size(); ++i) {
+      a[i] = ToBf16(static_cast<float>((i * 37) % 23) / 8.0f - 1.25f);
+    }
+    for (size_t i = 0; i < b.size(); ++i) {
+      b[i] = ToBf16(static_cast<float>((i * 53) % 29) / 16.0f - 0.75f);
+    }
+    const Segment segs[2] = {{a.data(), kKd, b.data(), 2 * kN, kKd},
+                             {a.data() + M * kKd, kKd, b.data() + kKd * kN,
+                              2 * kN, kKd}};
+    std::vector<float> want(M * kN), got(M * kN);
+    for (int i = 0; i < M * kN; ++i) want[i] = got[i] = 0.5f * (i % 7);
+    Product(ReferenceKernel, M, kN, segs, 2, want.data(), kN, add);
+    Product(Kernel(isa), M, kN, segs, 2, got.data(), kN, add);
+    EndWork(isa);
+    for (int i = 0; i < M * kN; ++i) {
+      if (!(std::fabs(got[i] - want[i]) <=
+            1e-4f * (1.0f + std::fabs(want[i])))) {
+        return 0;
+      }
+    }
+  }
+  return 1;
+}

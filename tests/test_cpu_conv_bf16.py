@@ -1,0 +1,294 @@
+"""The bf16 CPU convolution kernels: values and gradients against a float32
+reference on bf16-rounded operands, the micro-kernel choice, the routing.
+
+The reference micro-kernel runs on every x86-64 CPU, so the kernels' blocking
+(tiles, tails, strides, col2im, VNNI pairs) is checked everywhere; the AMX and
+AVX512-BF16 micro-kernels run here too where the CPU has them.
+"""
+
+import platform
+import re
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+import optax
+import pytest
+
+from conftest import model_config
+from jax_resnet import errors
+from jax_resnet.models import layers
+from jax_resnet.models import registry
+from jax_resnet.ops import cpu_conv
+from jax_resnet.ops import cpu_conv_bf16
+from jax_resnet.ops import cpu_kernels
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+pytestmark = pytest.mark.skipif(
+    platform.machine().lower() not in ('x86_64', 'amd64'),
+    reason='the bf16 kernels are x86-64 code')
+
+# (batch, height, width, in channels, kernel, out channels, stride, padding).
+SHAPES = [
+    (2, 32, 32, 16, 3, 16, 1, 1),   # ResNet stage 1: two 16-pixel tiles a row
+    (2, 32, 32, 16, 3, 32, 2, 1),   # stage 2 entry: strided, col2im gradient
+    (1, 8, 8, 64, 3, 64, 1, 1),     # stage 3: 8-pixel tiles, 4 column blocks
+    (2, 32, 32, 16, 1, 32, 2, 0),   # projection shortcut
+    (1, 8, 8, 64, 3, 80, 1, 1),     # 5 column blocks: 64 + 16
+    (2, 9, 7, 32, 3, 48, 1, 1),     # odd sizes: 7-pixel tiles, 63 pixels
+    (1, 7, 9, 32, 3, 48, 2, 1),     # odd sizes, stride 2: 20 pixels
+    (2, 10, 10, 16, 3, 16, 1, 0),   # no padding
+    (1, 8, 8, 32, 5, 32, 1, 2),     # 5x5: kd = 160
+    (1, 20, 20, 16, 3, 16, 1, 1),   # a 16-pixel tile and a 4-pixel tail
+]
+
+
+def _fast_micro_kernels():
+  """The fast micro-kernels this CPU has (none on most CI machines)."""
+  features = cpu_kernels.cpu_features()
+  found = []
+  if {'avx512f', 'avx512_bf16'} <= features:
+    found.append('avx512_bf16')
+  if {'amx_tile', 'amx_bf16'} <= features:
+    found.append('amx')
+  return found
+
+
+MICRO_KERNELS = ['reference'] + _fast_micro_kernels()
+
+
+def _operands(shape, seed=0):
+  n, h, w, c, k, o, s, p = shape
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(k, k, c, o)) / np.sqrt(k * k * c),
+                       jnp.bfloat16)
+  strides, padding = (s, s), ((p, p), (p, p))
+  out = cpu_conv_bf16.output_shape(x.shape, kernel.shape, strides, padding)
+  g = jnp.asarray(rng.normal(size=out), jnp.bfloat16)
+  return x, kernel, g, strides, padding
+
+
+def _float32_reference(x, kernel, g, strides, padding):
+  """y, dx, dw of the float32 convolution of the bf16 values."""
+  f32 = lambda a: a.astype(jnp.float32)
+  conv = lambda a, b: lax.conv_general_dilated(
+      a, b, strides, padding, dimension_numbers=DN,
+      precision=lax.Precision.HIGHEST)
+  y, vjp = jax.vjp(conv, f32(x), f32(kernel))
+  return (y, *vjp(f32(g)))
+
+
+def _close(got, want):
+  """float32 agreement up to summation order."""
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.dtype == np.float32 and got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5,
+                             atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize('micro_kernel', MICRO_KERNELS)
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+def test_kernels_match_float32_on_bf16_values(shape, micro_kernel):
+  """Each op accumulates the exact bf16 products in float32."""
+  x, kernel, g, strides, padding = _operands(shape)
+  assert cpu_conv_bf16.supported(x.shape, kernel.shape, strides, padding)
+  y, dx, dw = _float32_reference(x, kernel, g, strides, padding)
+  call = lambda target, out, a, b: cpu_conv_bf16.call(
+      target, out.shape, a, b, strides, padding, micro_kernel=micro_kernel)
+  _close(call(cpu_conv_bf16._FORWARD, y, x, kernel), y)
+  _close(call(cpu_conv_bf16._INPUT_GRAD, dx, g, kernel), dx)
+  _close(call(cpu_conv_bf16._KERNEL_GRAD, dw, x, g), dw)
+
+
+def test_conv2d_values_and_gradients_in_bf16(monkeypatch):
+  """``conv2d`` returns bf16 results within one bf16 rounding of float32, and
+  its gradients are bf16, under jit."""
+  monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'reference')
+  x, kernel, g, strides, padding = _operands(SHAPES[1], seed=1)
+  y32, dx32, dw32 = _float32_reference(x, kernel, g, strides, padding)
+  loss = lambda a, b: jnp.sum(
+      cpu_conv_bf16.conv2d(a, b, strides, padding).astype(jnp.float32) *
+      g.astype(jnp.float32))
+  y = jax.jit(cpu_conv_bf16.conv2d, static_argnums=(2, 3))(
+      x, kernel, strides, padding)
+  dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  for got, want in ((y, y32), (dx, dx32), (dw, dw32)):
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want,
+                               rtol=2 ** -8, atol=1e-6)
+
+
+def test_results_are_deterministic():
+  """The kernel gradient sums its batch parts in a fixed order."""
+  x, _, g, strides, padding = _operands((9, 8, 8, 16, 3, 16, 1, 1))
+  grad = lambda: np.asarray(cpu_conv_bf16.call(
+      cpu_conv_bf16._KERNEL_GRAD, (3, 3, 16, 16), x, g, strides, padding,
+      micro_kernel='reference'))
+  first = grad()
+  assert np.array_equal(first, grad())
+
+
+@pytest.mark.parametrize('features,permitted,want', [
+    ({'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16'}, True, 'amx'),
+    ({'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16'}, False,
+     'avx512_bf16'),
+    ({'avx512f', 'avx512_bf16'}, False, 'avx512_bf16'),  # Zen 4
+    ({'avx512f', 'avx512bw'}, False, 'none'),            # Skylake-X
+    ({'avx2', 'fma'}, False, 'none'),
+])
+def test_micro_kernel_follows_cpu_features(features, permitted, want):
+  assert cpu_conv_bf16.features_isa(frozenset(features), permitted) == want
+
+
+@pytest.fixture
+def fresh_isa():
+  cpu_conv_bf16.isa.cache_clear()
+  yield
+  cpu_conv_bf16.isa.cache_clear()
+
+
+@pytest.mark.usefixtures('fresh_isa')
+def test_isa_override(monkeypatch):
+  """``$JAX_RESNET_BF16_ISA``: forced, off, refused, or an unknown name."""
+  monkeypatch.setenv(cpu_conv_bf16.ENV, 'reference')
+  assert cpu_conv_bf16.isa() == 'reference' and cpu_conv_bf16.available()
+  cpu_conv_bf16.isa.cache_clear()
+  monkeypatch.setenv(cpu_conv_bf16.ENV, 'none')
+  assert cpu_conv_bf16.isa() == 'none' and not cpu_conv_bf16.available()
+  cpu_conv_bf16.isa.cache_clear()
+  monkeypatch.setenv(cpu_conv_bf16.ENV, 'avx512-bf16')
+  with pytest.raises(errors.ConfigError, match='valid: auto, amx'):
+    cpu_conv_bf16.isa()
+  cpu_conv_bf16.isa.cache_clear()
+  # A CPU without the instructions refuses them by name.
+  monkeypatch.setattr(cpu_kernels, 'cpu_features',
+                      lambda: frozenset({'avx2', 'fma'}))
+  for name in ('amx', 'avx512_bf16'):
+    monkeypatch.setenv(cpu_conv_bf16.ENV, name)
+    with pytest.raises(errors.ConfigError, match=f'{name} but this CPU'):
+      cpu_conv_bf16.isa()
+    cpu_conv_bf16.isa.cache_clear()
+  monkeypatch.setenv(cpu_conv_bf16.ENV, 'auto')
+  assert cpu_conv_bf16.isa() == 'none'
+
+
+@pytest.mark.parametrize('micro_kernel', MICRO_KERNELS)
+def test_self_check(micro_kernel):
+  """The load-time check passes for every micro-kernel this CPU has."""
+  library = cpu_conv_bf16._library()
+  assert library.jax_resnet_bf16_self_check(
+      cpu_conv_bf16._CODES[micro_kernel]) == 1
+
+
+def test_routing(monkeypatch):
+  """``cpu_conv`` hands canonical bf16 convolutions with channels in 16s to
+  the bf16 kernels, and the rest (or everything, without them) to XLA."""
+  calls = []
+
+  def fallback(*args):
+    calls.append(args[0].shape)
+    return lax.conv_general_dilated(*args)
+
+  conv = lambda x, w, s=(1, 1), p=((1, 1), (1, 1)): (
+      cpu_conv.conv_general_dilated(x, w, s, p, dimension_numbers=DN,
+                                    fallback=fallback))
+  x, kernel, _, _, _ = _operands(SHAPES[2])
+  monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'reference')
+  y = conv(x, kernel)
+  assert not calls
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      np.asarray(y, np.float32),
+      np.asarray(cpu_conv_bf16.conv2d(x, kernel, (1, 1), ((1, 1), (1, 1))),
+                 np.float32))
+  conv(x[..., :12], kernel[:, :, :12])  # 12 input channels.
+  cpu_conv.conv_general_dilated(          # Dilated: not canonical.
+      x, kernel, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
+      dimension_numbers=DN, fallback=fallback)
+  monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'none')
+  conv(x, kernel)
+  assert calls == [(1, 8, 8, 12), (1, 8, 8, 64), (1, 8, 8, 64)]
+
+
+def test_bf16_network_on_the_kernels(monkeypatch):
+  """A bf16 ResNet-8 train step with ``conv_backend='cpu_kernels'``: the
+  convolutions with channels in 16s run the bf16 kernels, and the loss and
+  gradients are as close to the float32 network's as XLA's bf16 network is.
+  Mixed precision: every layer's output (convolutions, BatchNorm, the head)
+  is bf16; logits, loss, parameters, gradients and BatchNorm statistics are
+  float32."""
+  monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'reference')
+  monkeypatch.setattr(cpu_kernels, 'resolve',
+                      lambda b: 'xla' if b == 'xla' else 'cpu_kernels')
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
+  labels = jnp.asarray([0, 3, 7, 9])
+  results = {}
+  for dtype, backend in (('bfloat16', 'cpu_kernels'), ('bfloat16', 'xla'),
+                         ('float32', 'xla')):
+    model = registry.create_model(
+        model_config(depth=8, dtype=dtype, conv_backend=backend), 10)
+    variables = model.init(jax.random.PRNGKey(0), images, train=False)
+
+    def loss_fn(params, model=model, variables=variables):
+      (logits, state) = model.apply(
+          {'params': params, 'batch_stats': variables['batch_stats']},
+          images, train=True, mutable=['batch_stats', 'intermediates'],
+          capture_intermediates=True,
+          rngs={layers.TRAINING_RNG: jax.random.PRNGKey(1)})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return loss.mean(), (logits, state)
+
+    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    hlo = step.lower(variables['params']).as_text()
+    (loss, (logits, state)), grads = step(variables['params'])
+    results[dtype, backend] = loss, np.concatenate(
+        [np.ravel(g) for g in jax.tree.leaves(grads)])
+    for name in ('forward', 'input_grad', 'kernel_grad'):
+      assert (f'jax_resnet_conv_bf16_{name}' in hlo) == (
+          backend == 'cpu_kernels'), (backend, name)
+    assert logits.dtype == loss.dtype == jnp.float32
+    for tree in (grads, state['batch_stats'], variables['params']):
+      assert {leaf.dtype for leaf in jax.tree.leaves(tree)} == {
+          jnp.dtype(jnp.float32)}
+    outputs = state['intermediates']
+    layer_outputs = jax.tree.leaves(
+        {k: v for k, v in outputs.items() if k != '__call__'})
+    assert layer_outputs and {o.dtype for o in layer_outputs} == {
+        jnp.dtype(dtype)}
+  (loss, grads), (xla_loss, xla_grads), (loss32, grads32) = results.values()
+  np.testing.assert_allclose(loss, loss32, rtol=1e-2)
+  error = np.linalg.norm(grads - grads32)
+  assert 0 < error <= 1.5 * np.linalg.norm(xla_grads - grads32)
+  assert error <= 0.15 * np.linalg.norm(grads32)
+
+
+@pytest.mark.usefixtures('fresh_isa')
+def test_broken_micro_kernel_is_never_used(monkeypatch, caplog):
+  """A library that fails to build, or a micro-kernel that disagrees with the
+  reference: one warning and XLA under 'auto', an error when asked for."""
+
+  class Disagreeing:
+    jax_resnet_amx_permitted = staticmethod(lambda: 0)
+    jax_resnet_bf16_self_check = staticmethod(lambda isa: 0)
+
+  def unbuildable():
+    raise errors.ConfigError('Building the bf16 CPU kernels: g++ failed')
+
+  monkeypatch.setattr(cpu_kernels, 'cpu_features',
+                      lambda: frozenset({'avx512f', 'avx512_bf16'}))
+  for library, message in ((lambda: Disagreeing(), 'disagrees'),
+                           (unbuildable, 'g++ failed')):
+    monkeypatch.setattr(cpu_conv_bf16, '_library', library)
+    monkeypatch.setenv(cpu_conv_bf16.ENV, 'auto')
+    caplog.clear()
+    assert cpu_conv_bf16.isa() == 'none'
+    assert message in caplog.text and 'run on XLA' in caplog.text
+    cpu_conv_bf16.isa.cache_clear()
+    monkeypatch.setenv(cpu_conv_bf16.ENV, 'avx512_bf16')
+    with pytest.raises(errors.ConfigError, match=re.escape(message)):
+      cpu_conv_bf16.isa()
+    cpu_conv_bf16.isa.cache_clear()
