@@ -16,6 +16,7 @@ metadata carries the older signature layout (``legacy_signature``).
 import dataclasses
 import inspect
 import json
+import logging as logging_lib
 import os
 import re
 import shutil
@@ -375,13 +376,25 @@ def _attempt(read: Callable[[], Any]) -> tuple[Any, Optional[str]]:
     return None, _reason(e)
 
 
-# After a failed restore, two kinds of leftovers would each print a
+# After a failed restore, three kinds of leftovers would each print a
 # traceback (and TensorStore's whole spec) about the failure already
 # reported in one line: Orbax's array reads
 # (serialization._read_array_index_and_device_put catch BaseException, so
-# closing the unfinished ones raises again), and TensorStore's callbacks of
-# the reads still in flight, which find Orbax's event loop closed.
+# closing the unfinished ones raises again), TensorStore's callbacks of the
+# reads still in flight, which find Orbax's event loop closed, and asyncio's
+# "Task exception was never retrieved" for Orbax's other failed reads
+# (serialization.async_deserialize), logged when the task is collected.
 _ORBAX_READ = '_read_array_index_and_device_put'
+_ORBAX_DESERIALIZE = 'coro=<async_deserialize()'
+
+
+class _UnretrievedOrbaxReads(logging_lib.Filter):
+  """Drops asyncio's reports of Orbax reads that failed unretrieved."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('Task exception was never retrieved' in message and
+                (_ORBAX_DESERIALIZE in message or _ORBAX_READ in message))
 
 
 def _leftover_of_failed_read(unraisable) -> bool:
@@ -404,6 +417,7 @@ def _drop_leftovers_of_failed_reads() -> None:
 
   hook.drops_leftovers_of_failed_reads = True
   sys.unraisablehook = hook
+  logging_lib.getLogger('asyncio').addFilter(_UnretrievedOrbaxReads())
 
 
 def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:

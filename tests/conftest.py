@@ -1,13 +1,28 @@
 """Shared test setup and helpers: project XLA flags, tiny configs, TFDS mock
 data, and the command line run as a user runs it."""
 
+import atexit
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# One persistent compilation cache for the whole session: the pytest workers
+# and every command a test runs (they inherit the environment) compile the
+# same tiny programs again and again; a hit skips XLA. Created by the first
+# process (pytest's controller), removed when it exits.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+      prefix='jax_resnet_tests_cache_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'],
+                  ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax_resnet import runtime

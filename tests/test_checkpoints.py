@@ -1,6 +1,7 @@
 """Checkpoints: one write per epoch, what a checkpoint must match, a refused
 command, unreadable checkpoints, and workdirs of earlier versions."""
 
+import logging
 import os
 import shutil
 
@@ -129,3 +130,18 @@ class TestLegacyWorkdir:
     with pytest.raises(checkpoints.CheckpointMismatchError,
                        match="block: checkpoint 'basic', command 'preact'"):
       train.evaluate(self.config(**{'model.block': 'preact'}), workdir)
+
+
+def test_leftovers_of_a_failed_read_stay_quiet(caplog):
+  """After a failed restore (reported in one line), asyncio's report of
+  Orbax's unretrieved failed reads is dropped; other asyncio errors print."""
+  checkpoints._drop_leftovers_of_failed_reads()
+  asyncio_logger = logging.getLogger('asyncio')
+  asyncio_logger.error(
+      'Task exception was never retrieved\nfuture: <Task finished '
+      "name='Task-112' coro=<async_deserialize() done, defined at "
+      '.../serialization.py:394> exception=ValueError(...)>')
+  asyncio_logger.error('Task exception was never retrieved\nfuture: <Task '
+                       "finished name='Task-7' coro=<mine() done>>")
+  messages = [r.getMessage() for r in caplog.records]
+  assert len(messages) == 1 and 'coro=<mine()' in messages[0]

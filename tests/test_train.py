@@ -182,8 +182,11 @@ RECIPE = {'ema_decay': 0.9, 'swa_start_epoch': 2, 'data.mixup_alpha': 0.2,
 
 # The plain run stops in epoch 2; the recipe in epoch 3, so that the
 # checkpoint it resumes from holds a non-empty SWA.
-@pytest.mark.parametrize('recipe,stop', [({}, 4), (RECIPE, 6)],
-                         ids=['plain', 'recipe'])
+# The plain run is mixed precision (model.dtype=bfloat16), so that both
+# dtypes resume bitwise; the recipe is float32.
+@pytest.mark.parametrize('recipe,stop', [({'model.dtype': 'bfloat16'}, 4),
+                                         (RECIPE, 6)],
+                         ids=['plain_bfloat16', 'recipe'])
 def test_resume_after_interruption_equals_uninterrupted(mock_cifar, tmp_path,
                                                         monkeypatch, recipe,
                                                         stop):

@@ -123,29 +123,62 @@ void ReferenceKernel(int M, int NB, const Segment* segs, int ns, float* c,
   }
 }
 
-__attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Kernel(
-    int M, int NB, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
-  for (int m = 0; m < M; ++m) {
-    float* cr = c + m * ldc;
-    __m512 acc[4];
-    for (int t = 0; t < NB; ++t) {
-      acc[t] = add ? _mm512_loadu_ps(cr + 16 * t) : _mm512_setzero_ps();
-    }
-    for (int s = 0; s < ns; ++s) {
-      const Segment& g = segs[s];
-      const bf16* ar = g.a + m * g.lda;
-      for (i64 p = 0; p < g.kd / 2; ++p) {
+// R rows from m0 on, NB column blocks: R * NB zmm accumulators; each B
+// row (NB loads) serves R broadcast A pairs.
+template <int R, int NB>
+__attribute__((target("avx512f,avx512bf16"))) inline void Avx512Bf16Rows(
+    int m0, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
+  __m512 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NB; ++t)
+      acc[r][t] = add ? _mm512_loadu_ps(c + (m0 + r) * ldc + 16 * t)
+                      : _mm512_setzero_ps();
+  for (int s = 0; s < ns; ++s) {
+    const Segment& g = segs[s];
+    const bf16* a = g.a + m0 * g.lda;
+    for (i64 p = 0; p < g.kd / 2; ++p) {
+      __m512bh bv[NB];
+      for (int t = 0; t < NB; ++t) {
+        bv[t] = (__m512bh)_mm512_loadu_si512(g.b + p * g.ldb + 32 * t);
+      }
+      for (int r = 0; r < R; ++r) {
         int32_t pair;
-        std::memcpy(&pair, ar + 2 * p, sizeof(pair));
+        std::memcpy(&pair, a + r * g.lda + 2 * p, sizeof(pair));
         const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-        const bf16* br = g.b + p * g.ldb;
         for (int t = 0; t < NB; ++t) {
-          const __m512bh bv = (__m512bh)_mm512_loadu_si512(br + 32 * t);
-          acc[t] = _mm512_dpbf16_ps(acc[t], av, bv);
+          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], av, bv[t]);
         }
       }
     }
-    for (int t = 0; t < NB; ++t) _mm512_storeu_ps(cr + 16 * t, acc[t]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NB; ++t)
+      _mm512_storeu_ps(c + (m0 + r) * ldc + 16 * t, acc[r][t]);
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Blocks(
+    int NB, int m0, const Segment* segs, int ns, float* c, i64 ldc,
+    bool add) {
+  switch (NB) {
+    case 1: return Avx512Bf16Rows<R, 1>(m0, segs, ns, c, ldc, add);
+    case 2: return Avx512Bf16Rows<R, 2>(m0, segs, ns, c, ldc, add);
+    case 3: return Avx512Bf16Rows<R, 3>(m0, segs, ns, c, ldc, add);
+    default: return Avx512Bf16Rows<R, 4>(m0, segs, ns, c, ldc, add);
+  }
+}
+
+__attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Kernel(
+    int M, int NB, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
+  int m0 = 0;
+  for (; m0 + 4 <= M; m0 += 4) {
+    Avx512Bf16Blocks<4>(NB, m0, segs, ns, c, ldc, add);
+  }
+  switch (M - m0) {
+    case 1: Avx512Bf16Blocks<1>(NB, m0, segs, ns, c, ldc, add); break;
+    case 2: Avx512Bf16Blocks<2>(NB, m0, segs, ns, c, ldc, add); break;
+    case 3: Avx512Bf16Blocks<3>(NB, m0, segs, ns, c, ldc, add); break;
+    default: break;
   }
 }
 
