@@ -155,10 +155,13 @@ def _set(*args, rc=1, **kwargs):
 # name: (what the case runs, the exit status, a phrase of its error).
 # ``args`` go after TINY and --workdir; ``prepare(trained, tmp_path)``
 # returns extra arguments and may set the workdir (a damaged copy), the
-# environment or the script.
+# environment or the script; ``env`` adds environment variables.
 CASES = {
     'unknown block': _set('--config.model.block=resnet',
                           message="Unknown block 'resnet'; valid blocks:"),
+    'unknown bf16 micro-kernel': _set(
+        env={'JAX_RESNET_BF16_ISA': 'avx512'},
+        message="Unknown $JAX_RESNET_BF16_ISA 'avx512'; valid: auto, amx"),
     'unknown dataset': _set('--config.dataset=mnist',
                             message='valid datasets: cifar10, cifar100'),
     'unknown field': _set('--config.model.blok=preact', rc=2,
@@ -308,7 +311,7 @@ def test_bad_input(name, trained, tmp_path):
                 _torch_checkpoint(tmp_path, case['convert']))
   try:
     out = run_main(args, devices=case.get('devices', 1), check=False,
-                   script=script,
+                   script=script, extra_env=case.get('env'),
                    pythonpath=_user_module(tmp_path)
                    if case.get('user_module') else '')
   finally:

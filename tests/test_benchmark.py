@@ -62,9 +62,10 @@ def test_format_table_sums_and_remainder():
   assert '| measured step | 70.0 | 40.0 | 20.0 | 2.00 |' in table
 
 
-def test_benchmark_with_ops():
-  """The kernels against PyTorch, per-op budgets included (the jax_xla
-  framework is the same worker with another conv_backend)."""
+def test_benchmark_with_ops_and_bf16():
+  """The kernels against PyTorch in float32 and bf16 (autocast), per-op
+  budgets included for float32 (the jax_xla framework is the same worker
+  with another conv_backend)."""
   pytest.importorskip('torch')
   # The kernels where this CPU runs them, else XLA's convolutions.
   jax_framework = ('jax_kernels' if cpu_kernels.cpu_can_run()[0] else
@@ -72,29 +73,44 @@ def test_benchmark_with_ops():
   proc = subprocess.run(
       [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
        '--batch_size=4', '--eval_batch_size=4', '--steps=1', '--eval_steps=1',
-       '--warmup=1', '--ops', f'--frameworks={jax_framework},torch'],
+       '--warmup=1', '--ops', f'--frameworks={jax_framework},torch',
+       '--dtypes=float32,bfloat16'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr
   rows = json.loads(proc.stdout.strip().splitlines()[-1])
-  row = rows[0]
-  assert row['network'] == '8' and row['name'] == 'ResNet-8'
+  assert [(r['network'], r['name'], r['dtype']) for r in rows] == [
+      ('8', 'ResNet-8', 'float32'), ('8', 'ResNet-8', 'bfloat16')]
   for framework in (jax_framework, 'torch'):
-    assert row[framework]['train_images_per_sec'] > 0
-    assert set(row[framework + '_ops']) == set(op_profile.CATEGORIES)
-    assert all(v > 0 for v in row[framework + '_ops'].values())
-  assert f'| ResNet-8 | {benchmark._LABELS[jax_framework]} |' in proc.stdout  # pylint: disable=protected-access
-  assert '| ResNet-8 | PyTorch |' in proc.stdout
+    assert all(r[framework]['train_images_per_sec'] > 0 for r in rows)
+    assert set(rows[0][framework + '_ops']) == set(op_profile.CATEGORIES)
+    assert all(v > 0 for v in rows[0][framework + '_ops'].values())
+    assert framework + '_ops' not in rows[1]
+  label = benchmark._LABELS[jax_framework]  # pylint: disable=protected-access
+  assert '/ PyTorch fp32 |' in proc.stdout
+  for dtype in ('float32', 'bfloat16'):
+    for name in (label, 'PyTorch'):
+      assert f'| ResNet-8 | {dtype} | {name} |' in proc.stdout
+  bf16_torch = [line for line in proc.stdout.splitlines()
+                if line.startswith('| ResNet-8 | bfloat16 | PyTorch |')][0]
+  fp32_ratio = (rows[1]['torch']['train_images_per_sec'] /
+                rows[0]['torch']['train_images_per_sec'])
+  assert bf16_torch.endswith(f' | {fp32_ratio:.2f} |')
   assert 'ResNet-8, ms per training step:' in proc.stdout
   assert '| measured step |' in proc.stdout
 
 
-def test_ops_needs_torch():
+@pytest.mark.parametrize('args,message', [
+    (['--frameworks=jax_kernels', '--ops'], '--frameworks must include torch'),
+    (['--dtypes=float16'], "Unknown dtypes ['float16']"),
+    (['--config.model.dtype=bfloat16'], 'Give the dtype as --dtypes'),
+])
+def test_refused_arguments(args, message):
   proc = subprocess.run(
-      [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
-       '--frameworks=jax_kernels', '--ops'],
-      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+      [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8'] +
+      args, cwd=ROOT, capture_output=True, text=True, timeout=120,
+      check=False)
   assert proc.returncode != 0
-  assert '--frameworks must include torch' in proc.stderr
+  assert message in proc.stderr
 
 
 

@@ -6,12 +6,18 @@ project's CPU kernels, and PyTorch, side by side.
   python -m jax_resnet.bench.benchmark --depths= --networks=wrn16_8_cifar10
   python -m jax_resnet.bench.benchmark --config.model.scan_blocks=True  # a lever
   python -m jax_resnet.bench.benchmark --depths=20 --ops   # + per-op budget
+  python -m jax_resnet.bench.benchmark --dtypes=float32,bfloat16  # + bf16
 
 Frameworks: ``jax_xla`` (``model.conv_backend=xla``, with the project's XLA
 CPU flags), ``jax_kernels`` (``model.conv_backend=cpu_kernels``, the
 ``cpu_conv`` kernels) and ``torch``. Networks: CIFAR ResNets by depth
 (``--depths``, option A) and any config under ``configs/`` with a PyTorch
 reference (``--networks``: cifar_resnet, wide_resnet and densenet configs).
+Dtypes (``--dtypes``): ``float32``, and ``bfloat16``, which is
+``model.dtype=bfloat16`` for JAX (mixed precision: bf16 activations and
+convolution operands, float32 parameters) and ``torch.autocast`` to bf16 for
+PyTorch; each row's ratio is to PyTorch in the same dtype, and a bf16 row's
+last ratio is to PyTorch in float32.
 
 Every (framework, network) runs in its own child process, so compile caches
 and peak memory (max RSS of that child) are its own. JAX times the project's
@@ -41,6 +47,10 @@ _NETWORKS = flags.DEFINE_list(
 FRAMEWORKS = ('jax_xla', 'jax_kernels', 'torch')
 _FRAMEWORKS = flags.DEFINE_list('frameworks', list(FRAMEWORKS),
                                 'Any of ' + ', '.join(FRAMEWORKS) + '.')
+DTYPES = ('float32', 'bfloat16')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32'],
+                            'Any of float32, bfloat16 (JAX: model.dtype; '
+                            'PyTorch: autocast).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
 _EVAL_BATCH_SIZE = flags.DEFINE_integer('eval_batch_size', 500,
                                         'Evaluation batch size.')
@@ -56,10 +66,10 @@ _OPS = flags.DEFINE_bool(
     'ops', False, 'Also time every op of the step on its own (convolution '
     'forward / input / kernel gradient, BatchNorm, add+ReLU) in every '
     'framework and print where the step time goes (op_profile; CIFAR '
-    'ResNets only).')
-_WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:NETWORK '
-                              '(FRAMEWORK or FRAMEWORK_ops); prints one JSON '
-                              'line.')
+    'ResNets, float32 only).')
+_WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:NETWORK:'
+                              'DTYPE (FRAMEWORK or FRAMEWORK_ops); prints one '
+                              'JSON line.')
 
 # The conv backend of each JAX framework.
 CONV_BACKENDS = {'jax_xla': 'xla', 'jax_kernels': 'cpu_kernels'}
@@ -74,7 +84,8 @@ def define_config_flag() -> None:
   from jax_resnet import config_overrides  # pylint: disable=g-import-not-at-top
   config_overrides.define_config_dict(
       config_overrides.default_config(),
-      'Overrides of the JAX runs, e.g. --config.model.dtype=bfloat16.')
+      'Overrides of the JAX runs, e.g. --config.model.scan_blocks=True '
+      '(the dtype is --dtypes).')
 
 
 def config_overrides_given() -> dict[str, object]:
@@ -156,7 +167,8 @@ def torch_model(network: str, num_classes: int = 10):
                        '(bottleneck) configs.')
 
 
-def jax_worker(framework: str, network: str) -> dict[str, float]:
+def jax_worker(framework: str, network: str, dtype: str
+               ) -> dict[str, float]:
   """Times the project's train and eval steps for one network."""
   _setup_jax(framework)
   # pylint: disable=g-import-not-at-top
@@ -171,6 +183,7 @@ def jax_worker(framework: str, network: str) -> dict[str, float]:
   config.dataset = 'cifar10'
   config.batch_size = _BATCH_SIZE.value
   config.model.conv_backend = CONV_BACKENDS[framework]
+  config.model.dtype = dtype
   config = config_overrides.apply(config, config_overrides_given())
   model = train.resolve_model(config).module
   state = train.create_train_state(config, model, steps_per_epoch=390)
@@ -217,10 +230,14 @@ def jax_worker(framework: str, network: str) -> dict[str, float]:
   }
 
 
-def torch_worker(framework: str, network: str) -> dict[str, float]:
-  """Times the same network's training and eval in PyTorch (CPU)."""
+def torch_worker(framework: str, network: str, dtype: str
+                 ) -> dict[str, float]:
+  """Times the same network's training and eval in PyTorch (CPU), under
+  autocast to bf16 for ``dtype='bfloat16'``."""
   del framework
   torch = _setup_torch()
+  autocast = lambda: torch.autocast('cpu', dtype=torch.bfloat16,
+                                    enabled=dtype == 'bfloat16')
   torch.manual_seed(0)
   model = torch_model(network).to(memory_format=torch.channels_last)
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
@@ -232,7 +249,8 @@ def torch_worker(framework: str, network: str) -> dict[str, float]:
 
   def train_once():
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(images), labels)
+    with autocast():
+      loss = loss_fn(model(images), labels)
     loss.backward()
     optimizer.step()
     return loss
@@ -244,10 +262,10 @@ def torch_worker(framework: str, network: str) -> dict[str, float]:
   model.eval()
   eval_images = torch.randn(_EVAL_BATCH_SIZE.value, 3, 32, 32).to(
       memory_format=torch.channels_last)
-  with torch.no_grad():
+  with torch.no_grad(), autocast():
     model(eval_images)
     eval_seconds = _time_loop(lambda: model(eval_images), _EVAL_STEPS.value,
-                              lambda out: out.sum().item())
+                              lambda out: out.float().sum().item())
   return {
       'train_images_per_sec':
           _STEPS.value * _BATCH_SIZE.value / train_seconds,
@@ -258,14 +276,17 @@ def torch_worker(framework: str, network: str) -> dict[str, float]:
   }
 
 
-def jax_ops_worker(framework: str, network: str) -> dict[str, float]:
+def jax_ops_worker(framework: str, network: str, dtype: str
+                   ) -> dict[str, float]:
+  del dtype  # float32 only (main).
   _setup_jax(framework)
   return op_profile.jax_ops(int(network), _BATCH_SIZE.value,
                             CONV_BACKENDS[framework])
 
 
-def torch_ops_worker(framework: str, network: str) -> dict[str, float]:
-  del framework
+def torch_ops_worker(framework: str, network: str, dtype: str
+                     ) -> dict[str, float]:
+  del framework, dtype  # float32 only (main).
   _setup_torch()
   return op_profile.torch_ops(int(network), _BATCH_SIZE.value)
 
@@ -277,10 +298,11 @@ def _worker(framework: str):
   return jax_ops_worker if framework.endswith('_ops') else jax_worker
 
 
-def run_worker(framework: str, network: str) -> dict[str, float]:
+def run_worker(framework: str, network: str, dtype: str = 'float32'
+               ) -> dict[str, float]:
   """Runs one measurement in a child process of its own."""
   args = [sys.executable, '-m', 'jax_resnet.bench.benchmark',
-          f'--worker={framework}:{network}'] + [
+          f'--worker={framework}:{network}:{dtype}'] + [
               a for a in sys.argv[1:] if not a.startswith('--worker')]
   root = os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))
@@ -302,13 +324,23 @@ _LABELS = {'jax_xla': 'JAX, XLA convolutions',
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
-  """Markdown: one line per (network, framework), ratios to PyTorch."""
-  lines = ['| network | framework | train img/s | / PyTorch | eval img/s | '
-           '/ PyTorch | compile s | peak MB |',
-           '|---|---|---:|---:|---:|---:|---:|---:|']
+  """Markdown: one line per (network, dtype, framework), train and eval
+  ratios to PyTorch in the same dtype; with bf16 rows, also the train ratio
+  to PyTorch in float32."""
+  mixed = any(row.get('dtype', 'float32') != 'float32' for row in rows)
+  float32_torch = {row['network']: row.get('torch') or {} for row in rows
+                   if row.get('dtype', 'float32') == 'float32'}
+  extra = ' / PyTorch fp32 |' if mixed else ''
+  lines = ['| network | dtype | framework | train img/s | / PyTorch | '
+           'eval img/s | / PyTorch | compile s | peak MB |' + extra,
+           '|---|---|---|---:|---:|---:|---:|---:|---:|' +
+           ('---:|' if mixed else '')]
 
   def fmt(value, spec):
     return '-' if value is None else format(value, spec)
+
+  def ratio(result, reference, key):
+    return (result[key] / reference[key]) if reference and result else None
 
   for row in rows:
     reference = row.get('torch') or {}
@@ -316,20 +348,19 @@ def format_table(rows: list[dict[str, object]]) -> str:
       result = row.get(framework)
       if not result:
         continue
-      ratio = eval_ratio = None
-      if reference:
-        ratio = (result['train_images_per_sec'] /
-                 reference['train_images_per_sec'])
-        eval_ratio = (result['eval_images_per_sec'] /
-                      reference['eval_images_per_sec'])
-      lines.append(
-          f'| {row["name"]} | {_LABELS[framework]} '
+      line = (
+          f'| {row["name"]} | {row.get("dtype", "float32")} '
+          f'| {_LABELS[framework]} '
           f'| {fmt(result.get("train_images_per_sec"), ".1f")} '
-          f'| {fmt(ratio, ".2f")} '
+          f'| {fmt(ratio(result, reference, "train_images_per_sec"), ".2f")} '
           f'| {fmt(result.get("eval_images_per_sec"), ".1f")} '
-          f'| {fmt(eval_ratio, ".2f")} '
+          f'| {fmt(ratio(result, reference, "eval_images_per_sec"), ".2f")} '
           f'| {fmt(result.get("compile_seconds"), ".1f")} '
           f'| {fmt(result.get("peak_mb"), ".0f")} |')
+      if mixed:
+        line += ' ' + fmt(ratio(result, float32_torch.get(row['network']),
+                                'train_images_per_sec'), '.2f') + ' |'
+      lines.append(line)
   return '\n'.join(lines)
 
 
@@ -337,8 +368,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _WORKER.value:
-    framework, _, network = _WORKER.value.partition(':')
-    result = _worker(framework)(framework.removesuffix('_ops'), network)
+    framework, network, dtype = _WORKER.value.split(':')
+    result = _worker(framework)(framework.removesuffix('_ops'), network,
+                                dtype)
     if not framework.endswith('_ops'):
       import resource  # pylint: disable=g-import-not-at-top
       result['peak_mb'] = resource.getrusage(
@@ -349,6 +381,13 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown frameworks {sorted(unknown)}; valid: '
                          f'{", ".join(FRAMEWORKS)}.')
+  unknown = set(_DTYPES.value) - set(DTYPES)
+  if unknown or not _DTYPES.value:
+    raise app.UsageError(f'Unknown dtypes {sorted(unknown)}; valid: '
+                         f'{", ".join(DTYPES)}.')
+  if 'model.dtype' in config_overrides_given():
+    raise app.UsageError('Give the dtype as --dtypes (it sets PyTorch\'s '
+                         'too), not --config.model.dtype.')
   if _OPS.value and 'torch' not in _FRAMEWORKS.value:
     raise app.UsageError('--ops compares with PyTorch: --frameworks must '
                          'include torch.')
@@ -359,16 +398,18 @@ def main(argv):
     torch_model(network)  # A network without a reference fails now.
   rows = []
   for network in networks:
-    row = {'network': network, 'name': network_name(network)}
-    for framework in _FRAMEWORKS.value:
-      row[framework] = run_worker(framework, network)
-      print(f'{framework} {row["name"]}: {json.dumps(row[framework])}',
-            file=sys.stderr, flush=True)
-    rows.append(row)
+    for dtype in _DTYPES.value:
+      row = {'network': network, 'name': network_name(network),
+             'dtype': dtype}
+      for framework in _FRAMEWORKS.value:
+        row[framework] = run_worker(framework, network, dtype)
+        print(f'{framework} {row["name"]} {dtype}: '
+              f'{json.dumps(row[framework])}', file=sys.stderr, flush=True)
+      rows.append(row)
   print(format_table(rows))
   if _OPS.value:
     for row in rows:
-      if not row['network'].isdigit():
+      if not row['network'].isdigit() or row['dtype'] != 'float32':
         continue
       budgets = {f: run_worker(f + '_ops', row['network'])
                  for f in _FRAMEWORKS.value}

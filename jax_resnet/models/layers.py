@@ -99,9 +99,10 @@ def conv_backend_of(name: str) -> str:
   """``model.conv_backend`` resolved for this process: 'xla' or 'cpu_kernels'.
 
   Raises:
-    errors.ConfigError: an unknown backend, or 'cpu_kernels' where they
-      cannot run.
+    errors.ConfigError: an unknown backend, 'cpu_kernels' where they cannot
+      run, or an unknown ``$JAX_RESNET_BF16_ISA`` (``cpu_conv_bf16``).
   """
+  cpu_conv_bf16.requested()
   return cpu_kernels.resolve(name)
 
 

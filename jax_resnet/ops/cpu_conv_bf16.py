@@ -88,6 +88,20 @@ def _library() -> ctypes.CDLL:
   return library
 
 
+def requested() -> str:
+  """``$JAX_RESNET_BF16_ISA`` (default 'auto'), checked on every machine,
+  whether or not it has bf16 kernels to choose from.
+
+  Raises:
+    errors.ConfigError: an unknown value.
+  """
+  chosen = os.environ.get(ENV, 'auto').strip().lower() or 'auto'
+  if chosen not in CHOICES:
+    raise errors.ConfigError(f'Unknown ${ENV} {chosen!r}; valid: '
+                             f'{", ".join(CHOICES)}.')
+  return chosen
+
+
 @functools.cache
 def isa() -> str:
   """The micro-kernel of this process: 'amx', 'avx512_bf16', 'reference' or
@@ -101,10 +115,7 @@ def isa() -> str:
     errors.ConfigError: an unknown value; or, for a micro-kernel asked for by
       name, a CPU without it, a failed build or a failed check.
   """
-  chosen = os.environ.get(ENV, 'auto').strip().lower() or 'auto'
-  if chosen not in CHOICES:
-    raise errors.ConfigError(f'Unknown ${ENV} {chosen!r}; valid: '
-                             f'{", ".join(CHOICES)}.')
+  chosen = requested()
   if chosen == 'none' or (chosen == 'auto' and not (
       {'avx512_bf16', 'amx_bf16'} & cpu_kernels.cpu_features())):
     return 'none'  # Nothing to build on this CPU.
