@@ -39,50 +39,19 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_conv_shared.h"
 #include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jax_resnet::Geometry;
 using jax_resnet::i64;
+using jax_resnet::KernelGradParts;
+using jax_resnet::PadImage;
 using jax_resnet::ParallelFor;
 using jax_resnet::Scratch;
 
 namespace {
-
-// Copies image [H,W,C] into a zeroed [H+pt+pb, W+pl+pr, C] buffer.
-void PadImage(const float* src, i64 H, i64 W, i64 C, i64 pt, i64 pb, i64 pl,
-              i64 pr, float* dst) {
-  const i64 Wp = W + pl + pr, row = Wp * C;
-  std::memset(dst, 0, sizeof(float) * pt * row);
-  std::memset(dst + (pt + H) * row, 0, sizeof(float) * pb * row);
-  for (i64 h = 0; h < H; ++h) {
-    float* d = dst + (pt + h) * row;
-    std::memset(d, 0, sizeof(float) * pl * C);
-    std::memcpy(d + pl * C, src + h * W * C, sizeof(float) * W * C);
-    std::memset(d + (pl + W) * C, 0, sizeof(float) * pr * C);
-  }
-}
-
-// ------------------------------------------------------------ geometry ------
-
-struct Geometry {
-  i64 N, H, W, C;      // input
-  i64 KH, KW, K;       // kernel rows, columns, output channels
-  i64 Ho, Wo;          // output
-  i64 sh, sw;          // strides
-  i64 pt, pb, pl, pr;  // padding
-};
-
-ffi::Error CheckGeometry(const Geometry& g) {
-  if (g.sh < 1 || g.sw < 1 || g.pt < 0 || g.pb < 0 || g.pl < 0 || g.pr < 0) {
-    return ffi::Error::InvalidArgument("cpu_conv: bad strides or padding");
-  }
-  if (g.Ho != (g.H + g.pt + g.pb - g.KH) / g.sh + 1 ||
-      g.Wo != (g.W + g.pl + g.pr - g.KW) / g.sw + 1 || g.Ho < 1 || g.Wo < 1) {
-    return ffi::Error::InvalidArgument("cpu_conv: inconsistent shapes");
-  }
-  return ffi::Error::Success();
-}
 
 // ------------------------------------------------------------- forward -----
 
@@ -209,7 +178,7 @@ void Forward(ffi::ThreadPool& pool, int threads, const Geometry& g,
     const float* a = src;
     if (padded) {
       float* buf = Scratch(0, Hp * row);
-      PadImage(src, g.H, g.W, g.C, g.pt, g.pb, g.pl, g.pr, buf);
+      PadImage(src, g, buf);
       a = buf;
     }
     image(g, a, row, w, y + n * g.Ho * g.Wo * g.K);
@@ -276,17 +245,8 @@ void InputGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
                const float* dy, const float* w, float* dx) {
   const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
   if (g.sh == 1 && g.sw == 1) {
-    // dx = conv(pad(dy), w') with w'[kh][kw][k][c] = w[KH-1-kh][KW-1-kw][c][k].
-    std::vector<float> wf(KH * KW * C * K);
-    for (i64 kh = 0; kh < KH; ++kh)
-      for (i64 kw = 0; kw < KW; ++kw)
-        for (i64 c = 0; c < C; ++c)
-          for (i64 k = 0; k < K; ++k)
-            wf[((kh * KW + kw) * K + k) * C + c] =
-                w[(((KH - 1 - kh) * KW + (KW - 1 - kw)) * C + c) * K + k];
-    Geometry t{g.N, g.Ho, g.Wo, K, KH, KW, C, g.H, g.W, 1, 1,
-               KH - 1 - g.pt, KH - 1 - g.pb, KW - 1 - g.pl, KW - 1 - g.pr};
-    Forward(pool, threads, t, dy, wf.data(), dx);
+    Forward(pool, threads, jax_resnet::InputGradGeometry(g), dy,
+            jax_resnet::FlippedKernel(w, g).data(), dx);
     return;
   }
   // Strided: col2im. wt[kh][k][kw*C + c] = w[kh][kw][c][k].
@@ -408,15 +368,6 @@ KernelGradImageFn PickKernelGrad(i64 K) {
   }
 }
 
-// The batch is cut into a number of parts fixed by the shape alone (never by
-// the thread count), each part sums its images in order into a buffer of its
-// own, and the buffers are added in order: the result is bitwise the same on
-// every run and every machine, whichever thread ran which part.
-i64 KernelGradParts(i64 N, i64 size) {
-  const i64 budget = (32 << 20) / (sizeof(float) * size);  // 32 MB of copies
-  return std::max<i64>(1, std::min<i64>(N, std::clamp<i64>(budget, 2, 8)));
-}
-
 void KernelGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
                 const float* x, const float* dy, float* dw) {
   const KernelGradImageFn image = PickKernelGrad(g.K);
@@ -433,7 +384,7 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
       const float* a = src;
       if (padded) {
         float* buf = Scratch(0, Hp * row);
-        PadImage(src, g.H, g.W, g.C, g.pt, g.pb, g.pl, g.pr, buf);
+        PadImage(src, g, buf);
         a = buf;
       }
       image(g, a, row, dy + n * g.Ho * g.Wo * g.K, acc);
@@ -467,7 +418,7 @@ ffi::Error MakeGeometry(ffi::Buffer<ffi::F32>::Dimensions x,
     return ffi::Error::InvalidArgument(
         "cpu_conv: output channels must be a multiple of 16");
   }
-  return CheckGeometry(*g);
+  return jax_resnet::CheckGeometry(*g, "cpu_conv");
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,

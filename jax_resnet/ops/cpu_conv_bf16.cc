@@ -55,11 +55,15 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_conv_shared.h"
 #include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jax_resnet::Geometry;
 using jax_resnet::i64;
+using jax_resnet::KernelGradParts;
+using jax_resnet::PadImage;
 using jax_resnet::ParallelFor;
 using bf16 = uint16_t;
 
@@ -306,27 +310,6 @@ void Product(MicroKernel kernel, int M, i64 N, const Segment* segs, int ns,
   }
 }
 
-// ------------------------------------------------------------ geometry ------
-
-struct Geometry {
-  i64 N, H, W, C;      // input
-  i64 KH, KW, K;       // kernel rows, columns, output channels
-  i64 Ho, Wo;          // output
-  i64 sh, sw;          // strides
-  i64 pt, pb, pl, pr;  // padding
-};
-
-// Copies image [H,W,C] into a zeroed [H+pt+pb, W+pl+pr, C] buffer.
-template <typename T>
-void PadImage(const T* src, const Geometry& g, T* dst) {
-  const i64 Wp = g.W + g.pl + g.pr, row = Wp * g.C;
-  std::memset(dst, 0, sizeof(T) * (g.H + g.pt + g.pb) * row);
-  for (i64 h = 0; h < g.H; ++h) {
-    std::memcpy(dst + (g.pt + h) * row + g.pl * g.C, src + h * g.W * g.C,
-                sizeof(T) * g.W * g.C);
-  }
-}
-
 // w [KH][KW*C][K] -> VNNI pairs wv[KH][KW*C/2][K][2].
 void PackPairs(const bf16* w, i64 rows, i64 jn, i64 K, bf16* wv) {
   for (i64 r = 0; r < rows; ++r)
@@ -374,17 +357,8 @@ void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
                const bf16* dy, const bf16* w, float* dx) {
   const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
   if (g.sh == 1 && g.sw == 1) {
-    // dx = conv(pad(dy), w') with w'[kh][kw][k][c] = w[KH-1-kh][KW-1-kw][c][k].
-    std::vector<bf16> wf(KH * KW * C * K);
-    for (i64 kh = 0; kh < KH; ++kh)
-      for (i64 kw = 0; kw < KW; ++kw)
-        for (i64 c = 0; c < C; ++c)
-          for (i64 k = 0; k < K; ++k)
-            wf[((kh * KW + kw) * K + k) * C + c] =
-                w[(((KH - 1 - kh) * KW + (KW - 1 - kw)) * C + c) * K + k];
-    Geometry t{g.N, g.Ho, g.Wo, K, KH, KW, C, g.H, g.W, 1, 1,
-               KH - 1 - g.pt, KH - 1 - g.pb, KW - 1 - g.pl, KW - 1 - g.pr};
-    Forward(pool, threads, isa, t, dy, wf.data(), dx);
+    Forward(pool, threads, isa, jax_resnet::InputGradGeometry(g), dy,
+            jax_resnet::FlippedKernel(w, g).data(), dx);
     return;
   }
   // Strided: col2im. Tap (kh, kw)'s transposed kernel [K][C] in pairs.
@@ -429,15 +403,6 @@ void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
 }
 
 // ----------------------------------------------------- kernel gradient -----
-
-// The batch is cut into a number of parts fixed by the shape alone (never by
-// the thread count), each part sums its images in order into a buffer of its
-// own, and the buffers are added in order: the result is bitwise the same on
-// every run and every machine, whichever thread ran which part.
-i64 KernelGradParts(i64 N, i64 size) {
-  const i64 budget = (32 << 20) / (sizeof(float) * size);  // 32 MB of copies
-  return std::max<i64>(1, std::min<i64>(N, std::clamp<i64>(budget, 2, 8)));
-}
 
 // dw = d conv / d w applied to dy; x [N,H,W,C], dy [N,Ho,Wo,K] bf16.
 void KernelGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
@@ -510,17 +475,11 @@ ffi::Error MakeGeometry(const Dims& x, const Dims& w, const Dims& y,
     return ffi::Error::InvalidArgument(
         "cpu_conv_bf16: input and output channels must be multiples of 16");
   }
-  if (g->sh < 1 || g->sw < 1 || g->pt < 0 || g->pb < 0 || g->pl < 0 ||
-      g->pr < 0 || g->KH > 16) {
+  if (g->KH > 16) {
     return ffi::Error::InvalidArgument(
-        "cpu_conv_bf16: bad strides, padding or kernel");
+        "cpu_conv_bf16: at most 16 kernel rows");
   }
-  if (g->Ho != (g->H + g->pt + g->pb - g->KH) / g->sh + 1 ||
-      g->Wo != (g->W + g->pl + g->pr - g->KW) / g->sw + 1 || g->Ho < 1 ||
-      g->Wo < 1) {
-    return ffi::Error::InvalidArgument("cpu_conv_bf16: inconsistent shapes");
-  }
-  return ffi::Error::Success();
+  return jax_resnet::CheckGeometry(*g, "cpu_conv_bf16");
 }
 
 const bf16* Data(ffi::Buffer<ffi::BF16>& b) {

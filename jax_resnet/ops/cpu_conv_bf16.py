@@ -78,7 +78,8 @@ def _library() -> ctypes.CDLL:
   try:
     path = native_build.build(
         _SOURCE, flags, f'jaxlib {jax.lib.__version__}',
-        [os.path.join(os.path.dirname(_SOURCE), 'cpu_parallel.h')])
+        [os.path.join(os.path.dirname(_SOURCE), header)
+         for header in cpu_kernels.HEADERS])
   except native_build.BuildError as e:
     raise errors.ConfigError(f'Building the bf16 CPU kernels: {e}.') from e
   library = ctypes.CDLL(path)

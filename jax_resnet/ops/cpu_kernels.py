@@ -33,7 +33,8 @@ from jax_resnet import platforms
 BACKENDS = ('auto', 'xla', 'cpu_kernels')
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# Sources and the FFI targets each defines; every source includes _HEADERS.
+# Sources and the FFI targets each defines; any source (these and
+# cpu_conv_bf16.cc) may include HEADERS.
 _LIBRARIES = {
     'cpu_conv.cc': ('jax_resnet_conv_forward', 'jax_resnet_conv_input_grad',
                     'jax_resnet_conv_kernel_grad'),
@@ -41,7 +42,7 @@ _LIBRARIES = {
                           'jax_resnet_bn_grad_sums',
                           'jax_resnet_bn_grad_apply'),
 }
-_HEADERS = ('cpu_parallel.h',)
+HEADERS = ('cpu_parallel.h', 'cpu_conv_shared.h')
 # The instructions the libraries are compiled for; the CPU must have them all.
 REQUIRED_FEATURES = ('avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma')
 _FLAGS = ('-O3', '-std=c++17', '-fno-math-errno', '-mavx512f', '-mavx512dq',
@@ -90,7 +91,7 @@ def load() -> tuple[bool, str]:
   flags = _FLAGS + ('-isystem', jax.ffi.include_dir())
   key = (' '.join(sorted(cpu_features())) +
          f' jaxlib {jax.lib.__version__}')
-  headers = [os.path.join(_HERE, h) for h in _HEADERS]
+  headers = [os.path.join(_HERE, h) for h in HEADERS]
   libraries = {}
   for source in _LIBRARIES:
     try:

@@ -1,0 +1,90 @@
+// What the float32 (cpu_conv.cc) and bf16 (cpu_conv_bf16.cc) convolution
+// kernels share: the geometry of a convolution and its checks, the zero-padded
+// image copy, the stride-1 input gradient as a forward convolution, and the
+// fixed batch parts of the kernel gradient.
+
+#ifndef JAX_RESNET_CPU_CONV_SHARED_H_
+#define JAX_RESNET_CPU_CONV_SHARED_H_
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu_parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_resnet {
+
+// y = conv(x, w): x [N,H,W,C], w [KH,KW,C,K] (HWIO), y [N,Ho,Wo,K].
+struct Geometry {
+  i64 N, H, W, C;      // input
+  i64 KH, KW, K;       // kernel rows, columns, output channels
+  i64 Ho, Wo;          // output
+  i64 sh, sw;          // strides
+  i64 pt, pb, pl, pr;  // padding
+};
+
+// Strides, padding and the output size agree; `name` starts the message.
+inline xla::ffi::Error CheckGeometry(const Geometry& g, const char* name) {
+  if (g.sh < 1 || g.sw < 1 || g.pt < 0 || g.pb < 0 || g.pl < 0 || g.pr < 0) {
+    return xla::ffi::Error::InvalidArgument(std::string(name) +
+                                            ": bad strides or padding");
+  }
+  if (g.Ho != (g.H + g.pt + g.pb - g.KH) / g.sh + 1 ||
+      g.Wo != (g.W + g.pl + g.pr - g.KW) / g.sw + 1 || g.Ho < 1 || g.Wo < 1) {
+    return xla::ffi::Error::InvalidArgument(std::string(name) +
+                                            ": inconsistent shapes");
+  }
+  return xla::ffi::Error::Success();
+}
+
+// Copies image [H,W,C] into a zeroed [H+pt+pb, W+pl+pr, C] buffer.
+template <typename T>
+void PadImage(const T* src, const Geometry& g, T* dst) {
+  const i64 Wp = g.W + g.pl + g.pr, row = Wp * g.C;
+  std::memset(dst, 0, sizeof(T) * g.pt * row);
+  std::memset(dst + (g.pt + g.H) * row, 0, sizeof(T) * g.pb * row);
+  for (i64 h = 0; h < g.H; ++h) {
+    T* d = dst + (g.pt + h) * row;
+    std::memset(d, 0, sizeof(T) * g.pl * g.C);
+    std::memcpy(d + g.pl * g.C, src + h * g.W * g.C, sizeof(T) * g.W * g.C);
+    std::memset(d + (g.pl + g.W) * g.C, 0, sizeof(T) * g.pr * g.C);
+  }
+}
+
+// At stride 1, dx = conv(pad(dy), w') with w'[kh][kw][k][c] =
+// w[KH-1-kh][KW-1-kw][c][k]: the geometry of that convolution ...
+inline Geometry InputGradGeometry(const Geometry& g) {
+  return Geometry{g.N, g.Ho, g.Wo, g.K, g.KH, g.KW, g.C, g.H, g.W, 1, 1,
+                  g.KH - 1 - g.pt, g.KH - 1 - g.pb, g.KW - 1 - g.pl,
+                  g.KW - 1 - g.pr};
+}
+
+// ... and its kernel w'.
+template <typename T>
+std::vector<T> FlippedKernel(const T* w, const Geometry& g) {
+  const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
+  std::vector<T> wf(KH * KW * C * K);
+  for (i64 kh = 0; kh < KH; ++kh)
+    for (i64 kw = 0; kw < KW; ++kw)
+      for (i64 c = 0; c < C; ++c)
+        for (i64 k = 0; k < K; ++k)
+          wf[((kh * KW + kw) * K + k) * C + c] =
+              w[(((KH - 1 - kh) * KW + (KW - 1 - kw)) * C + c) * K + k];
+  return wf;
+}
+
+// The kernel gradient cuts the batch into a number of parts fixed by the
+// shape alone (never by the thread count); each part sums its images in order
+// into a buffer of its own, and the buffers are added in order: the result is
+// bitwise the same on every run and every machine, whichever thread ran which
+// part.
+inline i64 KernelGradParts(i64 N, i64 size) {
+  const i64 budget = (32 << 20) / (sizeof(float) * size);  // 32 MB of copies
+  return std::max<i64>(1, std::min<i64>(N, std::clamp<i64>(budget, 2, 8)));
+}
+
+}  // namespace jax_resnet
+
+#endif  // JAX_RESNET_CPU_CONV_SHARED_H_
