@@ -91,7 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.bn_momentum = 0.1
   # BatchNorm epsilon.
   config.model.bn_epsilon = 1e-5
-  # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  # Computation dtype: 'float32', or 'bfloat16' for mixed precision (bf16
+  # activations and convolution operands; parameters, optimiser state,
+  # BatchNorm statistics, logits and loss stay float32; README, Performance,
+  # bf16 on the CPU). On the CPU, bf16 convolutions run the project's AMX /
+  # AVX512-BF16 kernels where the CPU has them ($JAX_RESNET_BF16_ISA).
   config.model.dtype = 'float32'
   # Scan over the identical blocks of a stage (nn.scan, parameters stacked on a
   # leading axis under stage{s}_blocks): compile time independent of depth.

@@ -10,8 +10,7 @@ ignored; a third ends the process at once, and the previous checkpoint
 stands. Before training starts (data loading, compilation) a signal ends the
 command at once (``os._exit``): there is nothing to save.
 
-Exit status: 0 after SIGTERM (a clean stop, for schedulers), 130 after SIGINT
-(the shell's convention), 128 + the signal's number after a third signal.
+The exit statuses are listed once, in ``exits``.
 """
 
 import contextlib
