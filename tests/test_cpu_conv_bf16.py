@@ -292,3 +292,21 @@ def test_broken_micro_kernel_is_never_used(monkeypatch, caplog):
     with pytest.raises(errors.ConfigError, match=re.escape(message)):
       cpu_conv_bf16.isa()
     cpu_conv_bf16.isa.cache_clear()
+
+
+def test_a_micro_kernel_the_cpu_lacks_is_an_error_not_a_crash():
+  """Asked for directly, a micro-kernel this CPU (or Linux) does not run is
+  refused by the library; one it runs computes the reference's result."""
+  x, kernel, _, strides, padding = _operands(SHAPES[2])
+  forward = lambda micro_kernel: np.asarray(cpu_conv_bf16.call(
+      cpu_conv_bf16._FORWARD, (1, 8, 8, 64), x, kernel, strides, padding,
+      micro_kernel=micro_kernel))
+  want = forward('reference')
+  amx_permitted = cpu_conv_bf16._library().jax_resnet_amx_permitted()
+  for micro_kernel in ('avx512_bf16', 'amx'):
+    if micro_kernel in MICRO_KERNELS and (micro_kernel != 'amx' or
+                                          amx_permitted):
+      _close(forward(micro_kernel), want)
+    else:
+      with pytest.raises(Exception, match='lacks'):
+        forward(micro_kernel)

@@ -282,6 +282,38 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
 
 using MicroKernel = void (*)(int, int, const Segment*, int, float*, i64, bool);
 
+// Whether Linux lets this process use AMX tile data (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA; asked once). Without it the
+// first tile instruction would kill the process (SIGILL).
+bool AmxPermitted() {
+  static const bool permitted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return permitted;
+}
+
+// An error for a micro-kernel this process cannot run (instead of SIGILL).
+ffi::Error CheckIsa(i64 isa) {
+  __builtin_cpu_init();
+  if (isa < kReference || isa > kAmx) {
+    return ffi::Error::InvalidArgument("cpu_conv_bf16: unknown isa");
+  }
+  if (isa == kAvx512Bf16 && !(__builtin_cpu_supports("avx512f") &&
+                              __builtin_cpu_supports("avx512bf16"))) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: this CPU lacks AVX512-BF16");
+  }
+  if (isa == kAmx && !(__builtin_cpu_supports("amx-tile") &&
+                       __builtin_cpu_supports("amx-bf16") && AmxPermitted())) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: this CPU lacks AMX-BF16, or Linux does not grant "
+        "this process the AMX tile state");
+  }
+  return ffi::Error::Success();
+}
+
 MicroKernel Kernel(i64 isa) {
   switch (isa) {
     case kAmx: return AmxKernel;
@@ -491,6 +523,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
                        ffi::ResultBuffer<ffi::F32> y, i64 sh, i64 sw, i64 pt,
                        i64 pb, i64 pl, i64 pr, i64 threads, i64 isa) {
   Geometry g;
+  JR_TRY(CheckIsa(isa));
   JR_TRY(MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(),
                       {sh, sw, pt, pb, pl, pr}, &g));
   Forward(pool, static_cast<int>(threads), isa, g, Data(x), Data(w),
@@ -504,6 +537,7 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dy,
                          i64 pt, i64 pb, i64 pl, i64 pr, i64 threads,
                          i64 isa) {
   Geometry g;
+  JR_TRY(CheckIsa(isa));
   JR_TRY(MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(),
                       {sh, sw, pt, pb, pl, pr}, &g));
   if (g.pt >= g.KH || g.pb >= g.KH || g.pl >= g.KW || g.pr >= g.KW) {
@@ -521,6 +555,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
                           i64 pt, i64 pb, i64 pl, i64 pr, i64 threads,
                           i64 isa) {
   Geometry g;
+  JR_TRY(CheckIsa(isa));
   JR_TRY(MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(),
                       {sh, sw, pt, pb, pl, pr}, &g));
   KernelGrad(pool, static_cast<int>(threads), isa, g, Data(x), Data(dy),
@@ -552,13 +587,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_input_grad, InputGradImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_kernel_grad, KernelGradImpl,
                               JR_BIND());
 
-// 1 when Linux lets this process use AMX tile data (arch_prctl
-// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), 0 otherwise.
-extern "C" int jax_resnet_amx_permitted() {
-  constexpr long kArchReqXcompPerm = 0x1023;
-  constexpr long kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
+// 1 when Linux lets this process use AMX tile data, 0 otherwise.
+extern "C" int jax_resnet_amx_permitted() { return AmxPermitted(); }
 
 // 1 when micro-kernel `isa` computes what the reference computes (within
 // float32 rounding of a different summation order) on products with every
@@ -566,6 +596,7 @@ extern "C" int jax_resnet_amx_permitted() {
 // one, kd with a last 16, two segments, C overwritten and C accumulated into.
 // Run once per process before `isa` is used.
 extern "C" int jax_resnet_bf16_self_check(long isa) {
+  if (CheckIsa(isa).failure()) return 0;
   constexpr int kN = 80, kKd = 48;
   for (const int M : {16, 13}) {
     const bool add = M != 16;
