@@ -20,6 +20,7 @@ from conftest import model_config
 from jax_resnet import errors
 from jax_resnet.models import layers
 from jax_resnet.models import registry
+from jax_resnet.ops import canonical_conv
 from jax_resnet.ops import cpu_conv
 from jax_resnet.ops import cpu_conv_bf16
 from jax_resnet.ops import cpu_kernels
@@ -66,7 +67,7 @@ def _operands(shape, seed=0):
   kernel = jnp.asarray(rng.normal(size=(k, k, c, o)) / np.sqrt(k * k * c),
                        jnp.bfloat16)
   strides, padding = (s, s), ((p, p), (p, p))
-  out = cpu_conv_bf16.output_shape(x.shape, kernel.shape, strides, padding)
+  out = canonical_conv.output_shape(x.shape, kernel.shape, strides, padding)
   g = jnp.asarray(rng.normal(size=out), jnp.bfloat16)
   return x, kernel, g, strides, padding
 

@@ -96,6 +96,16 @@ def _conv2d_bwd(strides, padding, residuals, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def output_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
+  """NHWC output shape of a canonical convolution (``canonical_arguments``'
+  strides and explicit padding) of ``x_shape`` with HWIO ``w_shape``."""
+  n, h, w, _ = x_shape
+  kh, kw, _, k = w_shape
+  (pt, pb), (pl, pr) = padding
+  return (n, (h + pt + pb - kh) // strides[0] + 1,
+          (w + pl + pr - kw) // strides[1] + 1, k)
+
+
 def canonical_arguments(lhs, rhs, window_strides: Sequence[int], padding,
                         lhs_dilation=None, rhs_dilation=None,
                         dimension_numbers=None, feature_group_count: int = 1,

@@ -468,19 +468,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 }  // namespace
 
-#define JR_BIND()                                         \
-  ffi::Ffi::Bind()                                      \
-      .Ctx<ffi::ThreadPool>()                           \
-      .Arg<ffi::Buffer<ffi::F32>>()                     \
-      .Arg<ffi::Buffer<ffi::F32>>()                     \
-      .Ret<ffi::Buffer<ffi::F32>>()                     \
-      .Attr<i64>("stride_h")                            \
-      .Attr<i64>("stride_w")                            \
-      .Attr<i64>("pad_top")                             \
-      .Attr<i64>("pad_bottom")                          \
-      .Attr<i64>("pad_left")                            \
-      .Attr<i64>("pad_right")                           \
-      .Attr<i64>("threads")
+#define JR_BIND() JR_CONV_BIND(ffi::F32)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_forward, ForwardImpl,
                               JR_BIND());

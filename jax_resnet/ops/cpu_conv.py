@@ -32,14 +32,6 @@ _INPUT_GRAD = 'jax_resnet_conv_input_grad'
 _KERNEL_GRAD = 'jax_resnet_conv_kernel_grad'
 
 
-def _output_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
-  n, h, w, _ = x_shape
-  kh, kw, _, k = w_shape
-  (pt, pb), (pl, pr) = padding
-  return (n, (h + pt + pb - kh) // strides[0] + 1,
-          (w + pl + pr - kw) // strides[1] + 1, k)
-
-
 def _call(target: str, out_shape, a, b, strides, padding) -> jax.Array:
   (pt, pb), (pl, pr) = padding
   return cpu_kernels.call(
@@ -51,7 +43,7 @@ def _call(target: str, out_shape, a, b, strides, padding) -> jax.Array:
 def supported(x_shape, w_shape, strides, padding) -> bool:
   """Whether the kernels run this canonical float32 convolution."""
   kh, kw, _, k = w_shape
-  out = _output_shape(x_shape, w_shape, strides, padding)
+  out = canonical_conv.output_shape(x_shape, w_shape, strides, padding)
   return (k % cpu_kernels.LANES == 0 and min(strides) >= 1 and out[1] >= 1 and
           out[2] >= 1 and all(lo >= 0 and hi >= 0 for lo, hi in padding) and
           kh <= x_shape[1] + sum(padding[0]) and
@@ -70,8 +62,8 @@ def input_grad_supported(x_shape, w_shape, strides, padding) -> bool:
 def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
            padding: tuple[tuple[int, int], ...]) -> jax.Array:
   """NHWC x HWIO float32 convolution on the kernels (``supported`` shapes)."""
-  return _call(_FORWARD, _output_shape(x.shape, w.shape, strides, padding), x,
-               w, strides, padding)
+  out = canonical_conv.output_shape(x.shape, w.shape, strides, padding)
+  return _call(_FORWARD, out, x, w, strides, padding)
 
 
 def _conv2d_fwd(x, w, strides, padding):

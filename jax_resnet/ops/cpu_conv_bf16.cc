@@ -65,6 +65,7 @@ using jax_resnet::i64;
 using jax_resnet::KernelGradParts;
 using jax_resnet::PadImage;
 using jax_resnet::ParallelFor;
+using jax_resnet::Scratch;
 using bf16 = uint16_t;
 
 namespace {
@@ -84,15 +85,6 @@ inline bf16 ToBf16(float f) {
     return static_cast<bf16>((u >> 16) | 0x40);
   }
   return static_cast<bf16>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-// A thread's bf16 / float32 scratch buffer `which`, reused across calls.
-template <typename T>
-T* Scratch(int which, i64 size) {
-  thread_local std::vector<T> buffers[3];
-  std::vector<T>& b = buffers[which];
-  if (static_cast<i64>(b.size()) < size) b.resize(size);
-  return b.data();
 }
 
 // ------------------------------------------------------- micro-kernels -----
@@ -565,20 +557,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
 
 }  // namespace
 
-#define JR_BIND()                      \
-  ffi::Ffi::Bind()                     \
-      .Ctx<ffi::ThreadPool>()          \
-      .Arg<ffi::Buffer<ffi::BF16>>()   \
-      .Arg<ffi::Buffer<ffi::BF16>>()   \
-      .Ret<ffi::Buffer<ffi::F32>>()    \
-      .Attr<i64>("stride_h")           \
-      .Attr<i64>("stride_w")           \
-      .Attr<i64>("pad_top")            \
-      .Attr<i64>("pad_bottom")         \
-      .Attr<i64>("pad_left")           \
-      .Attr<i64>("pad_right")          \
-      .Attr<i64>("threads")            \
-      .Attr<i64>("isa")
+#define JR_BIND() JR_CONV_BIND(ffi::BF16).Attr<i64>("isa")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_forward, ForwardImpl,
                               JR_BIND());
@@ -586,6 +565,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_input_grad, InputGradImpl,
                               JR_BIND());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_kernel_grad, KernelGradImpl,
                               JR_BIND());
+
+#undef JR_BIND
 
 // 1 when Linux lets this process use AMX tile data, 0 otherwise.
 extern "C" int jax_resnet_amx_permitted() { return AmxPermitted(); }

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_resnet import errors
+from jax_resnet.ops import canonical_conv
 from jax_resnet.ops import cpu_kernels
 
 ENV = 'JAX_RESNET_BF16_ISA'
@@ -185,20 +186,12 @@ def call(target: str, shape, a: jax.Array, b: jax.Array, strides, padding,
           **{k: np.int64(v) for k, v in attributes.items()})
 
 
-def output_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
-  n, h, w, _ = x_shape
-  kh, kw, _, k = w_shape
-  (pt, pb), (pl, pr) = padding
-  return (n, (h + pt + pb - kh) // strides[0] + 1,
-          (w + pl + pr - kw) // strides[1] + 1, k)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
            padding: tuple[tuple[int, int], ...]) -> jax.Array:
   """NHWC x HWIO bf16 convolution on the kernels (``supported`` shapes)."""
-  return call(_FORWARD, output_shape(x.shape, w.shape, strides, padding), x,
-              w, strides, padding).astype(jnp.bfloat16)
+  out = canonical_conv.output_shape(x.shape, w.shape, strides, padding)
+  return call(_FORWARD, out, x, w, strides, padding).astype(jnp.bfloat16)
 
 
 def _conv2d_fwd(x, w, strides, padding):

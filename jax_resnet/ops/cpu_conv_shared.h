@@ -87,4 +87,20 @@ inline i64 KernelGradParts(i64 N, i64 size) {
 
 }  // namespace jax_resnet
 
+// The binding every convolution handler shares: the thread pool, two
+// operands of OPERAND type, a float32 result, strides, padding and threads.
+#define JR_CONV_BIND(OPERAND)                \
+  ::xla::ffi::Ffi::Bind()                    \
+      .Ctx<::xla::ffi::ThreadPool>()         \
+      .Arg<::xla::ffi::Buffer<OPERAND>>()    \
+      .Arg<::xla::ffi::Buffer<OPERAND>>()    \
+      .Ret<::xla::ffi::Buffer<::xla::ffi::F32>>() \
+      .Attr<::jax_resnet::i64>("stride_h")   \
+      .Attr<::jax_resnet::i64>("stride_w")   \
+      .Attr<::jax_resnet::i64>("pad_top")    \
+      .Attr<::jax_resnet::i64>("pad_bottom") \
+      .Attr<::jax_resnet::i64>("pad_left")   \
+      .Attr<::jax_resnet::i64>("pad_right")  \
+      .Attr<::jax_resnet::i64>("threads")
+
 #endif  // JAX_RESNET_CPU_CONV_SHARED_H_

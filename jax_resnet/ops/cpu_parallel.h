@@ -70,11 +70,13 @@ void ParallelFor(xla::ffi::ThreadPool& pool, int threads, i64 total,
   }
 }
 
-// A thread's scratch buffer `which`, grown as needed and reused across calls.
-inline float* Scratch(int which, i64 floats) {
-  thread_local std::vector<float> buffers[2];
-  std::vector<float>& b = buffers[which];
-  if (static_cast<i64>(b.size()) < floats) b.resize(floats);
+// A thread's scratch buffer `which` (0-2) of T, grown as needed and reused
+// across calls.
+template <typename T = float>
+T* Scratch(int which, i64 size) {
+  thread_local std::vector<T> buffers[3];
+  std::vector<T>& b = buffers[which];
+  if (static_cast<i64>(b.size()) < size) b.resize(size);
   return b.data();
 }
 
