@@ -7,6 +7,7 @@ from typing import Any
 from absl import logging
 
 from jax_resnet import errors
+from jax_resnet import event_writer
 
 METRICS_FILE = 'metrics.jsonl'
 # What every epoch record holds. selected_test_accuracy: the test accuracy
@@ -98,8 +99,7 @@ class MetricLogger:
       for record in kept:
         f.write(json.dumps(record) + '\n')
     os.replace(tmp, self._path)
-    from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
-    self._summary_writer = tensorboard.SummaryWriter(workdir)
+    self._summary_writer = event_writer.SummaryWriter(workdir)
 
   def write(self, record: dict[str, Any], num_epochs: int):
     """Logs one epoch: readable line, JSON line, TensorBoard scalars."""

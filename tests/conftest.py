@@ -1,5 +1,5 @@
-"""Shared test setup and helpers: project XLA flags, tiny configs, TFDS mock
-data, and the command line run as a user runs it."""
+"""Shared test setup and helpers: project XLA flags, tiny configs, synthetic
+CIFAR data, and the command line run as a user runs it."""
 
 import atexit
 import contextlib
@@ -40,7 +40,7 @@ import ml_collections
 
 from configs import default
 from jax_resnet import metric_logging
-import tensorflow_datasets as tfds
+import synthetic_cifar
 
 MOCK_EXAMPLES = 40
 MOCK_MAIN = os.path.join(ROOT, 'tests', 'mock_main.py')
@@ -54,7 +54,7 @@ TIMING_KEYS = ('images_per_sec', 'epoch_seconds')
 
 
 def tiny_config(dataset: str = 'cifar10', **overrides):
-  """A ResNet-8 config that trains in seconds on TFDS mock data."""
+  """A ResNet-8 config that trains in seconds on synthetic data (mock_cifar)."""
   config = default.get_config()
   config.dataset = dataset
   config.data_dir = os.path.join(ROOT, 'tests', 'no_such_tfds_dir')
@@ -75,8 +75,9 @@ def tiny_config(dataset: str = 'cifar10', **overrides):
 
 @pytest.fixture
 def mock_cifar():
-  """Random CIFAR-shaped data in place of the real TFDS files."""
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+  """Random CIFAR-shaped data in place of the real TFDS files, the same
+  as the commands a test runs read (tests/synthetic_cifar.py)."""
+  with synthetic_cifar.synthetic_cifar(MOCK_EXAMPLES):
     yield
 
 

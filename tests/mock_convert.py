@@ -1,4 +1,5 @@
-"""Runs `python -m jax_resnet.interop.torch_import` on TFDS mock data.
+"""Runs `python -m jax_resnet.interop.torch_import` on synthetic CIFAR data
+(tests/synthetic_cifar.py).
 
 For the CLI tests.
 """
@@ -11,9 +12,9 @@ sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax_resnet.interop import torch_import
-import tensorflow_datasets as tfds
+import synthetic_cifar
 
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
-  with tfds.testing.mock_data(num_examples=num_examples):
+  with synthetic_cifar.synthetic_cifar(num_examples):
     torch_import.run()

@@ -1,4 +1,5 @@
-"""Runs the grid command on TFDS mock data, for tests that drive it.
+"""Runs the grid command on synthetic CIFAR data (tests/synthetic_cifar.py),
+for tests that drive it.
 
 Also holds ``NaNBlock``, a block whose run fails with a NaN loss, so a test
 can put a failing run in a grid: ``--blocks basic,mock_grid:NaNBlock``.
@@ -19,7 +20,7 @@ from jax_resnet.models import blocks
 from jax_resnet import config_overrides
 from jax_resnet.tools import grid
 import signal_hooks
-import tensorflow_datasets as tfds
+import synthetic_cifar
 
 
 class NaNBlock(blocks.ResidualBlock):
@@ -35,7 +36,7 @@ class NaNBlock(blocks.ResidualBlock):
 if __name__ == '__main__':
   num_examples = int(os.environ.get('MOCK_EXAMPLES', '40'))
   signal_hooks.install_from_environment()
-  with tfds.testing.mock_data(num_examples=num_examples):
+  with synthetic_cifar.synthetic_cifar(num_examples):
     config_overrides.exit_on_unknown_fields(sys.argv, config_overrides.default_config())
     grid.define_flags()
     app.run(grid.main)

@@ -1,4 +1,5 @@
-"""Runs main.py on TFDS mock data, for tests that drive the command line.
+"""Runs main.py on synthetic CIFAR data (tests/synthetic_cifar.py), for tests
+that drive the command line.
 
 With COUNT_CALLS=1 it also counts, and prints as the last line of stderr,
 how often the command resolved a network (``registry.resolve``) and really
@@ -24,7 +25,7 @@ from absl import app
 import main
 from jax_resnet import config_overrides
 import signal_hooks
-import tensorflow_datasets as tfds
+import synthetic_cifar
 
 
 def count_calls() -> None:
@@ -72,6 +73,6 @@ if __name__ == '__main__':
   if os.environ.get('PAUSE_AFTER_FIRST_EPOCH'):
     pause_after_first_epoch(float(os.environ['PAUSE_AFTER_FIRST_EPOCH']))
   signal_hooks.install_from_environment()
-  with tfds.testing.mock_data(num_examples=num_examples):
+  with synthetic_cifar.synthetic_cifar(num_examples):
     config_overrides.check_command_line(sys.argv)
     app.run(main.main)

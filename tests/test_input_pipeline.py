@@ -13,6 +13,7 @@ import pytest
 from jax_resnet import input_pipeline
 from jax_resnet.augment import basic
 from jax_resnet.augment import pipeline
+import synthetic_cifar
 
 
 def known_image():
@@ -81,15 +82,32 @@ def test_normalization_presets():
 
 @pytest.mark.parametrize('dataset,classes', [('cifar10', 10),
                                              ('cifar100', 100)])
-def test_load_split_on_mock_data(mock_cifar, dataset, classes, tmp_path):
-  del mock_cifar
-  split = input_pipeline.load_split(dataset, 'train', data_dir=str(tmp_path),
-                                    download=False)
+def test_load_split_on_mock_data(dataset, classes, tmp_path):
+  """TFDS's own mock data read through TensorFlow, as the real files are;
+  the synthetic data the other tests use (tests/synthetic_cifar.py) has the
+  same form."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=40):
+    split = input_pipeline.load_split(dataset, 'train',
+                                      data_dir=str(tmp_path), download=False)
+    first = input_pipeline.load_split(dataset, 'train',
+                                      data_dir=str(tmp_path), download=False,
+                                      max_examples=24)
   assert split.images.shape == (40, 32, 32, 3)
   assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
   assert split.labels.max() < classes
-  first = input_pipeline.load_split(dataset, 'train', data_dir=str(tmp_path),
-                                    download=False, max_examples=24)
+  with synthetic_cifar.synthetic_cifar(40):
+    synthetic = input_pipeline.load_split(dataset, 'train')
+    synthetic_first = input_pipeline.load_split(dataset, 'train',
+                                                max_examples=24)
+  for ours, theirs in ((synthetic, split), (synthetic_first, first)):
+    assert ours.images.shape == theirs.images.shape
+    assert ours.images.dtype == theirs.images.dtype
+    assert ours.labels.shape == theirs.labels.shape
+    assert ours.labels.dtype == theirs.labels.dtype
+  assert synthetic.labels.max() < classes
+  assert len(np.unique(synthetic.labels)) > 1
+  np.testing.assert_array_equal(synthetic_first.images, synthetic.images[:24])
   assert first.num_examples == 24
   np.testing.assert_array_equal(first.images, split.images[:24])
 

@@ -1,6 +1,7 @@
 """The command line end to end: train, eval, summary, kill -9, devices, errors.
 
-Each test runs main.py in a subprocess on TFDS mock data (tests/mock_main.py),
+Each test runs main.py in a subprocess on synthetic CIFAR data
+(tests/mock_main.py),
 as a user would, so process start, flags and exit codes are covered too.
 """
 
@@ -27,6 +28,15 @@ def calls(process) -> dict[str, int]:
       'calls '))
 
 
+def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar of a workdir's event files, as TensorBoard loads them."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+          for tag in events.Tags()['scalars']}
+
+
 def test_train_eval_refuse_and_resume_one_workdir(tmp_path):
   """Eval reproduces the logged accuracy; a refused command changes nothing;
   a resume continues."""
@@ -38,6 +48,13 @@ def test_train_eval_refuse_and_resume_one_workdir(tmp_path):
   assert calls(out) == {'resolve': 1, 'init_state': 1}
   history = metric_logging.read_metrics(workdir)
   assert len(history) == 3
+  # TensorBoard (its own reader) shows every number of every epoch record.
+  scalars = tensorboard_scalars(workdir)
+  for record in history:
+    for key, value in record.items():
+      if key not in ('epoch', 'step') and value is not None:
+        assert (record['step'], pytest.approx(value)) in scalars[key], key
+  assert {len(v) for v in scalars.values()} == {3}
 
   best = run_main(TINY + ['--config.num_epochs=3', f'--workdir={workdir}',
                           '--mode=eval'])

@@ -19,7 +19,7 @@ from jax_resnet import distillation
 from jax_resnet import input_pipeline
 from jax_resnet import train
 from jax_resnet.interop import torch_import
-import tensorflow_datasets as tfds
+import synthetic_cifar
 from torch_cases import make_pair, max_abs_diff, report, to_torch
 
 
@@ -109,7 +109,7 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
   result = json.loads(run_main(
       args + ['--mode=eval']).stdout.strip().splitlines()[-1])
 
-  with tfds.testing.mock_data(num_examples=40):
+  with synthetic_cifar.synthetic_cifar(40):
     test_split = train.load_data(config, train=False).test
   mean, std = input_pipeline.normalization_stats('imagenet', 'cifar10')
   images = (test_split.images.astype(np.float32) - mean) / std
@@ -153,7 +153,7 @@ def test_imported_weights_start_the_averages(tmp_path):
   config.num_epochs = 1
   checkpoint = saved_checkpoint(tmp_path, reference.state_dict())
   workdir = str(tmp_path / 'imported')
-  with tfds.testing.mock_data(num_examples=40):
+  with synthetic_cifar.synthetic_cifar(40):
     torch_import.convert(config, checkpoint, workdir)
     model = train.resolve_model(config)
     trainer = train.Trainer(config, model,
