@@ -88,6 +88,15 @@ def test_corrupted_latest_falls_back_to_previous(mock_cifar, tmp_path,
   assert 'unreadable' in caplog.text
 
 
+@pytest.fixture
+def tfds_mock_cifar():
+  """TFDS's own mock data (40 examples), which the legacy workdir was
+  trained and evaluated on."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=40):
+    yield
+
+
 class TestLegacyWorkdir:
   """A workdir written before this layout evaluates and resumes as it was."""
 
@@ -96,8 +105,8 @@ class TestLegacyWorkdir:
     return tiny_config(**{'num_epochs': 2, 'seed': 6,
                           'checkpoints_to_keep': 1, **overrides})
 
-  def test_evaluates_unchanged(self, mock_cifar, tmp_path):
-    del mock_cifar
+  def test_evaluates_unchanged(self, tfds_mock_cifar, tmp_path):
+    del tfds_mock_cifar
     workdir = shutil.copytree(LEGACY_WORKDIR, tmp_path / 'legacy')
     before = workdir_bytes(workdir)
     history = metric_logging.read_metrics(str(workdir))
@@ -112,8 +121,8 @@ class TestLegacyWorkdir:
                                                 rel=1e-6)
     assert workdir_bytes(workdir) == before
 
-  def test_resumes(self, mock_cifar, tmp_path):
-    del mock_cifar
+  def test_resumes(self, tfds_mock_cifar, tmp_path):
+    del tfds_mock_cifar
     workdir = str(shutil.copytree(LEGACY_WORKDIR, tmp_path / 'legacy'))
     train.train_and_evaluate(self.config(num_epochs=3), workdir)
     history = records(workdir)
@@ -123,9 +132,9 @@ class TestLegacyWorkdir:
     assert (result['checkpoint_step'], result['test_accuracy']) == (
         best['step'], best['test_accuracy'])
 
-  def test_other_setting_is_refused_with_the_differences(self, mock_cifar,
+  def test_other_setting_is_refused_with_the_differences(self, tfds_mock_cifar,
                                                          tmp_path):
-    del mock_cifar
+    del tfds_mock_cifar
     workdir = str(shutil.copytree(LEGACY_WORKDIR, tmp_path / 'legacy'))
     with pytest.raises(checkpoints.CheckpointMismatchError,
                        match="block: checkpoint 'basic', command 'preact'"):
