@@ -102,10 +102,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Off by default: it costs step speed on CPU (README, Performance); worth it
   # for very deep networks, where it saves compile time and memory.
   config.model.scan_blocks = False
-  # Convolution and BatchNorm backend: 'auto' (the project's AVX-512 CPU
-  # kernels on an x86-64 CPU that has them, XLA elsewhere: GPU, TPU, other
-  # CPUs), 'xla', or 'cpu_kernels' (an error where they cannot run). See
-  # jax_resnet/ops/cpu_kernels.py.
+  # Convolution and BatchNorm backend: 'auto' (the project's CPU kernels on an
+  # x86-64 CPU with AVX-512 or AVX2, XLA elsewhere: GPU, TPU, other CPUs),
+  # 'xla', or 'cpu_kernels' (an error where they cannot run). See
+  # jax_resnet/ops/cpu_kernels.py ($JAX_RESNET_CPU_ISA picks the instruction
+  # set).
   config.model.conv_backend = 'auto'
   # The block's own hyper-parameters, by field name: the dataclass fields of
   # the block class beyond the block contract, e.g.

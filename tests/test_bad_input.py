@@ -162,6 +162,10 @@ CASES = {
     'unknown bf16 micro-kernel': _set(
         env={'JAX_RESNET_BF16_ISA': 'avx512'},
         message="Unknown $JAX_RESNET_BF16_ISA 'avx512'; valid: auto, amx"),
+    'unknown kernel instruction set': _set(
+        env={'JAX_RESNET_CPU_ISA': 'avx'},
+        message="Unknown $JAX_RESNET_CPU_ISA 'avx'; valid: auto, avx512, "
+        'avx2.'),
     'unknown dataset': _set('--config.dataset=mnist',
                             message='valid datasets: cifar10, cifar100'),
     'unknown field': _set('--config.model.blok=preact', rc=2,

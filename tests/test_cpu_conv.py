@@ -191,6 +191,95 @@ def test_network_uses_the_kernels_and_matches_xla():
     assert _rel(a, b) < 1e-4
 
 
+AVX512 = frozenset({'avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma',
+                    'avx2'})
+
+
+@pytest.mark.parametrize('features,env,expected', [
+    (AVX512, None, ('avx512', '')),
+    (AVX512, 'avx2', ('avx2', '')),
+    (AVX512, ' AVX512 ', ('avx512', '')),
+    (frozenset({'avx2', 'fma', 'sse4_2'}), None, ('avx2', '')),
+    (frozenset({'avx2', 'fma'}), 'auto', ('avx2', '')),
+    (frozenset({'avx2', 'fma'}), 'avx512',
+     (None, 'the CPU lacks avx512f+avx512dq+avx512bw+avx512vl+fma')),
+    (frozenset({'avx2', 'sse4_2'}), None,
+     (None, 'the CPU lacks avx512f+avx512dq+avx512bw+avx512vl+fma or '
+            'avx2+fma')),
+])
+def test_instruction_set_choice(monkeypatch, features, env, expected):
+  """The best instruction set the CPU has, or the one named."""
+  monkeypatch.setattr(cpu_kernels, 'cpu_features', lambda: features)
+  monkeypatch.setattr(cpu_kernels.platform, 'machine', lambda: 'x86_64')
+  if env is None:
+    monkeypatch.delenv(cpu_kernels.ISA_ENV, raising=False)
+  else:
+    monkeypatch.setenv(cpu_kernels.ISA_ENV, env)
+  assert cpu_kernels.cpu_isa() == expected
+  assert cpu_kernels.cpu_can_run() == (expected[0] is not None, expected[1])
+
+
+def test_unknown_or_unavailable_instruction_set_is_an_error(monkeypatch):
+  monkeypatch.setenv(cpu_kernels.ISA_ENV, 'sse4')
+  assert cpu_kernels.cpu_isa() == (
+      None, "Unknown $JAX_RESNET_CPU_ISA 'sse4'; valid: auto, avx512, avx2.")
+  for backend in ('auto', 'cpu_kernels'):
+    with pytest.raises(ValueError, match=r"Unknown \$JAX_RESNET_CPU_ISA"):
+      cpu_kernels.resolve(backend)
+  # 'xla' asks for no kernels, but a misspelt name is still reported.
+  with pytest.raises(ValueError, match=r"Unknown \$JAX_RESNET_CPU_ISA"):
+    cpu_kernels.resolve('xla')
+  # Named, but the CPU lacks it: an error even under 'auto'.
+  monkeypatch.setenv(cpu_kernels.ISA_ENV, 'avx512')
+  monkeypatch.setattr(cpu_kernels, 'cpu_features',
+                      lambda: frozenset({'avx2', 'fma'}))
+  monkeypatch.setattr(cpu_kernels, 'load',
+                      lambda: (False, cpu_kernels.cpu_isa()[1]))
+  with pytest.raises(ValueError, match=r'\$JAX_RESNET_CPU_ISA=avx512: the '
+                     'CPU kernels cannot run here: the CPU lacks avx512f'):
+    cpu_kernels.resolve('auto')
+
+
+_ISA_PROBE = '''
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax_resnet.models import registry
+from jax_resnet.ops import cpu_kernels
+from configs import default
+assert cpu_kernels.load() == (True, ''), cpu_kernels.load()
+config = default.get_config().model
+config.depth = 8
+config.conv_backend = 'cpu_kernels'
+model = registry.create_model(config, 10)
+x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 32, 32, 3)),
+                jnp.float32)
+variables = model.init(jax.random.PRNGKey(0), x, train=False)
+def loss(params):
+  out, _ = model.apply({**variables, 'params': params}, x, train=True,
+                       mutable=['batch_stats'])
+  return jnp.sum(out ** 2)
+value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
+np.save(sys.argv[1], np.concatenate(
+    [np.ravel(value)] + [np.ravel(g) for g in jax.tree.leaves(grads)]))
+'''
+
+
+@pytest.mark.skipif(
+    not {'avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'avx2', 'fma'} <=
+    cpu_kernels.cpu_features(),
+    reason='needs a CPU that runs both the AVX-512 and the AVX2 build')
+def test_avx2_and_avx512_builds_agree_bitwise(tmp_path):
+  """The same lane-by-lane arithmetic in the same order: same bits."""
+  out = {}
+  for isa in ('avx512', 'avx2'):
+    out[isa] = tmp_path / f'{isa}.npy'
+    env = dict(os.environ, JAX_RESNET_CPU_ISA=isa, PYTHONPATH=ROOT,
+               TF_CPP_MIN_LOG_LEVEL='2')
+    subprocess.run([sys.executable, '-c', _ISA_PROBE, str(out[isa])],
+                   cwd=ROOT, env=env, check=True, timeout=300)
+  np.testing.assert_array_equal(np.load(out['avx512']), np.load(out['avx2']))
+
+
 def _tiny_library(tmp_path) -> str:
   source = tmp_path / 'tiny.cc'
   source.write_text('extern "C" int answer() { return 42; }\n')

@@ -24,7 +24,7 @@ dtype; the output is cast to ``dtype``.
 
 With ``use_kernels`` (``model.conv_backend`` resolving to 'cpu_kernels'), a
 float32 BatchNorm whose channels are a multiple of 16 runs the same passes as
-the project's multi-threaded AVX-512 kernels (``cpu_batch_norm.cc``): the
+the project's multi-threaded AVX-512/AVX2 kernels (``cpu_batch_norm.cc``): the
 statistics in one pass with double-precision sums, the normalisation (+ ReLU)
 in one, and the backward pass as one reduction and one element-wise pass.
 XLA:CPU runs these fusions on one thread.

@@ -1,5 +1,6 @@
-// Training-mode BatchNorm (+ ReLU) passes for x86-64 CPUs with AVX-512,
-// called from jitted JAX code as XLA FFI custom calls (see batch_norm.py).
+// Training-mode BatchNorm (+ ReLU) passes for x86-64 CPUs with AVX-512 or
+// AVX2, called from jitted JAX code as XLA FFI custom calls (see
+// batch_norm.py), written on 16-lane vectors (cpu_simd.h).
 //
 // x is viewed as [M, C] (all axes but the channel axis flattened), C a
 // multiple of 16. Four passes, each over the rows split between threads:
@@ -16,18 +17,19 @@
 // added in order, so results are deterministic. The variance is
 // E[x^2] - mean^2 in double precision, as exact as the two-pass float form.
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "cpu_parallel.h"
+#include "cpu_simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 using jax_resnet::i64;
 using jax_resnet::ParallelFor;
+namespace simd = jax_resnet::simd;
+using simd::F32x16;
 
 namespace {
 
@@ -41,12 +43,10 @@ inline void PartRows(i64 rows, i64 parts, i64 p, i64* begin, i64* end) {
   *end = (p + 1) * rows / parts;
 }
 
-inline __m512 ReluMasked(const float* g, const float* y, bool relu) {
-  const __m512 gv = _mm512_loadu_ps(g);
+inline F32x16 ReluMasked(const float* g, const float* y, bool relu) {
+  const F32x16 gv = simd::Load(g);
   if (!relu) return gv;
-  const __mmask16 positive =
-      _mm512_cmp_ps_mask(_mm512_loadu_ps(y), _mm512_setzero_ps(), _CMP_GT_OQ);
-  return _mm512_maskz_mov_ps(positive, gv);
+  return simd::WherePositive(simd::Load(y), gv);
 }
 
 // Per-channel sums over all rows of the two vectors pair(m, c) yields for
@@ -62,24 +62,15 @@ void DoubleSums(ffi::ThreadPool& pool, int threads, i64 M, i64 C, F&& pair,
     double* s0 = sums.data() + p * 2 * C;
     double* s1 = s0 + C;
     for (i64 c = 0; c < C; c += 16) {
-      __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
-      __m512d b0 = _mm512_setzero_pd(), b1 = _mm512_setzero_pd();
+      simd::F64x16 a = simd::ZeroF64(), b = simd::ZeroF64();
       for (i64 m = begin; m < end; ++m) {
-        __m512 v0, v1;
+        F32x16 v0, v1;
         pair(m, c, &v0, &v1);
-        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(v0)));
-        a1 = _mm512_add_pd(
-            a1, _mm512_cvtps_pd(_mm256_castpd_ps(
-                    _mm512_extractf64x4_pd(_mm512_castps_pd(v0), 1))));
-        b0 = _mm512_add_pd(b0, _mm512_cvtps_pd(_mm512_castps512_ps256(v1)));
-        b1 = _mm512_add_pd(
-            b1, _mm512_cvtps_pd(_mm256_castpd_ps(
-                    _mm512_extractf64x4_pd(_mm512_castps_pd(v1), 1))));
+        a = simd::AddWidened(a, v0);
+        b = simd::AddWidened(b, v1);
       }
-      _mm512_storeu_pd(s0 + c, a0);
-      _mm512_storeu_pd(s0 + c + 8, a1);
-      _mm512_storeu_pd(s1 + c, b0);
-      _mm512_storeu_pd(s1 + c + 8, b1);
+      simd::StoreF64(s0 + c, a);
+      simd::StoreF64(s1 + c, b);
     }
   });
   out0->assign(C, 0.0);
@@ -123,9 +114,9 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   std::vector<double> sum, sumsq;
   DoubleSums(
       pool, static_cast<int>(threads), M, C,
-      [xp, C](i64 m, i64 c, __m512* v0, __m512* v1) {
-        *v0 = _mm512_loadu_ps(xp + m * C + c);
-        *v1 = _mm512_mul_ps(*v0, *v0);
+      [xp, C](i64 m, i64 c, F32x16* v0, F32x16* v1) {
+        *v0 = simd::Load(xp + m * C + c);
+        *v1 = simd::Mul(*v0, *v0);
       },
       &sum, &sumsq);
   // Each square is formed in float and accumulated in double; the mean's
@@ -149,13 +140,13 @@ ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   float* yp = y->typed_data();
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
     for (i64 c = 0; c < C; c += 16) {
-      const __m512 mv = _mm512_loadu_ps(mp + c), av = _mm512_loadu_ps(ap + c),
-                   bv = _mm512_loadu_ps(bp + c), zero = _mm512_setzero_ps();
+      const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
+                   bv = simd::Load(bp + c), zero = simd::Zero();
       for (i64 m = begin; m < end; ++m) {
-        __m512 v = _mm512_fmadd_ps(
-            _mm512_sub_ps(_mm512_loadu_ps(xp + m * C + c), mv), av, bv);
-        if (relu) v = _mm512_max_ps(v, zero);
-        _mm512_storeu_ps(yp + m * C + c, v);
+        F32x16 v = simd::Fmadd(simd::Sub(simd::Load(xp + m * C + c), mv), av,
+                               bv);
+        if (relu) v = simd::Max(v, zero);
+        simd::Store(yp + m * C + c, v);
       }
     }
   });
@@ -176,12 +167,11 @@ ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   std::vector<double> s0, s1;
   DoubleSums(
       pool, static_cast<int>(threads), M, C,
-      [=](i64 m, i64 c, __m512* v0, __m512* v1) {
+      [=](i64 m, i64 c, F32x16* v0, F32x16* v1) {
         const i64 i = m * C + c;
-        const __m512 gv = ReluMasked(gp + i, yp + i, r);
+        const F32x16 gv = ReluMasked(gp + i, yp + i, r);
         *v0 = gv;
-        *v1 = _mm512_mul_ps(gv, _mm512_sub_ps(_mm512_loadu_ps(xp + i),
-                                              _mm512_loadu_ps(mp + c)));
+        *v1 = simd::Mul(gv, simd::Sub(simd::Load(xp + i), simd::Load(mp + c)));
       },
       &s0, &s1);
   for (i64 c = 0; c < C; ++c) {
@@ -206,16 +196,14 @@ ffi::Error GradApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   const bool r = relu != 0;
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
     for (i64 c = 0; c < C; c += 16) {
-      const __m512 mv = _mm512_loadu_ps(mp + c), av = _mm512_loadu_ps(ap + c),
-                   k1v = _mm512_loadu_ps(k1p + c),
-                   k0v = _mm512_loadu_ps(k0p + c);
+      const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
+                   k1v = simd::Load(k1p + c), k0v = simd::Load(k0p + c);
       for (i64 m = begin; m < end; ++m) {
         const i64 i = m * C + c;
-        const __m512 gv = ReluMasked(gp + i, yp + i, r);
-        const __m512 xc = _mm512_sub_ps(_mm512_loadu_ps(xp + i), mv);
-        _mm512_storeu_ps(
-            dp + i, _mm512_add_ps(_mm512_fmadd_ps(gv, av, _mm512_mul_ps(xc, k1v)),
-                                  k0v));
+        const F32x16 gv = ReluMasked(gp + i, yp + i, r);
+        const F32x16 xc = simd::Sub(simd::Load(xp + i), mv);
+        simd::Store(dp + i, simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)),
+                                      k0v));
       }
     }
   });

@@ -1,5 +1,7 @@
-// NHWC float32 convolution kernels for x86-64 CPUs with AVX-512, called from
-// jitted JAX code as XLA FFI custom calls (see cpu_conv.py).
+// NHWC float32 convolution kernels for x86-64 CPUs with AVX-512 or AVX2,
+// called from jitted JAX code as XLA FFI custom calls (see cpu_conv.py). The
+// code is written once on 16-lane vectors (cpu_simd.h) and compiled once per
+// instruction set.
 //
 // Three handlers, for a convolution y = conv(x, w) with x [N,H,W,C],
 // w [KH,KW,C,K] (HWIO), y [N,Ho,Wo,K], integer strides and zero padding:
@@ -13,8 +15,8 @@
 // output pixel reads a contiguous KW*C slice of the padded input row.
 //
 // * Forward: a tile of P consecutive output pixels x 16*V output channels is
-//   accumulated in P*V zmm registers over kh and j; every FMA takes its input
-//   value as a broadcast from memory.
+//   accumulated in P*V vectors (zmm registers, or pairs of ymm) over kh and
+//   j; every FMA takes its input value as a broadcast from memory.
 // * Input gradient, stride 1: the forward kernel on the padded dy with the
 //   flipped, io-swapped kernel. Stride > 1: each output pixel's dy times the
 //   kernel row (transposed) is added into the padded dx (col2im), then the
@@ -32,8 +34,6 @@
 // of 16; padding beyond the kernel) are refused with an error, never an abort;
 // cpu_conv.py routes them to XLA before tracing.
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -41,6 +41,7 @@
 
 #include "cpu_conv_shared.h"
 #include "cpu_parallel.h"
+#include "cpu_simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -50,6 +51,8 @@ using jax_resnet::KernelGradParts;
 using jax_resnet::PadImage;
 using jax_resnet::ParallelFor;
 using jax_resnet::Scratch;
+namespace simd = jax_resnet::simd;
+using simd::F32x16;
 
 namespace {
 
@@ -64,23 +67,23 @@ inline void ForwardTile(const float* __restrict a, i64 st_rt, i64 row, i64 kh_n,
                         i64 jn, const float* __restrict b, i64 ldb, i64 bkh,
                         float* __restrict c, i64 ldc) {
   const i64 st = ST ? ST : st_rt;
-  __m512 acc[P][V];
+  F32x16 acc[P][V];
 #pragma GCC unroll 64
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) acc[p][v] = simd::Zero();
   for (i64 kh = 0; kh < kh_n; ++kh) {
     const float* ar = a + kh * row;
     const float* br = b + kh * bkh;
     for (i64 j = 0; j < jn; ++j) {
-      __m512 bv[V];
+      F32x16 bv[V];
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(br + j * ldb + 16 * v);
+      for (int v = 0; v < V; ++v) bv[v] = simd::Load(br + j * ldb + 16 * v);
 #pragma GCC unroll 64
       for (int p = 0; p < P; ++p) {
-        const __m512 av = _mm512_set1_ps(ar[p * st + j]);
+        const F32x16 av = simd::Broadcast(ar[p * st + j]);
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(av, bv[v], acc[p][v]);
+        for (int v = 0; v < V; ++v) acc[p][v] = simd::Fmadd(av, bv[v], acc[p][v]);
       }
     }
   }
@@ -89,13 +92,17 @@ inline void ForwardTile(const float* __restrict a, i64 st_rt, i64 row, i64 kh_n,
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
       float* o = c + p * ldc + 16 * v;
-      _mm512_storeu_ps(o, ADD ? _mm512_add_ps(_mm512_loadu_ps(o), acc[p][v])
-                              : acc[p][v]);
+      simd::Store(o, ADD ? simd::Add(simd::Load(o), acc[p][v]) : acc[p][v]);
     }
 }
 
+// Tiles keep their accumulators in about half the vector registers (or
+// three quarters, for V = 3 with AVX-512): P pixels x V vectors of 16 lanes.
+constexpr bool kWide = simd::kVectorRegisters == 32;  // AVX-512.
+
 template <int V> constexpr int ForwardPixels() {
-  return V == 1 ? 16 : V == 4 ? 4 : 8;
+  if constexpr (kWide) return V == 1 ? 16 : V == 4 ? 4 : 8;
+  return V == 1 ? 6 : 3;  // AVX2: 12 of 16 ymm registers.
 }
 
 template <int V, int ST, bool ADD, int P>
@@ -150,10 +157,12 @@ ForwardImageFn PickForwardStride(i64 st) {
   }
 }
 
+// How many 16-lane vectors a tile spans: the most that divides the channels,
+// up to 4 (AVX-512) or 2 (AVX2).
 int Vectors(i64 channels) {
   const i64 blocks = channels / 16;
-  if (blocks % 4 == 0) return 4;
-  if (blocks % 3 == 0) return 3;
+  if (kWide && blocks % 4 == 0) return 4;
+  if (kWide && blocks % 3 == 0) return 3;
   if (blocks % 2 == 0) return 2;
   return 1;
 }
@@ -278,23 +287,23 @@ template <int R, int V>
 inline void KernelGradTile(const float* __restrict a, i64 arow, i64 st,
                            const float* __restrict dy, i64 dyrow, i64 K,
                            i64 rows, i64 wo, float* __restrict dw) {
-  __m512 acc[R][V];
+  F32x16 acc[R][V];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) acc[r][v] = simd::Zero();
   for (i64 i = 0; i < rows; ++i) {
     const float* ar = a + i * arow;
     const float* gr = dy + i * dyrow;
     for (i64 ow = 0; ow < wo; ++ow, ar += st, gr += K) {
-      __m512 gv[V];
+      F32x16 gv[V];
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) gv[v] = _mm512_loadu_ps(gr + 16 * v);
+      for (int v = 0; v < V; ++v) gv[v] = simd::Load(gr + 16 * v);
 #pragma GCC unroll 32
       for (int r = 0; r < R; ++r) {
-        const __m512 av = _mm512_set1_ps(ar[r]);
+        const F32x16 av = simd::Broadcast(ar[r]);
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, gv[v], acc[r][v]);
+        for (int v = 0; v < V; ++v) acc[r][v] = simd::Fmadd(av, gv[v], acc[r][v]);
       }
     }
   }
@@ -303,12 +312,13 @@ inline void KernelGradTile(const float* __restrict a, i64 arow, i64 st,
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
       float* o = dw + r * K + 16 * v;
-      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[r][v]));
+      simd::Store(o, simd::Add(simd::Load(o), acc[r][v]));
     }
 }
 
 template <int V> constexpr int KernelGradRows() {
-  return V == 1 ? 24 : V == 2 ? 12 : V == 3 ? 8 : 6;
+  if constexpr (kWide) return V == 1 ? 24 : V == 2 ? 12 : V == 3 ? 8 : 6;
+  return V == 1 ? 6 : 3;  // AVX2: 12 ymm accumulators.
 }
 
 template <int V, int R>
@@ -480,8 +490,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_kernel_grad, KernelGradImpl,
 // 1 when this CPU runs the instructions the library was compiled for.
 extern "C" int jax_resnet_cpu_supported() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+  if constexpr (kWide) {
+    return __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+  }
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+
+// The instruction set the library was compiled for ("avx512" or "avx2").
+extern "C" const char* jax_resnet_cpu_isa() { return simd::kName; }

@@ -2,7 +2,7 @@
 
 ``conv_general_dilated`` here is ``lax.conv_general_dilated`` for
 ``nn.Conv(conv_general_dilated=...)``: a float32 NHWC/HWIO convolution whose
-output channels are a multiple of 16 runs the AVX-512 kernels (forward, input
+output channels are a multiple of 16 runs the AVX-512/AVX2 kernels (forward, input
 gradient and kernel gradient, as XLA FFI custom calls inside the jitted step,
 with a ``custom_vjp``). A bfloat16 one with input and output channels in
 multiples of 16 runs the bf16 kernels (``cpu_conv_bf16``: AMX or AVX512-BF16)

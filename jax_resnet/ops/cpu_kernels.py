@@ -1,8 +1,12 @@
 """The project's CPU kernel backend: build, registration, and the switch.
 
 The C++ kernels (``cpu_conv.cc``: convolutions; ``cpu_batch_norm.cc``:
-training-mode BatchNorm passes) are AVX-512 code called from jitted JAX
-programs as XLA FFI custom calls. They are compiled at first use
+training-mode BatchNorm passes) are x86-64 SIMD code called from jitted JAX
+programs as XLA FFI custom calls. They are written once on 16-lane vectors
+(``cpu_simd.h``) and built for the best instruction set of ``ISAS`` the CPU
+has: AVX-512 (F, DQ, BW, VL), else AVX2 with FMA. ``$JAX_RESNET_CPU_ISA``
+('auto', the default, 'avx512' or 'avx2') picks one by name, e.g. to
+compare the two on one machine. They are compiled at first use
 (``native_build``), never inside a traced function, and split each call over
 the CPUs this process may run on (``os.sched_getaffinity``) on XLA's own
 intra-op thread pool. The bf16 convolutions (``cpu_conv_bf16``: AMX or
@@ -12,16 +16,20 @@ AVX512-BF16) are a library of their own, built the same way, that
 ``model.conv_backend`` chooses, once per process, through ``resolve``:
 
 * ``'auto'`` (default): the kernels on the CPU backend of an x86-64 CPU with
-  AVX-512 (F, DQ, BW, VL) where they compile, XLA everywhere else (GPU, TPU,
-  other CPUs). A failed build prints one warning line and uses XLA.
+  AVX-512 or AVX2 where they compile, XLA everywhere else (GPU, TPU, other
+  CPUs). A failed build prints one warning line and uses XLA.
 * ``'xla'``: XLA's convolutions and BatchNorm.
 * ``'cpu_kernels'``: the kernels, or a clear error where they cannot run.
+
+An unknown ``$JAX_RESNET_CPU_ISA``, or an instruction set named there that
+the CPU lacks, is an error with either backend but 'xla'.
 """
 
 import ctypes
 import functools
 import os
 import platform
+from typing import Optional
 
 from absl import logging
 import jax
@@ -42,12 +50,20 @@ _LIBRARIES = {
                           'jax_resnet_bn_grad_sums',
                           'jax_resnet_bn_grad_apply'),
 }
-HEADERS = ('cpu_parallel.h', 'cpu_conv_shared.h')
-# The instructions the libraries are compiled for; the CPU must have them all.
-REQUIRED_FEATURES = ('avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma')
-_FLAGS = ('-O3', '-std=c++17', '-fno-math-errno', '-mavx512f', '-mavx512dq',
-          '-mavx512bw', '-mavx512vl', '-mfma')
-LANES = 16  # float32 lanes of a zmm register; channel counts are multiples.
+HEADERS = ('cpu_parallel.h', 'cpu_conv_shared.h', 'cpu_simd.h')
+# The instruction sets the libraries are built for, best first: the CPU
+# features each needs (as /proc/cpuinfo names them) and its compiler flags.
+ISAS = {
+    'avx512': (('avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma'),
+               ('-mavx512f', '-mavx512dq', '-mavx512bw', '-mavx512vl',
+                '-mfma')),
+    'avx2': (('avx2', 'fma'), ('-mavx2', '-mfma')),
+}
+ISA_ENV = 'JAX_RESNET_CPU_ISA'
+_FLAGS = ('-O3', '-std=c++17', '-fno-math-errno')
+# float32 lanes of a kernel vector (a zmm register, or two ymm); the kernels'
+# channel counts are multiples.
+LANES = 16
 
 
 def cpu_features() -> frozenset[str]:
@@ -70,25 +86,54 @@ def threads() -> int:
     return os.cpu_count() or 1
 
 
+def requested_isa() -> str:
+  """``$JAX_RESNET_CPU_ISA``: 'auto' (default) or a name of ``ISAS``.
+
+  Raises:
+    errors.ConfigError: any other value.
+  """
+  chosen = os.environ.get(ISA_ENV, 'auto').strip().lower() or 'auto'
+  if chosen != 'auto' and chosen not in ISAS:
+    raise errors.ConfigError(f'Unknown ${ISA_ENV} {chosen!r}; valid: auto, '
+                             f'{", ".join(ISAS)}.')
+  return chosen
+
+
+def cpu_isa() -> tuple[Optional[str], str]:
+  """The instruction set the kernels are built for here, ``(name, '')``, or
+  ``(None, why not)``: the one ``$JAX_RESNET_CPU_ISA`` names, else the best
+  of ``ISAS`` this CPU has. An unknown name is a reason, not an error, here
+  (``resolve`` raises it)."""
+  if platform.machine().lower() not in ('x86_64', 'amd64'):
+    return None, f'the CPU is {platform.machine()}, not x86-64'
+  try:
+    chosen = requested_isa()
+  except errors.ConfigError as e:
+    return None, str(e)
+  features = cpu_features()
+  names = ISAS if chosen == 'auto' else (chosen,)
+  for name in names:
+    if all(f in features for f in ISAS[name][0]):
+      return name, ''
+  needed = ' or '.join('+'.join(ISAS[n][0]) for n in names)
+  return None, f'the CPU lacks {needed}'
+
+
 def cpu_can_run() -> tuple[bool, str]:
   """Whether this CPU has the kernels' instructions; ``(ok, why not)``."""
-  if platform.machine().lower() not in ('x86_64', 'amd64'):
-    return False, f'the CPU is {platform.machine()}, not x86-64'
-  missing = [f for f in REQUIRED_FEATURES if f not in cpu_features()]
-  if missing:
-    return False, f'the CPU lacks {", ".join(missing)}'
-  return True, ''
+  name, reason = cpu_isa()
+  return name is not None, reason
 
 
 @functools.cache
 def load() -> tuple[bool, str]:
   """Builds (or finds) and registers the kernels; ``(ok, why not)``."""
-  ok, reason = cpu_can_run()
-  if not ok:
-    return ok, reason
+  isa, reason = cpu_isa()
+  if isa is None:
+    return False, reason
   # Imported here: building needs no JAX backend, and the import is heavy.
   from jax_resnet.ops import native_build  # pylint: disable=g-import-not-at-top
-  flags = _FLAGS + ('-isystem', jax.ffi.include_dir())
+  flags = _FLAGS + ISAS[isa][1] + ('-isystem', jax.ffi.include_dir())
   key = (' '.join(sorted(cpu_features())) +
          f' jaxlib {jax.lib.__version__}')
   headers = [os.path.join(_HERE, h) for h in HEADERS]
@@ -100,7 +145,12 @@ def load() -> tuple[bool, str]:
     except native_build.BuildError as e:
       return False, f'building {source}: {e}'
     libraries[source] = ctypes.CDLL(path)
-  if not libraries['cpu_conv.cc'].jax_resnet_cpu_supported():
+  conv = libraries['cpu_conv.cc']
+  conv.jax_resnet_cpu_isa.restype = ctypes.c_char_p
+  if conv.jax_resnet_cpu_isa().decode() != isa:
+    return False, ('cpu_conv.cc was compiled for '
+                   f'{conv.jax_resnet_cpu_isa().decode()}, not {isa}')
+  if not conv.jax_resnet_cpu_supported():
     return False, 'the CPU does not run the compiled instructions'
   for source, targets in _LIBRARIES.items():
     for target in targets:
@@ -120,12 +170,14 @@ def resolve(backend: str) -> str:
   """``model.conv_backend`` -> the backend used here: 'xla' or 'cpu_kernels'.
 
   Raises:
-    errors.ConfigError: an unknown name, or 'cpu_kernels' where they cannot
-      run.
+    errors.ConfigError: an unknown name or ``$JAX_RESNET_CPU_ISA``; or
+      'cpu_kernels', or an instruction set named by ``$JAX_RESNET_CPU_ISA``,
+      where the kernels cannot run.
   """
   if backend not in BACKENDS:
     raise errors.ConfigError(f'Unknown model.conv_backend {backend!r}; '
                              f'valid: {", ".join(BACKENDS)}.')
+  named = requested_isa()
   if backend == 'xla':
     return 'xla'
   if not platforms.cpu_work():
@@ -138,6 +190,10 @@ def resolve(backend: str) -> str:
   ok, reason = load()
   if ok:
     return 'cpu_kernels'
+  if named != 'auto':
+    raise errors.ConfigError(
+        f'${ISA_ENV}={named}: the CPU kernels cannot run here: {reason}. '
+        f'Unset it to use the best this CPU has.')
   if backend == 'cpu_kernels':
     raise errors.ConfigError(
         f"model.conv_backend='cpu_kernels' cannot run here: {reason}. Use "

@@ -1,0 +1,130 @@
+// Sixteen float32 lanes, as the float32 kernels (cpu_conv.cc,
+// cpu_batch_norm.cc) compute with them, for the two instruction sets they are
+// built for (cpu_kernels.py compiles each library once per set, by flags):
+//
+// * AVX-512 (F, DQ, BW, VL): one zmm register. F32x16 is __m512 itself, so
+//   the kernels compile to the instructions they were written with.
+// * AVX2 + FMA: a pair of ymm registers, low then high eight lanes. An x86-64
+//   CPU without AVX-512 (AMD before Zen 4, Intel client cores) runs the same
+//   kernels with half the vector registers; the tile sizes follow
+//   kVectorRegisters.
+//
+// Every operation is lane by lane and rounds as its AVX-512 form does (one
+// FMA rounding; float-to-double exact), so both builds give the same bits.
+
+#ifndef JAX_RESNET_OPS_CPU_SIMD_H_
+#define JAX_RESNET_OPS_CPU_SIMD_H_
+
+#include <immintrin.h>
+
+namespace jax_resnet::simd {
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__FMA__)
+
+constexpr int kVectorRegisters = 32;
+constexpr const char* kName = "avx512";
+
+using F32x16 = __m512;
+// Sixteen doubles: lanes 0-7, then 8-15.
+struct F64x16 {
+  __m512d lo, hi;
+};
+
+inline F32x16 Zero() { return _mm512_setzero_ps(); }
+inline F32x16 Load(const float* p) { return _mm512_loadu_ps(p); }
+inline F32x16 Broadcast(float x) { return _mm512_set1_ps(x); }
+inline void Store(float* p, F32x16 a) { _mm512_storeu_ps(p, a); }
+inline F32x16 Add(F32x16 a, F32x16 b) { return _mm512_add_ps(a, b); }
+inline F32x16 Sub(F32x16 a, F32x16 b) { return _mm512_sub_ps(a, b); }
+inline F32x16 Mul(F32x16 a, F32x16 b) { return _mm512_mul_ps(a, b); }
+inline F32x16 Max(F32x16 a, F32x16 b) { return _mm512_max_ps(a, b); }
+// a * b + c, rounded once.
+inline F32x16 Fmadd(F32x16 a, F32x16 b, F32x16 c) {
+  return _mm512_fmadd_ps(a, b, c);
+}
+// g where y > 0, else 0 (ReLU's gradient mask; NaN y gives 0).
+inline F32x16 WherePositive(F32x16 y, F32x16 g) {
+  return _mm512_maskz_mov_ps(
+      _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), g);
+}
+
+inline F64x16 ZeroF64() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
+// acc + a, each lane widened to double first (exact).
+inline F64x16 AddWidened(F64x16 acc, F32x16 a) {
+  const __m256 high =
+      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+  return {_mm512_add_pd(acc.lo, _mm512_cvtps_pd(_mm512_castps512_ps256(a))),
+          _mm512_add_pd(acc.hi, _mm512_cvtps_pd(high))};
+}
+inline void StoreF64(double* p, F64x16 a) {
+  _mm512_storeu_pd(p, a.lo);
+  _mm512_storeu_pd(p + 8, a.hi);
+}
+
+#elif defined(__AVX2__) && defined(__FMA__)
+
+constexpr int kVectorRegisters = 16;
+constexpr const char* kName = "avx2";
+
+struct F32x16 {
+  __m256 lo, hi;
+};
+// Sixteen doubles, four lanes per register, in lane order.
+struct F64x16 {
+  __m256d v[4];
+};
+
+inline F32x16 Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline F32x16 Load(const float* p) {
+  return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+}
+inline F32x16 Broadcast(float x) {
+  const __m256 v = _mm256_set1_ps(x);
+  return {v, v};
+}
+inline void Store(float* p, F32x16 a) {
+  _mm256_storeu_ps(p, a.lo);
+  _mm256_storeu_ps(p + 8, a.hi);
+}
+inline F32x16 Add(F32x16 a, F32x16 b) {
+  return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+}
+inline F32x16 Sub(F32x16 a, F32x16 b) {
+  return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)};
+}
+inline F32x16 Mul(F32x16 a, F32x16 b) {
+  return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+}
+inline F32x16 Max(F32x16 a, F32x16 b) {
+  return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)};
+}
+inline F32x16 Fmadd(F32x16 a, F32x16 b, F32x16 c) {
+  return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+}
+inline F32x16 WherePositive(F32x16 y, F32x16 g) {
+  const __m256 zero = _mm256_setzero_ps();
+  return {_mm256_and_ps(_mm256_cmp_ps(y.lo, zero, _CMP_GT_OQ), g.lo),
+          _mm256_and_ps(_mm256_cmp_ps(y.hi, zero, _CMP_GT_OQ), g.hi)};
+}
+
+inline F64x16 ZeroF64() {
+  const __m256d z = _mm256_setzero_pd();
+  return {{z, z, z, z}};
+}
+inline F64x16 AddWidened(F64x16 acc, F32x16 a) {
+  return {{_mm256_add_pd(acc.v[0], _mm256_cvtps_pd(_mm256_castps256_ps128(a.lo))),
+           _mm256_add_pd(acc.v[1], _mm256_cvtps_pd(_mm256_extractf128_ps(a.lo, 1))),
+           _mm256_add_pd(acc.v[2], _mm256_cvtps_pd(_mm256_castps256_ps128(a.hi))),
+           _mm256_add_pd(acc.v[3], _mm256_cvtps_pd(_mm256_extractf128_ps(a.hi, 1)))}};
+}
+inline void StoreF64(double* p, F64x16 a) {
+  for (int i = 0; i < 4; ++i) _mm256_storeu_pd(p + 4 * i, a.v[i]);
+}
+
+#else
+#error "cpu_simd.h needs AVX-512 (F, DQ) + FMA or AVX2 + FMA; see cpu_kernels.py"
+#endif
+
+}  // namespace jax_resnet::simd
+
+#endif  // JAX_RESNET_OPS_CPU_SIMD_H_
