@@ -19,10 +19,20 @@ ARGS = TINY + ['--config.num_epochs=3']
 
 
 @pytest.fixture(scope='module')
-def reference(tmp_path_factory):
+def timed_reference(tmp_path_factory):
+  """The uninterrupted run's records, and how long the command takes once
+  its programs are in the compilation cache (a second run, timed)."""
   workdir = tmp_path_factory.mktemp('reference')
   run_main(ARGS + [f'--workdir={workdir}'], examples=EXAMPLES)
-  return records(workdir)
+  start = time.time()
+  run_main(ARGS + [f'--workdir={tmp_path_factory.mktemp("timed")}'],
+           examples=EXAMPLES)
+  return records(workdir), time.time() - start
+
+
+@pytest.fixture(scope='module')
+def reference(timed_reference):
+  return timed_reference[0]
 
 
 def _run(workdir, check=True, **env):
@@ -93,29 +103,34 @@ def test_second_signal_waits_for_the_save_and_a_third_exits_at_once(
     assert records(workdir) == reference
 
 
-def test_sigterm_at_random_moments(tmp_path, reference):
-  """Five SIGTERMs at random moments (start-up, steps, evaluation, saves),
-  each run stopping with status 0; the last run ends bitwise equal to the
-  uninterrupted one."""
+def test_sigterm_at_random_moments(tmp_path, timed_reference):
+  """Five SIGTERMs at random moments of a run (start-up, steps, evaluation,
+  saves), each run stopping with status 0; the last run ends bitwise equal
+  to the uninterrupted one."""
+  reference, seconds = timed_reference
   rng = random.Random(0)
   env = command_env(1, EXAMPLES)
-  exits = []
+  exits, stopped = [], 0
   for _ in range(5):
     process = subprocess.Popen(
         [sys.executable, MOCK_MAIN] + ARGS + [f'--workdir={tmp_path}'],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    time.sleep(rng.uniform(5, 12))
+    # Within the uninterrupted command's time: any moment of a run, from
+    # its start-up on (a resumed run has less left to do).
+    time.sleep(rng.uniform(0.3, 0.95) * seconds)
     sent = time.time()
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     exits.append(time.time() - sent)
     assert process.returncode == 0, out + err
-    assert out.strip().splitlines()[-1].startswith(('Stopped by SIGTERM',
-                                                    'Final test accuracy')), (
-                                                        out + err)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(('Stopped by SIGTERM', 'Final test accuracy')), (
+        out + err)
+    stopped += last.startswith('Stopped by SIGTERM')
   _run(tmp_path)
   assert records(tmp_path) == reference
+  assert stopped >= 1, 'every signal came after its run had finished'
   assert max(exits) < 30, exits
 
 
