@@ -37,9 +37,11 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
+  # First: from here on a SIGTERM or SIGINT ends the command with its own
+  # status (preemption), also while JAX is imported.
+  preemption.install()
   runtime.start_command(argv, _CONFIG.value.model.get('conv_backend',
                                                        'auto'))
-  preemption.install()
   # Imported after the platform settings, which must precede JAX's backend.
   # pylint: disable=g-import-not-at-top
   from jax_resnet import train

@@ -7,8 +7,11 @@ checkpoint at that step (the position in the epoch and the epoch's partial
 train metrics with it, so the same command continues bitwise as if never
 stopped), prints one line and exits. A second signal during that save is
 ignored; a third ends the process at once, and the previous checkpoint
-stands. Before training starts (data loading, compilation) a signal ends the
-command at once (``os._exit``): there is nothing to save.
+stands. Before training starts (importing JAX, data loading, compilation) a
+signal ends the command at once (``os._exit``) with the same status: there
+is nothing to save. main.py installs the handlers first thing, so only the
+interpreter's own start (about half a second) is left to the default
+action (status 143).
 
 The exit statuses are listed once, in ``exits``.
 """

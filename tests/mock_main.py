@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 from absl import app
 import main
 from jax_resnet import config_overrides
+from jax_resnet import preemption
 import signal_hooks
 import synthetic_cifar
 
@@ -73,6 +74,8 @@ if __name__ == '__main__':
   if os.environ.get('PAUSE_AFTER_FIRST_EPOCH'):
     pause_after_first_epoch(float(os.environ['PAUSE_AFTER_FIRST_EPOCH']))
   signal_hooks.install_from_environment()
+  # As main.main does first: the synthetic data imports JAX before it runs.
+  preemption.install()
   with synthetic_cifar.synthetic_cifar(num_examples):
     config_overrides.check_command_line(sys.argv)
     app.run(main.main)

@@ -9,6 +9,10 @@ then never imports TensorFlow, which costs seconds per process.
 
 The data is a function of (dataset, split, number of examples) only, so a
 command and the test that checks it see the same images.
+
+``input_pipeline`` (and with it JAX) is imported only when data is asked
+for: a command that imports this module starts as fast as main.py does, so
+a signal in its first second meets main.py's own handlers.
 """
 
 import contextlib
@@ -17,13 +21,15 @@ from typing import Optional
 
 import numpy as np
 
-from jax_resnet import input_pipeline
+# pylint: disable=g-import-not-at-top
 
 
 def split(dataset: str, name: str, num_examples: int,
-          max_examples: Optional[int] = None) -> input_pipeline.Split:
+          max_examples: Optional[int] = None):
   """``num_examples`` random uint8 images and labels of ``dataset``'s
-  classes, the first ``max_examples`` of them if given."""
+  classes (an ``input_pipeline.Split``), the first ``max_examples`` of them
+  if given."""
+  from jax_resnet import input_pipeline
   classes = input_pipeline.num_classes(dataset)
   if name not in ('train', 'test'):
     raise ValueError(f'Unknown split {name!r}; CIFAR has train and test.')
@@ -41,11 +47,11 @@ def synthetic_cifar(num_examples: int):
   """``input_pipeline.load_split`` returns ``split(...)`` inside: every
   split of either dataset has ``num_examples`` examples, wherever data_dir
   points and whether or not downloads are allowed, as under TFDS's mock."""
+  from jax_resnet import input_pipeline
   original = input_pipeline.load_split
 
   def load_split(dataset: str, name: str, data_dir: Optional[str] = None,
-                 download: bool = True,
-                 max_examples: Optional[int] = None) -> input_pipeline.Split:
+                 download: bool = True, max_examples: Optional[int] = None):
     del data_dir, download
     return split(dataset, name, num_examples, max_examples)
 

@@ -111,14 +111,16 @@ def test_sigterm_at_random_moments(tmp_path, timed_reference):
   rng = random.Random(0)
   env = command_env(1, EXAMPLES)
   exits, stopped = [], 0
-  for _ in range(5):
+  # Within the warm command's time: any moment of a run, from its start-up
+  # on (a resumed run has less left to do, and may finish first). The first
+  # moment is early enough that no run can be over.
+  fractions = [0.3] + [rng.uniform(0.3, 0.95) for _ in range(4)]
+  for fraction in fractions:
     process = subprocess.Popen(
         [sys.executable, MOCK_MAIN] + ARGS + [f'--workdir={tmp_path}'],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    # Within the uninterrupted command's time: any moment of a run, from
-    # its start-up on (a resumed run has less left to do).
-    time.sleep(rng.uniform(0.3, 0.95) * seconds)
+    time.sleep(fraction * seconds)
     sent = time.time()
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
