@@ -36,6 +36,13 @@ import pytest
 # Tiny models compile faster without XLA's heavier optimisation passes.
 jax.config.update('jax_disable_most_optimizations', True)
 
+# The CPU kernels are built once, here in pytest's controller, before its
+# workers and the commands they run start: on a machine with no cached
+# library yet, each of them would compile it at once (about 15 s).
+if 'PYTEST_XDIST_WORKER' not in os.environ:
+  from jax_resnet.ops import cpu_kernels
+  cpu_kernels.load()
+
 import ml_collections
 
 from configs import default
