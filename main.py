@@ -40,8 +40,9 @@ def main(argv):
   # First: from here on a SIGTERM or SIGINT ends the command with its own
   # status (preemption), also while JAX is imported.
   preemption.install()
-  runtime.start_command(argv, _CONFIG.value.model.get('conv_backend',
-                                                       'auto'))
+  model = _CONFIG.value.model
+  runtime.start_command(argv, model.get('conv_backend', 'auto'),
+                        model.get('dtype', 'float32'))
   # Imported after the platform settings, which must precede JAX's backend.
   # pylint: disable=g-import-not-at-top
   from jax_resnet import train

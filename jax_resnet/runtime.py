@@ -33,21 +33,44 @@ def cpu_xla_flags(platform_name: str, conv_backend: str,
   return CPU_XLA_FLAGS
 
 
-def configure(conv_backend: str = 'auto') -> None:
-  """Sets XLA_FLAGS for ``model.conv_backend`` (before JAX starts a backend).
+def kernels_run(dtype: str = 'float32') -> bool:
+  """Whether the project's CPU kernels can run the convolutions of a
+  network in ``model.dtype`` on this CPU, judged from its features before
+  anything is built: the float32 kernels (AVX-512 or AVX2), and for
+  bfloat16 also the bf16 ones (AMX or AVX512-BF16, or one named by
+  ``$JAX_RESNET_BF16_ISA``). Without them a bf16 network's convolutions are
+  XLA's."""
+  # pylint: disable=g-import-not-at-top
+  from jax_resnet import errors
+  from jax_resnet.ops import cpu_kernels
+  # pylint: enable=g-import-not-at-top
+  if not cpu_kernels.cpu_can_run()[0]:
+    return False
+  if str(dtype) != 'bfloat16':
+    return True
+  from jax_resnet.ops import cpu_conv_bf16  # pylint: disable=g-import-not-at-top
+  try:
+    chosen = cpu_conv_bf16.requested()
+  except errors.ConfigError:
+    return False  # Reported, in one line, when the network is built.
+  if chosen == 'auto':
+    return bool({'avx512_bf16', 'amx_bf16'} & cpu_kernels.cpu_features())
+  return chosen != 'none'
+
+
+def configure(conv_backend: str = 'auto', dtype: str = 'float32') -> None:
+  """Sets XLA_FLAGS for ``model.conv_backend`` and ``model.dtype`` (before
+  JAX starts a backend).
 
   The project's XLA CPU flags are added, unless already chosen, when JAX
   will run on the CPU (``platforms.expected_platform``) and the convolutions
-  will be XLA's: ``conv_backend='xla'`` or a CPU the project's kernels do
-  not run on.
+  will be XLA's: ``conv_backend='xla'``, or a CPU the project's kernels do
+  not run on for that dtype (``kernels_run``).
   """
-  # pylint: disable=g-import-not-at-top
-  from jax_resnet import platforms
-  from jax_resnet.ops import cpu_kernels
-  # pylint: enable=g-import-not-at-top
+  from jax_resnet import platforms  # pylint: disable=g-import-not-at-top
   xla_flags = os.environ.get('XLA_FLAGS', '')
   wanted = cpu_xla_flags(platforms.expected_platform(), conv_backend,
-                         cpu_kernels.cpu_can_run()[0])
+                         kernels_run(dtype))
   for flag in wanted:
     name = flag.split('=')[0]
     if name not in xla_flags:
@@ -94,10 +117,12 @@ def restart_with_process_settings() -> None:
   os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
 
 
-def start_command(argv: Sequence[str], conv_backend: str = 'auto') -> None:
-  """Preamble of every command: no stray arguments, XLA flags, quiet logs."""
+def start_command(argv: Sequence[str], conv_backend: str = 'auto',
+                  dtype: str = 'float32') -> None:
+  """Preamble of every command: no stray arguments, XLA flags (for the
+  network's ``model.conv_backend`` and ``model.dtype``), quiet logs."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  configure(conv_backend)
+  configure(conv_backend, dtype)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)

@@ -15,6 +15,7 @@ from jax_resnet import platforms
 from jax_resnet import runtime
 from jax_resnet import train
 from jax_resnet.models import registry
+from jax_resnet.ops import cpu_kernels
 
 
 def _trainer(config):
@@ -116,6 +117,31 @@ class TestBackendGating:
     for name in ('gpu', 'tpu'):
       for backend in ('xla', 'auto'):
         assert runtime.cpu_xla_flags(name, backend, False) == ()
+
+  @pytest.mark.parametrize('features,bf16_env,expected', [
+      # AVX2 only: float32 kernels; bf16 convolutions are XLA's (its flags).
+      ({'avx2', 'fma'}, None, {'float32': True, 'bfloat16': False}),
+      ({'avx2', 'fma'}, 'reference', {'float32': True, 'bfloat16': True}),
+      ({'avx2', 'fma'}, 'amx ', {'float32': True, 'bfloat16': True}),
+      ({'avx2', 'fma'}, 'bogus', {'float32': True, 'bfloat16': False}),
+      ({'avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma',
+        'avx512_bf16'}, None, {'float32': True, 'bfloat16': True}),
+      ({'avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma',
+        'avx512_bf16'}, 'none', {'float32': True, 'bfloat16': False}),
+      ({'sse4_2'}, 'reference', {'float32': False, 'bfloat16': False}),
+  ])
+  def test_kernels_run_by_dtype(self, monkeypatch, features, bf16_env,
+                                expected):
+    """The XLA CPU flags follow what the network's convolutions run on."""
+    monkeypatch.setattr(cpu_kernels, 'cpu_features',
+                        lambda: frozenset(features))
+    monkeypatch.setattr(cpu_kernels.platform, 'machine', lambda: 'x86_64')
+    monkeypatch.delenv(cpu_kernels.ISA_ENV, raising=False)
+    if bf16_env is None:
+      monkeypatch.delenv('JAX_RESNET_BF16_ISA', raising=False)
+    else:
+      monkeypatch.setenv('JAX_RESNET_BF16_ISA', bf16_env)
+    assert {d: runtime.kernels_run(d) for d in expected} == expected
 
   @pytest.mark.parametrize('environ,expected', [
       ({'JAX_PLATFORMS': 'cuda'}, 'gpu'), ({'JAX_PLATFORMS': 'tpu,cpu'}, 'tpu'),

@@ -105,11 +105,12 @@ def _time_loop(run, steps: int, sync) -> float:
   return time.perf_counter() - start
 
 
-def _setup_jax(framework: str) -> None:
-  """XLA flags for the framework's conv backend, unless --no_project_flags."""
+def _setup_jax(framework: str, dtype: str = 'float32') -> None:
+  """XLA flags for the framework's conv backend and the dtype, unless
+  --no_project_flags."""
   from jax_resnet import runtime  # pylint: disable=g-import-not-at-top
   if not _NO_PROJECT_FLAGS.value:
-    runtime.configure(CONV_BACKENDS[framework])
+    runtime.configure(CONV_BACKENDS[framework], dtype)
 
 
 def _setup_torch():
@@ -170,7 +171,7 @@ def torch_model(network: str, num_classes: int = 10):
 def jax_worker(framework: str, network: str, dtype: str
                ) -> dict[str, float]:
   """Times the project's train and eval steps for one network."""
-  _setup_jax(framework)
+  _setup_jax(framework, dtype)
   # pylint: disable=g-import-not-at-top
   import functools
   import jax

@@ -21,8 +21,9 @@ AVX512-BF16) are a library of their own, built the same way, that
 * ``'xla'``: XLA's convolutions and BatchNorm.
 * ``'cpu_kernels'``: the kernels, or a clear error where they cannot run.
 
-An unknown ``$JAX_RESNET_CPU_ISA``, or an instruction set named there that
-the CPU lacks, is an error with either backend but 'xla'.
+An unknown ``$JAX_RESNET_CPU_ISA`` is an error with any backend; an
+instruction set named there that the CPU lacks is one with 'auto' and
+'cpu_kernels'.
 """
 
 import ctypes
