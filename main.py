@@ -40,9 +40,7 @@ def main(argv):
   # First: from here on a SIGTERM or SIGINT ends the command with its own
   # status (preemption), also while JAX is imported.
   preemption.install()
-  model = _CONFIG.value.model
-  runtime.start_command(argv, model.get('conv_backend', 'auto'),
-                        model.get('dtype', 'float32'))
+  runtime.start_command(argv, _CONFIG.value.model)
   # Imported after the platform settings, which must precede JAX's backend.
   # pylint: disable=g-import-not-at-top
   from jax_resnet import train

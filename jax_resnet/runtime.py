@@ -3,7 +3,7 @@
 import os
 import platform as python_platform
 import sys
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -117,12 +117,14 @@ def restart_with_process_settings() -> None:
   os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
 
 
-def start_command(argv: Sequence[str], conv_backend: str = 'auto',
-                  dtype: str = 'float32') -> None:
+def start_command(argv: Sequence[str],
+                  model: Optional[Mapping[str, Any]] = None) -> None:
   """Preamble of every command: no stray arguments, XLA flags (for the
-  network's ``model.conv_backend`` and ``model.dtype``), quiet logs."""
+  ``conv_backend`` and ``dtype`` of ``model``, the config's ``model``
+  fields; the defaults without), quiet logs."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  configure(conv_backend, dtype)
+  model = model or {}
+  configure(model.get('conv_backend', 'auto'), model.get('dtype', 'float32'))
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)

@@ -2,8 +2,11 @@
 steps with the batch gathered inside it, one call per evaluation, no host
 transfers, and the CPU-only work gated to the CPU backend."""
 
+import os
+
 import jax
 from jax import numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -142,6 +145,27 @@ class TestBackendGating:
     else:
       monkeypatch.setenv('JAX_RESNET_BF16_ISA', bf16_env)
     assert {d: runtime.kernels_run(d) for d in expected} == expected
+
+  @pytest.mark.parametrize('model,flagged', [
+      (None, False), ({'dtype': 'float32'}, False),
+      ({'dtype': 'bfloat16'}, True),
+      ({'conv_backend': 'xla', 'dtype': 'float32'}, True)])
+  def test_a_command_sets_the_flags_for_its_network(self, monkeypatch, model,
+                                                    flagged):
+    """On an AVX2 CPU: the kernels run float32 networks (no XLA CPU flags);
+    a bf16 one, or conv_backend='xla', runs XLA's convolutions (flags)."""
+    monkeypatch.setattr(cpu_kernels, 'cpu_features',
+                        lambda: frozenset({'avx2', 'fma'}))
+    monkeypatch.setattr(cpu_kernels.platform, 'machine', lambda: 'x86_64')
+    monkeypatch.setattr(platforms, 'expected_platform', lambda: 'cpu')
+    for name in (cpu_kernels.ISA_ENV, 'JAX_RESNET_BF16_ISA'):
+      monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('XLA_FLAGS', '')
+    monkeypatch.setattr(runtime.logging, 'set_verbosity', lambda level: None)
+    config = None if model is None else ml_collections.ConfigDict(model)
+    runtime.start_command(['command'], config)
+    assert os.environ['XLA_FLAGS'] == (
+        ' '.join(runtime.CPU_XLA_FLAGS) if flagged else '')
 
   @pytest.mark.parametrize('environ,expected', [
       ({'JAX_PLATFORMS': 'cuda'}, 'gpu'), ({'JAX_PLATFORMS': 'tpu,cpu'}, 'tpu'),

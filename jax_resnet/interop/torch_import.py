@@ -405,7 +405,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  runtime.start_command(argv)
+  runtime.start_command(argv, flags.FLAGS.config.model)
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
   with exits.reported(workdir), workdir_lock.WorkdirLock(

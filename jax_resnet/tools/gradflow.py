@@ -335,7 +335,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  runtime.start_command(argv)
+  runtime.start_command(argv, flags.FLAGS.config.model)
   args = flags.FLAGS
   config_path = config_flags.get_config_filename(args['config'])
   name = os.path.splitext(os.path.basename(config_path))[0]

@@ -598,8 +598,9 @@ def record_grid(root: str, runs: Sequence[Run]) -> None:
 
 
 def main(argv):
-  runtime.start_command(argv)
+  # First, as main.py: a signal while JAX is imported ends the grid cleanly.
   preemption.install()
+  runtime.start_command(argv, flags.FLAGS.config.model)
   from jax_resnet import train  # pylint: disable=g-import-not-at-top
 
   args = flags.FLAGS
