@@ -96,8 +96,9 @@ inline void ForwardTile(const float* __restrict a, i64 st_rt, i64 row, i64 kh_n,
     }
 }
 
-// Tiles keep their accumulators in about half the vector registers (or
-// three quarters, for V = 3 with AVX-512): P pixels x V vectors of 16 lanes.
+// A tile's P pixels x V vectors of 16 lanes stay in registers: half the 32
+// zmm registers with AVX-512 (three quarters for V = 3), 12 of the 16 ymm
+// registers with AVX2.
 constexpr bool kWide = simd::kVectorRegisters == 32;  // AVX-512.
 
 template <int V> constexpr int ForwardPixels() {
