@@ -70,9 +70,13 @@ def test_two_commands_on_one_workdir(tmp_path):
   workdir = tmp_path / 'run'
   args = TINY + ['--config.num_epochs=3', f'--workdir={workdir}']
   env = command_env()
+  # The first command holds the workdir for at least 2 x 8 s (it pauses
+  # before epochs 2 and 3): its tiny run would otherwise be over before the
+  # second command has started.
   first = subprocess.Popen([sys.executable, MOCK_MAIN] + args, cwd=ROOT,
-                           env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           env={**env, 'PAUSE_AFTER_FIRST_EPOCH': '8'},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
   deadline = time.time() + 120
   while workdir_lock.holder(str(workdir)) is None:
     assert time.time() < deadline and first.poll() is None
