@@ -50,12 +50,9 @@ def kernels_run(dtype: str = 'float32') -> bool:
     return True
   from jax_resnet.ops import cpu_conv_bf16  # pylint: disable=g-import-not-at-top
   try:
-    chosen = cpu_conv_bf16.requested()
+    return cpu_conv_bf16.wanted(cpu_conv_bf16.requested())
   except errors.ConfigError:
     return False  # Reported, in one line, when the network is built.
-  if chosen == 'auto':
-    return bool({'avx512_bf16', 'amx_bf16'} & cpu_kernels.cpu_features())
-  return chosen != 'none'
 
 
 def configure(conv_backend: str = 'auto', dtype: str = 'float32') -> None:

@@ -154,6 +154,15 @@ def interrupted_at_dispatch(monkeypatch, n: int):
     yield calls
 
 
+def fake_x86_cpu(monkeypatch, features) -> None:
+  """This process sees an x86-64 CPU with (only) Linux feature flags
+  ``features``, as the CPU kernels' choices read them."""
+  from jax_resnet.ops import cpu_kernels  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cpu_kernels, 'cpu_features',
+                      lambda: frozenset(features))
+  monkeypatch.setattr(cpu_kernels.platform, 'machine', lambda: 'x86_64')
+
+
 def error_lines(stderr: str) -> list[str]:
   """A command's stderr lines but the one warning a CPU without the
   kernels' instructions prints with every command (the XLA fallback)."""

@@ -19,6 +19,7 @@ from jax_resnet.models import layers
 from jax_resnet.models import registry
 from jax_resnet.ops import native_build
 from configs import default
+from conftest import fake_x86_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -209,8 +210,7 @@ AVX512 = frozenset({'avx512f', 'avx512dq', 'avx512bw', 'avx512vl', 'fma',
 ])
 def test_instruction_set_choice(monkeypatch, features, env, expected):
   """The best instruction set the CPU has, or the one named."""
-  monkeypatch.setattr(cpu_kernels, 'cpu_features', lambda: features)
-  monkeypatch.setattr(cpu_kernels.platform, 'machine', lambda: 'x86_64')
+  fake_x86_cpu(monkeypatch, features)
   if env is None:
     monkeypatch.delenv(cpu_kernels.ISA_ENV, raising=False)
   else:

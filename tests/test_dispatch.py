@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import fake_x86_cpu
 from conftest import records
 from conftest import tiny_config
 from jax_resnet import checkpoints
@@ -136,9 +137,7 @@ class TestBackendGating:
   def test_kernels_run_by_dtype(self, monkeypatch, features, bf16_env,
                                 expected):
     """The XLA CPU flags follow what the network's convolutions run on."""
-    monkeypatch.setattr(cpu_kernels, 'cpu_features',
-                        lambda: frozenset(features))
-    monkeypatch.setattr(cpu_kernels.platform, 'machine', lambda: 'x86_64')
+    fake_x86_cpu(monkeypatch, features)
     monkeypatch.delenv(cpu_kernels.ISA_ENV, raising=False)
     if bf16_env is None:
       monkeypatch.delenv('JAX_RESNET_BF16_ISA', raising=False)
@@ -154,9 +153,7 @@ class TestBackendGating:
                                                     flagged):
     """On an AVX2 CPU: the kernels run float32 networks (no XLA CPU flags);
     a bf16 one, or conv_backend='xla', runs XLA's convolutions (flags)."""
-    monkeypatch.setattr(cpu_kernels, 'cpu_features',
-                        lambda: frozenset({'avx2', 'fma'}))
-    monkeypatch.setattr(cpu_kernels.platform, 'machine', lambda: 'x86_64')
+    fake_x86_cpu(monkeypatch, {'avx2', 'fma'})
     monkeypatch.setattr(platforms, 'expected_platform', lambda: 'cpu')
     for name in (cpu_kernels.ISA_ENV, 'JAX_RESNET_BF16_ISA'):
       monkeypatch.delenv(name, raising=False)

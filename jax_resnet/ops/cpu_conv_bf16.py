@@ -104,6 +104,15 @@ def requested() -> str:
   return chosen
 
 
+def wanted(chosen: str) -> bool:
+  """Whether a bf16 micro-kernel is to be built for ``$JAX_RESNET_BF16_ISA``
+  value ``chosen`` on this CPU, from its features alone: one named, or
+  under 'auto' a CPU with AVX512-BF16 or AMX-BF16."""
+  if chosen == 'auto':
+    return bool({'avx512_bf16', 'amx_bf16'} & cpu_kernels.cpu_features())
+  return chosen != 'none'
+
+
 @functools.cache
 def isa() -> str:
   """The micro-kernel of this process: 'amx', 'avx512_bf16', 'reference' or
@@ -118,8 +127,7 @@ def isa() -> str:
       name, a CPU without it, a failed build or a failed check.
   """
   chosen = requested()
-  if chosen == 'none' or (chosen == 'auto' and not (
-      {'avx512_bf16', 'amx_bf16'} & cpu_kernels.cpu_features())):
+  if not wanted(chosen):
     return 'none'  # Nothing to build on this CPU.
   try:
     return _checked(chosen)

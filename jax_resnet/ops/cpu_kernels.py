@@ -148,9 +148,9 @@ def load() -> tuple[bool, str]:
     libraries[source] = ctypes.CDLL(path)
   conv = libraries['cpu_conv.cc']
   conv.jax_resnet_cpu_isa.restype = ctypes.c_char_p
-  if conv.jax_resnet_cpu_isa().decode() != isa:
-    return False, ('cpu_conv.cc was compiled for '
-                   f'{conv.jax_resnet_cpu_isa().decode()}, not {isa}')
+  built_for = conv.jax_resnet_cpu_isa().decode()
+  if built_for != isa:
+    return False, f'cpu_conv.cc was compiled for {built_for}, not {isa}'
   if not conv.jax_resnet_cpu_supported():
     return False, 'the CPU does not run the compiled instructions'
   for source, targets in _LIBRARIES.items():
