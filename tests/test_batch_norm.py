@@ -180,3 +180,88 @@ def test_kernels_skip_what_they_do_not_run():
     hlo, _ = _kernel_bn_outputs(True, True, True, x.astype(dtype),
                                 g.astype(dtype), params, stats)
     assert 'jax_resnet_bn' not in hlo
+
+
+def _residual_outputs(fused, use_kernels, relu, train, x, g, r, params,
+                      stats):
+  """(hlo, y, new stats and the gradients for x, r and the parameters) of
+  ReLU(BN(x) + r), fused (``residual=``) or as separate operations."""
+  bn = batch_norm.BatchNorm(use_running_average=not train, momentum=0.9,
+                            epsilon=1e-5, use_kernels=use_kernels)
+
+  def loss(p, x, r):
+    variables = {'params': p, 'batch_stats': stats}
+    if fused:
+      y, new = bn.apply(variables, x, relu=relu, residual=r,
+                        mutable=['batch_stats'])
+    else:
+      y, new = bn.apply(variables, x, mutable=['batch_stats'])
+      y = y + r
+      y = jax.nn.relu(y) if relu else y
+    extra = 0.0
+    if train:
+      extra = jnp.sum(new['batch_stats']['mean'] * 0.3 +
+                      new['batch_stats']['var'] * 0.2)
+    return jnp.sum(y * g) + extra, (y, new['batch_stats'])
+
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+  hlo = fn.lower(params, x, r).as_text()
+  (dp, dx, dr), (y, new) = fn(params, x, r)
+  return hlo, (y, new['mean'], new['var'], dx, dr, dp['scale'], dp['bias'])
+
+
+@pytest.mark.parametrize('use_kernels', [
+    pytest.param(True, marks=pytest.mark.skipif(
+        not cpu_kernels.cpu_can_run()[0],
+        reason='this CPU cannot run the kernels')),
+    False])
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('relu', [True, False])
+def test_residual_fused_equals_separate_operations_bitwise(use_kernels, train,
+                                                          relu):
+  """``BatchNorm(x, relu, residual=r)``, a block's end, is bitwise ReLU(BN(x)
+  + r) computed separately: values, statistics and every gradient, r's
+  included. On the kernels it is the residual passes."""
+  x, g, params, stats = _inputs(seed=5, shape=(4, 6, 6, 32))
+  r = jnp.asarray(np.random.default_rng(6).standard_normal(x.shape),
+                  jnp.float32)
+  hlo, fused = _residual_outputs(True, use_kernels, relu, train, x, g, r,
+                                 params, stats)
+  _, separate = _residual_outputs(False, use_kernels, relu, train, x, g, r,
+                                  params, stats)
+  assert ('jax_resnet_bn_apply_residual' in hlo) == use_kernels
+  assert ('jax_resnet_bn_grad_apply_residual' in hlo) == (use_kernels and
+                                                          relu)
+  names = ('y', 'mean', 'var', 'dx', 'dr', 'dscale', 'dbias')
+  for name, a, b in zip(names, fused, separate):
+    np.testing.assert_array_equal(a, b, err_msg=name)
+  if relu:
+    assert float(jnp.min(fused[0])) == 0.0
+    assert 0 < float(jnp.mean(fused[4] == 0)) < 1  # r's gradient is masked.
+
+
+def test_residual_of_another_shape_is_refused():
+  x, _, params, stats = _inputs()
+  bn = batch_norm.BatchNorm(use_running_average=True)
+  with pytest.raises(ValueError, match=r'residual of shape \(8, 5, 5, 3\) for '
+                     r'an input of shape \(8, 5, 5, 6\)'):
+    bn.apply({'params': params, 'batch_stats': stats}, x, relu=True,
+             residual=x[..., :3])
+
+
+@pytest.mark.parametrize('use_kernels', [
+    pytest.param(True, marks=pytest.mark.skipif(
+        not cpu_kernels.cpu_can_run()[0],
+        reason='this CPU cannot run the kernels')),
+    False])
+@pytest.mark.parametrize('with_residual', [False, True])
+def test_relu_passes_a_nan_on(use_kernels, with_residual):
+  """A NaN in the input reaches the output through the ReLU, as through
+  XLA's and PyTorch's, so that the loss shows it (the run's NaN check)."""
+  x, _, params, stats = _inputs(seed=7, shape=(4, 3, 3, 16))
+  x = x.at[0, 0, 0, 0].set(jnp.nan)
+  bn = batch_norm.BatchNorm(use_running_average=True, use_kernels=use_kernels)
+  y = bn.apply({'params': params, 'batch_stats': stats}, x, relu=True,
+               residual=jnp.zeros_like(x) if with_residual else None)
+  assert bool(jnp.isnan(y[0, 0, 0, 0]))
+  assert int(jnp.sum(jnp.isnan(y))) == 1

@@ -62,7 +62,8 @@ class ResidualBlock(nn.Module):
     stride: spatial stride of the block (1 or 2).
     conv: ``nn.Conv`` partial (dtype, init, no bias).
     norm: ``batch_norm.BatchNorm`` partial (momentum, epsilon, train flag,
-      dtype); ``norm(name=...)(x, relu=True)`` is BN-ReLU in one pass.
+      dtype); ``norm(name=...)(x, relu=True)`` is BN-ReLU in one pass,
+      ``norm(name=...)(x, relu=True, residual=r)`` ReLU(BN(x) + r).
     shortcut_type: when the shape changes, 'A' (parameter-free), 'B' (1x1
       conv + BN) or 'conv' (1x1 conv alone, the projection of pre-activation
       networks); identity otherwise.
@@ -125,6 +126,13 @@ class ResidualBlock(nn.Module):
     raise errors.ConfigError(f'Unknown shortcut {self.shortcut_type!r}; '
                              f'valid: {", ".join(SHORTCUT_TYPES)}.')
 
+  @property
+  def keeps_branch(self) -> bool:
+    """Whether the branch is never dropped (no stochastic depth). A traced
+    probability (blocks scanned by the backbone) always draws."""
+    p = self.survival_probability
+    return isinstance(p, (int, float)) and p >= 1.0
+
   def drop_branch(self, branch: jax.Array, train: bool) -> jax.Array:
     """Stochastic depth on the residual branch (Huang et al. 2016).
 
@@ -132,8 +140,7 @@ class ResidualBlock(nn.Module):
     evaluation scales it by that probability.
     """
     p = self.survival_probability
-    # A traced probability (blocks scanned by the backbone) always draws.
-    if isinstance(p, (int, float)) and p >= 1.0:
+    if self.keeps_branch:
       return branch
     if not train:
       return branch * jnp.asarray(p, branch.dtype)
@@ -148,6 +155,21 @@ class ResidualBlock(nn.Module):
           f'valid: {", ".join(STOCHASTIC_DEPTH_MODES)}.')
     keep = jax.random.bernoulli(rng, p, shape)
     return branch * keep.astype(branch.dtype)
+
+  def finish(self, y: jax.Array, x: jax.Array, train: bool,
+             norm_name: str) -> jax.Array:
+    """ReLU(shortcut(x) + drop_branch(BN(y))): the end of a block whose
+    branch ends in the BatchNorm ``norm_name`` (a submodule of that name).
+
+    Where the branch is never dropped the BatchNorm adds the shortcut and
+    applies the ReLU itself (``norm(y, relu=True, residual=...)``), one pass
+    on the CPU kernels.
+    """
+    shortcut = self.shortcut(x)
+    norm = self.norm(name=norm_name)
+    if self.keeps_branch:
+      return norm(y, relu=True, residual=shortcut)
+    return nn.relu(shortcut + self.drop_branch(norm(y), train))
 
 
 class BlockOutputError(errors.Error):
@@ -177,20 +199,23 @@ def call_checked(block: ResidualBlock, x: jax.Array, train: bool
   return y
 
 
-def basic_branch(block: ResidualBlock, x: jax.Array) -> jax.Array:
-  """conv3x3-BN-ReLU-conv3x3-BN of a basic block (call from its __call__).
+def basic_branch(block: ResidualBlock, x: jax.Array,
+                 last_norm: bool = True) -> jax.Array:
+  """conv3x3-BN-ReLU-conv3x3-BN of a basic block (call from its __call__);
+  without ``last_norm`` it stops before bn2 (for ``ResidualBlock.finish``).
 
   The layers become the calling block's submodules conv1, bn1, conv2, bn2.
   """
   y = block.conv(block.planes, (3, 3), strides=block.stride, name='conv1')(x)
   y = block.norm(name='bn1')(y, relu=True)
   y = block.conv(block.planes, (3, 3), name='conv2')(y)
-  return block.norm(name='bn2')(y)
+  return block.norm(name='bn2')(y) if last_norm else y
 
 
 def bottleneck_branch(block: ResidualBlock, x: jax.Array, width: int,
-                      groups: int = 1) -> jax.Array:
-  """1x1-BN-ReLU, 3x3 (strided, ``groups`` groups)-BN-ReLU, 1x1-BN.
+                      groups: int = 1, last_norm: bool = True) -> jax.Array:
+  """1x1-BN-ReLU, 3x3 (strided, ``groups`` groups)-BN-ReLU, 1x1-BN; without
+  ``last_norm`` it stops before bn3 (for ``ResidualBlock.finish``).
 
   The layers become the calling block's submodules conv1..3, bn1..3; the
   output has ``block.out_planes`` channels.
@@ -201,7 +226,7 @@ def bottleneck_branch(block: ResidualBlock, x: jax.Array, width: int,
                  feature_group_count=groups, name='conv2')(y)
   y = block.norm(name='bn2')(y, relu=True)
   y = block.conv(block.out_planes, (1, 1), padding=0, name='conv3')(y)
-  return block.norm(name='bn3')(y)
+  return block.norm(name='bn3')(y) if last_norm else y
 
 
 class BasicBlock(ResidualBlock):
@@ -209,8 +234,7 @@ class BasicBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = basic_branch(self, x)
-    return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
+    return self.finish(basic_branch(self, x, last_norm=False), x, train, 'bn2')
 
 
 class PreActBlock(ResidualBlock):
@@ -266,8 +290,8 @@ class BottleneckBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = bottleneck_branch(self, x, self.planes)
-    return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
+    y = bottleneck_branch(self, x, self.planes, last_norm=False)
+    return self.finish(y, x, train, 'bn3')
 
 
 def require_positive(block: nn.Module, *names: str) -> None:
@@ -305,7 +329,8 @@ class PlainBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    return nn.relu(basic_branch(self, x))
+    y = basic_branch(self, x, last_norm=False)
+    return self.norm(name='bn2')(y, relu=True)
 
 
 class SqueezeExcitation(nn.Module):
@@ -383,8 +408,8 @@ class ResNeXtBlock(ResidualBlock):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     width = group_width(self.planes, self.base_width, self.cardinality)
-    y = bottleneck_branch(self, x, width, self.cardinality)
-    return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
+    y = bottleneck_branch(self, x, width, self.cardinality, last_norm=False)
+    return self.finish(y, x, train, 'bn3')
 
 
 class Res2NetBlock(ResidualBlock):
@@ -431,8 +456,7 @@ class Res2NetBlock(ResidualBlock):
       outputs.append(last)
     y = jnp.concatenate(outputs, axis=-1)
     y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
-    y = self.norm(name='bn3')(y)
-    return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
+    return self.finish(y, x, train, 'bn3')
 
 
 class SplitAttentionConv(nn.Module):
@@ -516,8 +540,7 @@ class SplitAttentionBlock(ResidualBlock):
                            self.radix, self.cardinality,
                            name='split_attention')(y)
     y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
-    y = self.norm(name='bn3')(y)
-    return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
+    return self.finish(y, x, train, 'bn3')
 
 
 class CustomBlock(ResidualBlock):

@@ -28,6 +28,13 @@ the project's multi-threaded AVX-512/AVX2 kernels (``cpu_batch_norm.cc``): the
 statistics in one pass with double-precision sums, the normalisation (+ ReLU)
 in one, and the backward pass as one reduction and one element-wise pass.
 XLA:CPU runs these fusions on one thread.
+
+``__call__(x, relu=True, residual=r)`` is a residual block's end,
+ReLU(BN(x) + r). On the kernels the addition joins the BatchNorm passes
+(the forward pass reads r, the backward pass writes r's gradient, the
+masked g), where XLA would add and mask in two single-threaded passes of
+its own; the results are bitwise those of the separate passes. Elsewhere
+it is those separate operations.
 """
 
 import functools
@@ -55,7 +62,8 @@ def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,
   y = (x - mean) * a + bias
   # A select, not max(y, 0): XLA:CPU materialises max's broadcast zero as a
   # full-size tensor and runs that max three times slower than the select.
-  return jnp.where(y > 0, y, jnp.zeros_like(y)) if relu else y
+  # Selecting on y <= 0 passes a NaN on, as max does.
+  return jnp.where(y <= 0, jnp.zeros_like(y), y) if relu else y
 
 
 def kernels_run(x: jax.Array, dtype: Any) -> bool:
@@ -68,31 +76,52 @@ def _vector(c: int) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((c,), jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _kernel_affine(x, mean, a, bias, relu):
-  """``_affine`` on the CPU kernels, differentiable in all four arrays."""
-  return cpu_kernels.call('jax_resnet_bn_apply',
-                          jax.ShapeDtypeStruct(x.shape, jnp.float32), x, mean,
-                          a, bias, relu=int(relu))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _kernel_affine(x, mean, a, bias, residual, relu):
+  """``_affine`` (+ ``residual`` before the ReLU, where not None) on the CPU
+  kernels, differentiable in all five arrays."""
+  return _kernel_apply(x, mean, a, bias, residual, relu)
 
 
-def _kernel_affine_fwd(x, mean, a, bias, relu):
-  y = _kernel_affine(x, mean, a, bias, relu)
-  return y, (x, y if relu else None, mean, a)
+def _kernel_apply(x, mean, a, bias, residual, relu):
+  out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  if residual is None:
+    return cpu_kernels.call('jax_resnet_bn_apply', out, x, mean, a, bias,
+                            relu=int(relu))
+  return cpu_kernels.call('jax_resnet_bn_apply_residual', out, x, mean, a,
+                          bias, residual, relu=int(relu))
+
+
+def _kernel_grad_apply(g, x, y, mean, a, k1, k0, relu, with_residual):
+  """``(dx, d residual)`` of the kernels' backward element-wise pass; the
+  residual's gradient (``g``, ReLU-masked) is None without one."""
+  out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  if not with_residual:
+    return cpu_kernels.call('jax_resnet_bn_grad_apply', out, g, x, y, mean, a,
+                            k1, k0, relu=int(relu)), None
+  if not relu:
+    return cpu_kernels.call('jax_resnet_bn_grad_apply', out, g, x, y, mean, a,
+                            k1, k0, relu=0), g
+  return cpu_kernels.call('jax_resnet_bn_grad_apply_residual', (out, out), g,
+                          x, y, mean, a, k1, k0, relu=1)
+
+
+def _kernel_affine_fwd(x, mean, a, bias, residual, relu):
+  y = _kernel_affine(x, mean, a, bias, residual, relu)
+  return y, (x, y if relu else None, mean, a, residual is not None)
 
 
 def _kernel_affine_bwd(relu, residuals, g):
-  x, y, mean, a = residuals
+  x, y, mean, a, has_residual = residuals
   c = x.shape[-1]
   mask = y if relu else g  # Not read without ReLU.
   sum_g, sum_gx = cpu_kernels.call('jax_resnet_bn_grad_sums',
                                    (_vector(c), _vector(c)), g, x, mask, mean,
                                    relu=int(relu))
   zeros = jnp.zeros((c,), jnp.float32)
-  dx = cpu_kernels.call('jax_resnet_bn_grad_apply',
-                        jax.ShapeDtypeStruct(x.shape, jnp.float32), g, x, mask,
-                        mean, a, zeros, zeros, relu=int(relu))
-  return dx, -a * sum_g, sum_gx, sum_g
+  dx, dr = _kernel_grad_apply(g, x, mask, mean, a, zeros, zeros, relu,
+                              has_residual)
+  return dx, -a * sum_g, sum_gx, sum_g, dr
 
 
 _kernel_affine.defvjp(_kernel_affine_fwd, _kernel_affine_bwd)
@@ -108,32 +137,39 @@ def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array,
               epsilon: float, relu: bool, dtype: Any,
-              use_kernels: bool = False
+              use_kernels: bool = False, residual: Optional[jax.Array] = None
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Training-mode BN (+ ReLU) of ``x`` over all axes but the last.
+  """Training-mode BN (+ ``residual``) (+ ReLU) of ``x`` over all axes but
+  the last.
 
   Returns ``(y, batch_mean, batch_var)``; the batch statistics are returned for
   the running averages and are differentiable too. ``use_kernels`` runs the
-  passes on the CPU kernels where ``kernels_run``.
+  passes on the CPU kernels where ``kernels_run``; a ``residual`` is added
+  only there (``BatchNorm`` adds it otherwise).
   """
-  return _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels)[0]
+  return _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels,
+                        residual)[0]
 
 
-def _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels):
+def _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels,
+                   residual):
   if use_kernels and kernels_run(x, dtype):
     c = x.shape[-1]
     mean, var = cpu_kernels.call('jax_resnet_bn_stats',
                                  (_vector(c), _vector(c)), x)
     inv = lax.rsqrt(var + epsilon)
-    y = _kernel_affine(x, mean, inv * scale, bias, relu)
-    return (y, mean, var), (x, y if relu else None, mean, inv, scale)
+    y = _kernel_apply(x, mean, inv * scale, bias, residual, relu)
+    return (y, mean, var), (x, y if relu else None, mean, inv, scale,
+                            residual is not None)
+  if residual is not None:
+    raise ValueError('normalize adds a residual on the CPU kernels only.')
   x32 = x.astype(jnp.float32)
   mean, var = _moments(x32)
   inv = lax.rsqrt(var + epsilon)
   y = _affine(x32, mean, inv * scale, bias, relu).astype(dtype)
   # With ReLU the output is kept for its mask; it is the next layer's input,
   # which autodiff keeps anyway.
-  return (y, mean, var), (x, y if relu else None, mean, inv, scale)
+  return (y, mean, var), (x, y if relu else None, mean, inv, scale, False)
 
 
 def _backward_coefficients(sum_g, sum_g_xhat, inv, scale, g_mean, g_var,
@@ -150,7 +186,7 @@ def _backward_coefficients(sum_g, sum_g_xhat, inv, scale, g_mean, g_var,
 
 def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
   del epsilon
-  x, y, mean, inv, scale = residuals
+  x, y, mean, inv, scale, has_residual = residuals
   g, g_mean, g_var = cotangents
   if use_kernels and kernels_run(x, dtype):
     c, count = x.shape[-1], x.size // x.shape[-1]
@@ -161,10 +197,9 @@ def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
     sum_g_xhat = sum_gx * inv
     a, k1, k0 = _backward_coefficients(sum_g, sum_g_xhat, inv, scale, g_mean,
                                        g_var, count)
-    dx = cpu_kernels.call('jax_resnet_bn_grad_apply',
-                          jax.ShapeDtypeStruct(x.shape, jnp.float32), g, x,
-                          mask, mean, a, k1, k0, relu=int(relu))
-    return dx, sum_g_xhat, sum_g
+    dx, dr = _kernel_grad_apply(g, x, mask, mean, a, k1, k0, relu,
+                                has_residual)
+    return dx, sum_g_xhat, sum_g, dr
   if relu:
     g = jnp.where(y > 0, g, jnp.zeros_like(g))
   g = g.astype(jnp.float32)
@@ -177,7 +212,7 @@ def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
                                      g_var, count)
   mean, a, k1, k0 = _cpu_barrier((mean, a, k1, k0))
   dx = g * a + (x32 - mean) * k1 + k0
-  return dx.astype(x.dtype), sum_g_xhat, sum_g
+  return dx.astype(x.dtype), sum_g_xhat, sum_g, None
 
 
 normalize.defvjp(_normalize_fwd, _normalize_bwd)
@@ -202,7 +237,11 @@ class BatchNorm(nn.Module):
   use_kernels: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, relu: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, relu: bool = False,
+               residual: Optional[jax.Array] = None) -> jax.Array:
+    """BN of ``x``, plus ``residual`` (x's shape) where given, then ReLU
+    where ``relu``: ``BatchNorm()(x, relu=True, residual=shortcut)`` ends a
+    residual block, ReLU(BN(x) + shortcut)."""
     features = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
@@ -211,17 +250,32 @@ class BatchNorm(nn.Module):
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,),
                            jnp.float32)
     dtype = self.dtype or x.dtype
+    kernels = self.use_kernels and kernels_run(x, dtype)
+    separate = None  # A residual added after the BatchNorm, not in it.
+    if residual is not None:
+      if residual.shape != x.shape:
+        raise ValueError(f'BatchNorm: residual of shape {residual.shape} for '
+                         f'an input of shape {x.shape}.')
+      if not (kernels and residual.dtype == jnp.float32):
+        # The separate operations (which XLA fuses on GPU and TPU).
+        separate, residual, relu_after, relu = residual, None, relu, False
     if self.use_running_average:
       a = lax.rsqrt(ra_var.value + self.epsilon) * scale
-      if self.use_kernels and kernels_run(x, dtype):
-        return _kernel_affine(x, ra_mean.value, a, bias, relu)
-      y = _affine(x.astype(jnp.float32), ra_mean.value, a, bias, relu)
-      return y.astype(dtype)
-    y, mean, var = normalize(x, scale, bias, self.epsilon, relu, dtype,
-                             self.use_kernels)
-    if not self.is_initializing():
-      keep = self.momentum
-      ra_mean.value = keep * ra_mean.value + (1 - keep) * lax.stop_gradient(
-          mean)
-      ra_var.value = keep * ra_var.value + (1 - keep) * lax.stop_gradient(var)
+      if kernels:
+        y = _kernel_affine(x, ra_mean.value, a, bias, residual, relu)
+      else:
+        y = _affine(x.astype(jnp.float32), ra_mean.value, a, bias,
+                    relu).astype(dtype)
+    else:
+      y, mean, var = normalize(x, scale, bias, self.epsilon, relu, dtype,
+                               self.use_kernels, residual)
+      if not self.is_initializing():
+        keep = self.momentum
+        ra_mean.value = keep * ra_mean.value + (1 - keep) * lax.stop_gradient(
+            mean)
+        ra_var.value = keep * ra_var.value + (1 - keep) * lax.stop_gradient(
+            var)
+    if separate is not None:
+      y = y + separate
+      return nn.relu(y) if relu_after else y
     return y

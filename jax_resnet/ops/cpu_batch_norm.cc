@@ -12,6 +12,15 @@
 // With relu=1 the gradient passes first zero g where the forward output y is
 // not positive (ReLU's mask); with relu=0, y is not read.
 //
+// The residual variants fuse a residual block's end, ReLU(BN(x) + r), into
+// the BatchNorm passes:
+//   jax_resnet_bn_apply_residual       x, mean, a, b, r
+//                                        -> (x - mean) * a + b + r, ReLU
+//   jax_resnet_bn_grad_apply_residual  g, x, y, mean, a, k1, k0
+//                                        -> dx as above, dr = masked g
+// They round as the separate passes do: the BatchNorm's fused multiply-add,
+// then the addition of r, then ReLU.
+//
 // Reductions accumulate in double precision per part of the rows; the number
 // of parts is fixed by the shape, never by the thread count, and the parts are
 // added in order, so results are deterministic. The variance is
@@ -129,28 +138,50 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
-ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                     ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
-                     ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y,
-                     i64 relu, i64 threads) {
+// y = (x - mean) * a + b (+ r where r is not null), then ReLU.
+ffi::Error ApplyRows(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x,
+                     const float* mp, const float* ap, const float* bp,
+                     const float* rp, float* yp, bool relu, i64 threads) {
   i64 M, C;
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
-  const float *xp = x.typed_data(), *mp = mean.typed_data(),
-              *ap = a.typed_data(), *bp = b.typed_data();
-  float* yp = y->typed_data();
+  const float* xp = x.typed_data();
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
     for (i64 c = 0; c < C; c += 16) {
       const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
                    bv = simd::Load(bp + c), zero = simd::Zero();
       for (i64 m = begin; m < end; ++m) {
-        F32x16 v = simd::Fmadd(simd::Sub(simd::Load(xp + m * C + c), mv), av,
-                               bv);
-        if (relu) v = simd::Max(v, zero);
-        simd::Store(yp + m * C + c, v);
+        const i64 i = m * C + c;
+        F32x16 v = simd::Fmadd(simd::Sub(simd::Load(xp + i), mv), av, bv);
+        if (rp) v = simd::Add(v, simd::Load(rp + i));
+        // max(0, v) returns its second operand for a NaN: a NaN reaches
+        // the loss, as through XLA's ReLU, and the NaN check stops the run.
+        if (relu) v = simd::Max(zero, v);
+        simd::Store(yp + i, v);
       }
     }
   });
   return ffi::Error::Success();
+}
+
+ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                     ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
+                     ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y,
+                     i64 relu, i64 threads) {
+  return ApplyRows(pool, x, mean.typed_data(), a.typed_data(), b.typed_data(),
+                   nullptr, y->typed_data(), relu != 0, threads);
+}
+
+ffi::Error ApplyResidualImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> mean,
+                             ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                             ffi::Buffer<ffi::F32> r,
+                             ffi::ResultBuffer<ffi::F32> y, i64 relu,
+                             i64 threads) {
+  if (r.element_count() != x.element_count()) {
+    return ffi::Error::InvalidArgument("bn: residual and input sizes differ");
+  }
+  return ApplyRows(pool, x, mean.typed_data(), a.typed_data(), b.typed_data(),
+                   r.typed_data(), y->typed_data(), relu != 0, threads);
 }
 
 ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
@@ -181,33 +212,53 @@ ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   return ffi::Error::Success();
 }
 
-ffi::Error GradApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
-                         ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
-                         ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
-                         ffi::Buffer<ffi::F32> k1, ffi::Buffer<ffi::F32> k0,
-                         ffi::ResultBuffer<ffi::F32> dx, i64 relu,
+// dx = g a + (x - mean) k1 + k0 with g ReLU-masked (relu), and where dr is
+// not null also dr = that masked g (the residual's gradient).
+ffi::Error GradApplyRows(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& g,
+                         ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& y,
+                         const float* mp, const float* ap, const float* k1p,
+                         const float* k0p, float* dp, float* drp, bool relu,
                          i64 threads) {
   i64 M, C;
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
-  const float *gp = g.typed_data(), *xp = x.typed_data(), *yp = y.typed_data(),
-              *mp = mean.typed_data(), *ap = a.typed_data(),
-              *k1p = k1.typed_data(), *k0p = k0.typed_data();
-  float* dp = dx->typed_data();
-  const bool r = relu != 0;
+  const float *gp = g.typed_data(), *xp = x.typed_data(), *yp = y.typed_data();
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
     for (i64 c = 0; c < C; c += 16) {
       const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
                    k1v = simd::Load(k1p + c), k0v = simd::Load(k0p + c);
       for (i64 m = begin; m < end; ++m) {
         const i64 i = m * C + c;
-        const F32x16 gv = ReluMasked(gp + i, yp + i, r);
+        const F32x16 gv = ReluMasked(gp + i, yp + i, relu);
         const F32x16 xc = simd::Sub(simd::Load(xp + i), mv);
         simd::Store(dp + i, simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)),
                                       k0v));
+        if (drp) simd::Store(drp + i, gv);
       }
     }
   });
   return ffi::Error::Success();
+}
+
+ffi::Error GradApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                         ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                         ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
+                         ffi::Buffer<ffi::F32> k1, ffi::Buffer<ffi::F32> k0,
+                         ffi::ResultBuffer<ffi::F32> dx, i64 relu,
+                         i64 threads) {
+  return GradApplyRows(pool, g, x, y, mean.typed_data(), a.typed_data(),
+                       k1.typed_data(), k0.typed_data(), dx->typed_data(),
+                       nullptr, relu != 0, threads);
+}
+
+ffi::Error GradApplyResidualImpl(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
+    ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> mean,
+    ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> k1,
+    ffi::Buffer<ffi::F32> k0, ffi::ResultBuffer<ffi::F32> dx,
+    ffi::ResultBuffer<ffi::F32> dr, i64 relu, i64 threads) {
+  return GradApplyRows(pool, g, x, y, mean.typed_data(), a.typed_data(),
+                       k1.typed_data(), k0.typed_data(), dx->typed_data(),
+                       dr->typed_data(), relu != 0, threads);
 }
 
 }  // namespace
@@ -250,6 +301,32 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_apply, GradApplyImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<i64>("relu")
+                                  .Attr<i64>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_apply_residual, ApplyResidualImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<i64>("relu")
+                                  .Attr<i64>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_apply_residual,
+                              GradApplyResidualImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<i64>("relu")
                                   .Attr<i64>("threads"));

@@ -49,7 +49,9 @@ _LIBRARIES = {
                     'jax_resnet_conv_kernel_grad'),
     'cpu_batch_norm.cc': ('jax_resnet_bn_stats', 'jax_resnet_bn_apply',
                           'jax_resnet_bn_grad_sums',
-                          'jax_resnet_bn_grad_apply'),
+                          'jax_resnet_bn_grad_apply',
+                          'jax_resnet_bn_apply_residual',
+                          'jax_resnet_bn_grad_apply_residual'),
 }
 HEADERS = ('cpu_parallel.h', 'cpu_conv_shared.h', 'cpu_simd.h')
 # The instruction sets the libraries are built for, best first: the CPU
