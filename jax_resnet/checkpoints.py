@@ -224,6 +224,10 @@ class Checkpointer:
     """Saved steps, oldest first."""
     return sorted(self._manager.all_steps())
 
+  def metadata(self, step: int) -> dict[str, Any]:
+    """The metadata saved with ``step``."""
+    return _restore_meta(self._manager, step)
+
   def save(self, step: int, state: Any, meta: dict[str, Any],
            selection_accuracy: Optional[float] = None):
     """Saves ``state`` and ``meta`` under ``step``; a saved step is kept as is.

@@ -105,7 +105,8 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
           f'--config.data_dir={config.data_dir}', f'--workdir={workdir}']
   out = run_main(args + [f'--torch-checkpoint={checkpoint}'],
                  script=os.path.join(ROOT, 'tests', 'mock_convert.py'))
-  assert json.loads(out.stdout.strip().splitlines()[-1])['workdir'] == workdir
+  imported = json.loads(out.stdout.strip().splitlines()[-1])
+  assert imported['workdir'] == workdir
   result = json.loads(run_main(
       args + ['--mode=eval']).stdout.strip().splitlines()[-1])
 
@@ -120,6 +121,9 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
   loss = float(torch.nn.functional.cross_entropy(logits, labels))
   report('CLI eval loss vs torch, abs diff', abs(result['test_loss'] - loss))
   assert result['test_accuracy'] == pytest.approx(accuracy, abs=1e-9)
+  # The import evaluated it, and ranks it by that accuracy: a fine-tuned
+  # epoch becomes the best checkpoint only by equalling or beating it.
+  assert imported['test_accuracy'] == pytest.approx(accuracy, abs=1e-9)
   assert result['test_loss'] == pytest.approx(loss, rel=1e-5)
   assert result['checkpoint_step'] == 0
 
@@ -134,8 +138,12 @@ def test_convert_then_eval_reproduces_torch_accuracy(tmp_path):
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     assert ckpt.steps() == [0]
+    meta = ckpt.metadata(0)
   finally:
     ckpt.close()
+  assert meta['best_test_accuracy'] == pytest.approx(accuracy, abs=1e-9)
+  assert meta['selected_test_accuracy'] == meta['best_test_accuracy']
+  assert meta['selection_metric'] == 'test_accuracy'
   with pytest.raises(torch_import.ConversionError,
                      match='already holds checkpoints'):
     torch_import.convert(config, checkpoint, workdir)

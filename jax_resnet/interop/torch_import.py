@@ -372,7 +372,18 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
     # The EMA starts at the imported weights, as a run's at its initial ones.
     state = state.replace(averages=averages)
   state = jax.device_put(state, trainer.replicated)
-  meta = {'epoch': 0, 'best_test_accuracy': 0.0, 'test_accuracy': None,
+  # Evaluated as an epoch's end is, so that the imported network ranks by
+  # its own accuracy: a fine-tuned epoch replaces it as the best checkpoint
+  # only by equalling or beating it.
+  metrics = train.evaluate_all(trainer, state)[0]
+  selection = train.selection_metric(config)
+  meta = {'epoch': 0,
+          **{f'best_{key}': value for key, value in metrics.items()
+             if key.endswith('_accuracy')},
+          'selected_test_accuracy': metrics.get(
+              train.selected_test_metric(config)),
+          'selection_metric': selection,
+          'test_accuracy': metrics['test_accuracy'],
           'steps_per_epoch': trainer.steps_per_epoch,
           'signature': train.run_signature(config, model),
           'imported_from': os.path.abspath(torch_checkpoint)}
@@ -382,9 +393,9 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
     f.write(config.to_json(indent=2))
   ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
   try:
-    # Ranked as the best so far: any fine-tuned epoch that ties or beats it
-    # replaces it.
-    ckpt.save(0, state, meta, selection_accuracy=0.0)
+    # Weights not evaluated (SWA before its start) rank below any epoch.
+    ckpt.save(0, state, meta,
+              selection_accuracy=metrics.get(selection, -1.0))
   finally:
     ckpt.close()
   return meta
@@ -412,9 +423,11 @@ def main(argv):
       workdir, workdir_lock.command_name()):
     meta = convert(config, flags.FLAGS['torch-checkpoint'].value, workdir)
   print(f'Imported {meta["imported_from"]} into {workdir} (checkpoint of '
-        'step 0). Evaluate it with main.py --mode eval, the same '
-        f'--config and --workdir {workdir}.')
-  print(json.dumps({'workdir': workdir, 'signature': meta['signature']}))
+        f'step 0, test accuracy {meta["test_accuracy"]:.2f}%). Evaluate it '
+        f'with main.py --mode eval, the same --config and --workdir '
+        f'{workdir}.')
+  print(json.dumps({'workdir': workdir, 'signature': meta['signature'],
+                    'test_accuracy': meta['test_accuracy']}))
 
 
 def run() -> None:
