@@ -46,6 +46,27 @@ def test_layer_tables_match_the_network(depth):
   assert adds == 3 * ((depth - 2) // 6)  # one per block
 
 
+@pytest.mark.parametrize('fused', [False, True])
+def test_budget_of_a_fused_block_end(fused):
+  """On the kernels a block's last BatchNorm is timed with the residual
+  add and ReLU it performs, and the residual category is 0."""
+  calls = []
+
+  def time_norm(h, c, relu, residual=False):
+    calls.append((h, c, relu, residual))
+    return 1.0
+
+  budget = op_profile._budget(  # pylint: disable=protected-access
+      20, lambda *_: (1.0, 1.0, 1.0), time_norm, lambda h, c: 5.0,
+      fused_block_end=fused)
+  ends = {(32, 16), (16, 32), (8, 64)}
+  assert {(h, c) for h, c, _, residual in calls if residual} == (
+      ends if fused else set())
+  assert all(relu for *_, relu, residual in calls if residual)
+  assert budget['residual add+ReLU fwd+bwd'] == (0.0 if fused else 5.0 * 9)
+  assert budget['BatchNorm(+ReLU) fwd+bwd'] == 19.0  # 19 BatchNorms
+
+
 def test_format_table_sums_and_remainder():
   jax_budget = dict.fromkeys(op_profile.CATEGORIES, 0.0)
   torch_budget = dict.fromkeys(op_profile.CATEGORIES, 0.0)
@@ -87,8 +108,15 @@ def test_benchmark_with_ops_and_bf16():
   for framework in (jax_framework, 'torch'):
     assert all(r[framework]['train_images_per_sec'] > 0 for r in rows)
     assert set(rows[0][framework + '_ops']) == set(op_profile.CATEGORIES)
-    assert all(v > 0 for v in rows[0][framework + '_ops'].values())
+    budget = dict(rows[0][framework + '_ops'])
+    if framework == 'jax_kernels':
+      # Timed inside the block's last BatchNorm pass.
+      assert budget.pop('residual add+ReLU fwd+bwd') == 0.0
+    assert all(v > 0 for v in budget.values())
     assert framework + '_ops' not in rows[1]
+  assert (f"{jax_framework}: the residual add+ReLU runs inside the block's "
+          'last BatchNorm pass' in proc.stdout) == (
+              jax_framework == 'jax_kernels')
   label = benchmark._LABELS[jax_framework]  # pylint: disable=protected-access
   assert '/ PyTorch fp32 |' in proc.stdout
   for dtype in ('float32', 'bfloat16'):

@@ -90,10 +90,11 @@ def test_gradients_reach_the_stem(name):
         rngs={'stochastic_depth': jax.random.PRNGKey(2)})
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
-  grads = jax.jit(jax.grad(loss))(variables['params'])
-  assert float(jnp.abs(grads['stem_conv']['kernel']).sum()) > 0
+  # Checked in NumPy: an eager jnp op per leaf shape compiles a program.
+  grads = jax.device_get(jax.jit(jax.grad(loss))(variables['params']))
+  assert float(np.abs(grads['stem_conv']['kernel']).sum()) > 0
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    assert bool(jnp.all(jnp.isfinite(g))), path
+    assert bool(np.all(np.isfinite(g))), path
 
 
 def test_gated_block_is_identity_at_init_and_learns_its_gate():

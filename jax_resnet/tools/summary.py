@@ -61,9 +61,13 @@ def params_and_macs(model: Any) -> tuple[int, int]:
   ``count_macs``, which matters for the deepest networks of the zoo.
   """
   x = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
-  closed, variables = jax.make_jaxpr(
-      lambda: model.init(jax.random.PRNGKey(0), x, train=False),
-      return_shape=True)()
+  # Without jit the initialisers' and layers' own jitted functions are
+  # traced inline, not each as a nested jaxpr: the same counts in less
+  # time (PyramidNet-272: 5.3 -> 3.3 s; the whole zoo page: 34 -> 29 s).
+  with jax.disable_jit():
+    closed, variables = jax.make_jaxpr(
+        lambda: model.init(jax.random.PRNGKey(0), x, train=False),
+        return_shape=True)()
   counts = collections.Counter()
   _count_jaxpr(closed.jaxpr, '', 1, counts)
   return count_params(variables['params']), sum(counts.values())
