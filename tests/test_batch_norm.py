@@ -265,3 +265,43 @@ def test_relu_passes_a_nan_on(use_kernels, with_residual):
                residual=jnp.zeros_like(x) if with_residual else None)
   assert bool(jnp.isnan(y[0, 0, 0, 0]))
   assert int(jnp.sum(jnp.isnan(y))) == 1
+
+
+@pytest.mark.skipif(not cpu_kernels.cpu_can_run()[0],
+                    reason='this CPU cannot run the kernels')
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('branch_scale', [0.0, 0.37, 1.0])
+def test_branch_scale_on_the_kernels_equals_separate_operations(train,
+                                                               branch_scale):
+  """ReLU(s BN(x) + r), a gated or stochastic-depth block's end: on the
+  kernels s multiplies BatchNorm's scale and bias, which equals scaling the
+  output (XLA's separate operations) within float rounding, the gradient of
+  s included; s = 1 is bitwise the unscaled pass."""
+  x, g, params, stats = _inputs(seed=8, shape=(4, 6, 6, 16))
+  r = jnp.asarray(np.random.default_rng(9).standard_normal(x.shape),
+                  jnp.float32)
+
+  def outputs(use_kernels, s):
+    bn = batch_norm.BatchNorm(use_running_average=not train,
+                              use_kernels=use_kernels)
+
+    def loss(p, x, r, s):
+      y, new = bn.apply({'params': p, 'batch_stats': stats}, x, relu=True,
+                        residual=r, branch_scale=s, mutable=['batch_stats'])
+      return jnp.sum(y * g), (y, new['batch_stats'])
+
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+    (dp, dx, dr, ds), (y, new) = fn(params, x, r, s)
+    return (y, new['mean'], new['var'], dx, dr, dp['scale'], dp['bias'], ds)
+
+  s = jnp.float32(branch_scale)
+  ours = outputs(True, s)
+  separate = outputs(False, s)
+  names = ('y', 'mean', 'var', 'dx', 'dr', 'dscale', 'dbias', 'dgate')
+  for name, a, b in zip(names, ours, separate):
+    assert _relative(a, b) < 1e-5, (name, _relative(a, b))
+  assert float(jnp.abs(ours[-1])) > 0  # The gate learns.
+  if branch_scale == 1.0:
+    unscaled = outputs(True, None)
+    for name, a, b in zip(names[:-1], ours, unscaled):
+      np.testing.assert_array_equal(a, b, err_msg=name)

@@ -12,7 +12,7 @@ fields beyond the contract; ``config.model.block_kwargs`` sets them
 
 import dataclasses
 import importlib
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -133,17 +133,17 @@ class ResidualBlock(nn.Module):
     p = self.survival_probability
     return isinstance(p, (int, float)) and p >= 1.0
 
-  def drop_branch(self, branch: jax.Array, train: bool) -> jax.Array:
-    """Stochastic depth on the residual branch (Huang et al. 2016).
-
-    Training keeps the branch with probability ``survival_probability``;
-    evaluation scales it by that probability.
-    """
+  def branch_factor(self, branch: jax.Array,
+                    train: bool) -> Optional[jax.Array]:
+    """What ``drop_branch`` multiplies ``branch`` by: None where it keeps
+    it; in training a 0/1 draw, one per mini-batch (a scalar) or one per
+    example (shape ``(batch, 1, ..., 1)``); in evaluation the survival
+    probability."""
     p = self.survival_probability
     if self.keeps_branch:
-      return branch
+      return None
     if not train:
-      return branch * jnp.asarray(p, branch.dtype)
+      return jnp.asarray(p)
     rng = self.make_rng('stochastic_depth')
     if self.stochastic_depth_mode == 'batch':
       shape = ()
@@ -153,23 +153,42 @@ class ResidualBlock(nn.Module):
       raise errors.ConfigError(
           f'Unknown stochastic_depth_mode {self.stochastic_depth_mode!r}; '
           f'valid: {", ".join(STOCHASTIC_DEPTH_MODES)}.')
-    keep = jax.random.bernoulli(rng, p, shape)
-    return branch * keep.astype(branch.dtype)
+    return jax.random.bernoulli(rng, p, shape)
 
-  def finish(self, y: jax.Array, x: jax.Array, train: bool,
-             norm_name: str) -> jax.Array:
-    """ReLU(shortcut(x) + drop_branch(BN(y))): the end of a block whose
-    branch ends in the BatchNorm ``norm_name`` (a submodule of that name).
+  def drop_branch(self, branch: jax.Array, train: bool) -> jax.Array:
+    """Stochastic depth on the residual branch (Huang et al. 2016).
 
-    Where the branch is never dropped the BatchNorm adds the shortcut and
-    applies the ReLU itself (``norm(y, relu=True, residual=...)``), one pass
-    on the CPU kernels.
+    Training keeps the branch with probability ``survival_probability``;
+    evaluation scales it by that probability.
+    """
+    factor = self.branch_factor(branch, train)
+    if factor is None:
+      return branch
+    return branch * factor.astype(branch.dtype)
+
+  def finish(self, y: jax.Array, x: jax.Array, train: bool, norm_name: str,
+             gate: Optional[jax.Array] = None) -> jax.Array:
+    """ReLU(shortcut(x) + drop_branch(BN(y) * gate)): the end of a block
+    whose branch ends in the BatchNorm ``norm_name`` (a submodule of that
+    name), scaled by a scalar ``gate`` where given.
+
+    Unless stochastic depth draws per example, the BatchNorm adds the
+    shortcut and applies the ReLU itself (``norm(y, relu=True,
+    residual=..., branch_scale=...)``): one pass on the CPU kernels.
     """
     shortcut = self.shortcut(x)
     norm = self.norm(name=norm_name)
-    if self.keeps_branch:
-      return norm(y, relu=True, residual=shortcut)
-    return nn.relu(shortcut + self.drop_branch(norm(y), train))
+    factor = self.branch_factor(y, train)
+    if factor is None or factor.ndim == 0:
+      scale = gate
+      if factor is not None:
+        factor = factor.astype(jnp.float32)
+        scale = factor if gate is None else gate * factor
+      return norm(y, relu=True, residual=shortcut, branch_scale=scale)
+    branch = norm(y)
+    if gate is not None:
+      branch = branch * gate.astype(branch.dtype)
+    return nn.relu(shortcut + branch * factor.astype(branch.dtype))
 
 
 class BlockOutputError(errors.Error):
@@ -270,10 +289,9 @@ class GatedBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = basic_branch(self, x)
+    y = basic_branch(self, x, last_norm=False)
     gate = self.param('gate', nn.initializers.zeros, (), jnp.float32)
-    y = y * gate.astype(y.dtype)
-    return nn.relu(self.shortcut(x) + self.drop_branch(y, train))
+    return self.finish(y, x, train, 'bn2', gate=gate)
 
 
 class StochasticDepthBlock(BasicBlock):

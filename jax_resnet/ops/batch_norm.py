@@ -238,10 +238,17 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, relu: bool = False,
-               residual: Optional[jax.Array] = None) -> jax.Array:
-    """BN of ``x``, plus ``residual`` (x's shape) where given, then ReLU
-    where ``relu``: ``BatchNorm()(x, relu=True, residual=shortcut)`` ends a
-    residual block, ReLU(BN(x) + shortcut)."""
+               residual: Optional[jax.Array] = None,
+               branch_scale: Optional[jax.Array] = None) -> jax.Array:
+    """BN of ``x``, times the scalar ``branch_scale`` and plus ``residual``
+    (x's shape) where given, then ReLU where ``relu``:
+    ``BatchNorm()(x, relu=True, residual=shortcut)`` ends a residual block,
+    ReLU(BN(x) + shortcut).
+
+    On the kernels a ``branch_scale`` (a block's gate, a stochastic-depth
+    draw) multiplies BatchNorm's scale and bias; elsewhere, and without a
+    residual, the output.
+    """
     features = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
@@ -251,14 +258,19 @@ class BatchNorm(nn.Module):
                            jnp.float32)
     dtype = self.dtype or x.dtype
     kernels = self.use_kernels and kernels_run(x, dtype)
-    separate = None  # A residual added after the BatchNorm, not in it.
-    if residual is not None:
-      if residual.shape != x.shape:
-        raise ValueError(f'BatchNorm: residual of shape {residual.shape} for '
-                         f'an input of shape {x.shape}.')
-      if not (kernels and residual.dtype == jnp.float32):
+    # What is done after the BatchNorm: (branch_scale, residual, relu).
+    after = None
+    if residual is not None and residual.shape != x.shape:
+      raise ValueError(f'BatchNorm: residual of shape {residual.shape} for '
+                       f'an input of shape {x.shape}.')
+    if residual is None or not (kernels and residual.dtype == jnp.float32):
+      if residual is not None or branch_scale is not None:
         # The separate operations (which XLA fuses on GPU and TPU).
-        separate, residual, relu_after, relu = residual, None, relu, False
+        after = (branch_scale, residual, relu)
+        branch_scale, residual, relu = None, None, False
+    if branch_scale is not None:
+      branch_scale = jnp.asarray(branch_scale, jnp.float32)
+      scale, bias = scale * branch_scale, bias * branch_scale
     if self.use_running_average:
       a = lax.rsqrt(ra_var.value + self.epsilon) * scale
       if kernels:
@@ -275,7 +287,12 @@ class BatchNorm(nn.Module):
             mean)
         ra_var.value = keep * ra_var.value + (1 - keep) * lax.stop_gradient(
             var)
-    if separate is not None:
-      y = y + separate
-      return nn.relu(y) if relu_after else y
+    if after is not None:
+      branch_scale, residual, relu = after
+      if branch_scale is not None:
+        y = y * jnp.asarray(branch_scale).astype(y.dtype)
+      if residual is not None:
+        y = y + residual
+      if relu:
+        y = nn.relu(y)
     return y
