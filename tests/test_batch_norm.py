@@ -10,6 +10,14 @@ from jax_resnet.ops import batch_norm
 from jax_resnet.ops import cpu_kernels
 
 
+# The CPU kernels (where this CPU runs them) and XLA's passes.
+KERNELS_AND_XLA = [
+    pytest.param(True, marks=pytest.mark.skipif(
+        not cpu_kernels.cpu_can_run()[0],
+        reason='this CPU cannot run the kernels')),
+    False]
+
+
 def _relative(a, b):
   return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
 
@@ -210,11 +218,7 @@ def _residual_outputs(fused, use_kernels, relu, train, x, g, r, params,
   return hlo, (y, new['mean'], new['var'], dx, dr, dp['scale'], dp['bias'])
 
 
-@pytest.mark.parametrize('use_kernels', [
-    pytest.param(True, marks=pytest.mark.skipif(
-        not cpu_kernels.cpu_can_run()[0],
-        reason='this CPU cannot run the kernels')),
-    False])
+@pytest.mark.parametrize('use_kernels', KERNELS_AND_XLA)
 @pytest.mark.parametrize('train', [True, False])
 @pytest.mark.parametrize('relu', [True, False])
 def test_residual_fused_equals_separate_operations_bitwise(use_kernels, train,
@@ -249,11 +253,7 @@ def test_residual_of_another_shape_is_refused():
              residual=x[..., :3])
 
 
-@pytest.mark.parametrize('use_kernels', [
-    pytest.param(True, marks=pytest.mark.skipif(
-        not cpu_kernels.cpu_can_run()[0],
-        reason='this CPU cannot run the kernels')),
-    False])
+@pytest.mark.parametrize('use_kernels', KERNELS_AND_XLA)
 @pytest.mark.parametrize('with_residual', [False, True])
 def test_relu_passes_a_nan_on(use_kernels, with_residual):
   """A NaN in the input reaches the output through the ReLU, as through

@@ -33,8 +33,10 @@ XLA:CPU runs these fusions on one thread.
 ReLU(BN(x) + r). On the kernels the addition joins the BatchNorm passes
 (the forward pass reads r, the backward pass writes r's gradient, the
 masked g), where XLA would add and mask in two single-threaded passes of
-its own; the results are bitwise those of the separate passes. Elsewhere
-it is those separate operations.
+its own; the results are bitwise those of the separate passes. A scalar
+``branch_scale`` (a gated block's gate, a stochastic-depth draw) multiplies
+the BatchNorm's scale and bias there: equal to scaling its output within
+float rounding. Elsewhere these are the separate operations.
 """
 
 import functools
