@@ -28,6 +28,7 @@ before the platform settings that must precede JAX.
 
 import json
 import os
+import re
 import sys
 from typing import Any, Callable, NoReturn, Optional
 
@@ -140,6 +141,24 @@ def from_primary(compute: Callable[[], Any]) -> Any:
   buffer = data if is_primary() else np.zeros(size, np.uint8)
   buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
   return json.loads(buffer.tobytes().decode())
+
+
+# The status codes of a failed collective's error (e.g. 'UNKNOWN: Gloo
+# AllGather failed: ... Connection closed by peer').
+_RUNTIME_STATUS = re.compile(
+    r'(UNKNOWN|UNAVAILABLE|INTERNAL|ABORTED|CANCELLED|DEADLINE_EXCEEDED|'
+    r'FAILED_PRECONDITION|DATA_LOSS): ')
+
+
+def is_runtime_error(error: BaseException) -> bool:
+  """Whether ``error`` comes from JAX's runtime: a ``JaxRuntimeError``, or
+  the ValueError carrying a runtime status that a failed host-level
+  collective (``multihost_utils.process_allgather``) raises."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if isinstance(error, jax.errors.JaxRuntimeError):
+    return True
+  return (isinstance(error, ValueError) and
+          _RUNTIME_STATUS.match(str(error)) is not None)
 
 
 def exit_after_runtime_error(error: Exception, workdir: str) -> NoReturn:

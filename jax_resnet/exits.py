@@ -46,8 +46,11 @@ def reported(workdir: str, error_status: int = ERROR) -> Iterator[None]:
     if distributed.is_primary():
       print(e, flush=True)
     sys.exit(e.exit_code)
-  except jax.errors.JaxRuntimeError as e:
-    if not distributed.is_multi_process():
+  except (jax.errors.JaxRuntimeError, ValueError) as e:
+    # A lost process fails the next collective: most raise a
+    # JaxRuntimeError, a host-level all-gather a ValueError with the status.
+    if not (distributed.is_multi_process() and
+            distributed.is_runtime_error(e)):
       raise
     distributed.exit_after_runtime_error(e, workdir)
   finally:

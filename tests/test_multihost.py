@@ -14,6 +14,7 @@ from conftest import MOCK_MAIN, ROOT, TINY, command_env, error_lines, records
 from conftest import run_main
 from jax_resnet import distributed
 from jax_resnet import errors
+from jax_resnet import exits
 from jax_resnet import metric_logging
 from jax_resnet.tools import grid
 
@@ -133,3 +134,43 @@ def test_incomplete_flags_are_refused(kwargs, message):
 
 def test_off_by_default():
   assert not distributed.initialize()
+
+
+# What a host-level all-gather raised in a CI run when its peer was killed:
+# a ValueError, not a JaxRuntimeError.
+GLOO_ERROR = ('UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/'
+              'tcp/pair.cc:547] Connection closed by peer [127.0.0.1]:47832')
+
+
+class _Exited(Exception):
+  pass
+
+
+@pytest.mark.parametrize('multi_process,error,lost', [
+    (True, ValueError(GLOO_ERROR), True),
+    (True, ValueError('could not broadcast input array'), False),
+    (False, ValueError(GLOO_ERROR), False),
+])
+def test_a_failed_collective_ends_the_process_as_a_lost_process(
+    monkeypatch, capsys, tmp_path, multi_process, error, lost):
+  """Whichever collective meets the lost process first (the step's, or the
+  host-level all-gather of the stop check, which raises a ValueError), the
+  survivor ends with one message and status 1, skipping the shutdown
+  barrier (os._exit). Other ValueErrors keep their traceback."""
+  codes = []
+
+  def fake_exit(code):
+    codes.append(code)
+    raise _Exited()
+
+  monkeypatch.setattr(distributed, 'is_multi_process', lambda: multi_process)
+  monkeypatch.setattr(distributed.os, '_exit', fake_exit)
+  with pytest.raises(_Exited if lost else ValueError):
+    with exits.reported(str(tmp_path)):
+      raise error
+  assert codes == ([distributed.LOST_PROCESS_EXIT_CODE] if lost else [])
+  if lost:
+    err = capsys.readouterr().err
+    assert err.startswith('error: process 0 of 1 stopped: UNKNOWN: Gloo '
+                          'AllGather failed'), err
+    assert 'probably lost' in err and str(tmp_path) in err
