@@ -818,6 +818,27 @@ def selected_test_metric(config: ml_collections.ConfigDict) -> str:
   return f'{_weights_prefix(config)}test_accuracy'
 
 
+def ranked(config: ml_collections.ConfigDict, metrics: dict[str, float],
+           best: dict[str, float], selected: Optional[float]
+           ) -> tuple[dict[str, float], Optional[float], float]:
+  """A run's ranking after an evaluation ``metrics`` (``evaluate_all``),
+  from the ``best`` metrics and the ``selected`` test accuracy so far:
+  ``(best, selected, selection accuracy)``, the last what the evaluated
+  checkpoint ranks by (-1 for weights not evaluated yet, SWA before its
+  start, which are not selectable)."""
+  selection = selection_metric(config)
+  selection_accuracy = metrics.get(selection, -1.0)
+  # Ties go to the later epoch, as the best checkpoint does.
+  if (selection in metrics and
+      selection_accuracy >= best.get(f'best_{selection}', -1.0)):
+    selected = metrics[selected_test_metric(config)]
+  best = dict(best)
+  for key, value in metrics.items():
+    if key.endswith('_accuracy'):
+      best[f'best_{key}'] = max(best.get(f'best_{key}', 0.0), value)
+  return best, selected, selection_accuracy
+
+
 def seed_config(config: ml_collections.ConfigDict, seed: int
                 ) -> ml_collections.ConfigDict:
   """The one-seed run a packed seed equals: ``seed`` and no packing. Its
@@ -922,16 +943,8 @@ class _Member:
                 test_metrics: dict[str, float], fit: checkpoints.Fit,
                 steps_per_epoch: int, timing: dict[str, float]):
     """Logs the epoch's record and saves its checkpoint."""
-    # Weights not evaluated yet (SWA before its start) are not selectable.
-    selection_accuracy = test_metrics.get(self.selection, -1.0)
-    # Ties go to the later epoch, as the best checkpoint does.
-    if (self.selection in test_metrics and selection_accuracy >=
-        self.best.get(f'best_{self.selection}', -1.0)):
-      self.selected = test_metrics[self.selected_key]
-    for key, value in test_metrics.items():
-      if key.endswith('_accuracy'):
-        self.best[f'best_{key}'] = max(self.best.get(f'best_{key}', 0.0),
-                                       value)
+    self.best, self.selected, selection_accuracy = ranked(
+        self.config, test_metrics, self.best, self.selected)
     record = {'epoch': epoch + 1, 'step': step, **train_metrics,
               **test_metrics, **self.best,
               'selected_test_accuracy': self.selected, **timing}

@@ -376,13 +376,9 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
   # its own accuracy: a fine-tuned epoch replaces it as the best checkpoint
   # only by equalling or beating it.
   metrics = train.evaluate_all(trainer, state)[0]
-  selection = train.selection_metric(config)
-  meta = {'epoch': 0,
-          **{f'best_{key}': value for key, value in metrics.items()
-             if key.endswith('_accuracy')},
-          'selected_test_accuracy': metrics.get(
-              train.selected_test_metric(config)),
-          'selection_metric': selection,
+  best, selected, selection_accuracy = train.ranked(config, metrics, {}, None)
+  meta = {'epoch': 0, **best, 'selected_test_accuracy': selected,
+          'selection_metric': train.selection_metric(config),
           'test_accuracy': metrics['test_accuracy'],
           'steps_per_epoch': trainer.steps_per_epoch,
           'signature': train.run_signature(config, model),
@@ -393,9 +389,7 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str,
     f.write(config.to_json(indent=2))
   ckpt = checkpoints.Checkpointer(workdir, keep=config.checkpoints_to_keep)
   try:
-    # Weights not evaluated (SWA before its start) rank below any epoch.
-    ckpt.save(0, state, meta,
-              selection_accuracy=metrics.get(selection, -1.0))
+    ckpt.save(0, state, meta, selection_accuracy=selection_accuracy)
   finally:
     ckpt.close()
   return meta

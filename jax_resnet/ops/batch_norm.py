@@ -260,37 +260,37 @@ class BatchNorm(nn.Module):
                            jnp.float32)
     dtype = self.dtype or x.dtype
     kernels = self.use_kernels and kernels_run(x, dtype)
-    # What is done after the BatchNorm: (branch_scale, residual, relu).
-    after = None
     if residual is not None and residual.shape != x.shape:
       raise ValueError(f'BatchNorm: residual of shape {residual.shape} for '
                        f'an input of shape {x.shape}.')
-    if residual is None or not (kernels and residual.dtype == jnp.float32):
-      if residual is not None or branch_scale is not None:
-        # The separate operations (which XLA fuses on GPU and TPU).
-        after = (branch_scale, residual, relu)
-        branch_scale, residual, relu = None, None, False
-    if branch_scale is not None:
-      branch_scale = jnp.asarray(branch_scale, jnp.float32)
-      scale, bias = scale * branch_scale, bias * branch_scale
+    fused = (residual is not None and kernels and
+             residual.dtype == jnp.float32)
+    # Otherwise scale, residual and ReLU are separate operations after the
+    # BatchNorm (which XLA fuses on GPU and TPU).
+    separate = not fused and (residual is not None or
+                              branch_scale is not None)
+    bn_relu = relu and not separate
+    bn_residual = residual if fused else None
+    if fused and branch_scale is not None:
+      branch_scale_32 = jnp.asarray(branch_scale, jnp.float32)
+      scale, bias = scale * branch_scale_32, bias * branch_scale_32
     if self.use_running_average:
       a = lax.rsqrt(ra_var.value + self.epsilon) * scale
       if kernels:
-        y = _kernel_affine(x, ra_mean.value, a, bias, residual, relu)
+        y = _kernel_affine(x, ra_mean.value, a, bias, bn_residual, bn_relu)
       else:
         y = _affine(x.astype(jnp.float32), ra_mean.value, a, bias,
-                    relu).astype(dtype)
+                    bn_relu).astype(dtype)
     else:
-      y, mean, var = normalize(x, scale, bias, self.epsilon, relu, dtype,
-                               self.use_kernels, residual)
+      y, mean, var = normalize(x, scale, bias, self.epsilon, bn_relu, dtype,
+                               self.use_kernels, bn_residual)
       if not self.is_initializing():
         keep = self.momentum
         ra_mean.value = keep * ra_mean.value + (1 - keep) * lax.stop_gradient(
             mean)
         ra_var.value = keep * ra_var.value + (1 - keep) * lax.stop_gradient(
             var)
-    if after is not None:
-      branch_scale, residual, relu = after
+    if separate:
       if branch_scale is not None:
         y = y * jnp.asarray(branch_scale).astype(y.dtype)
       if residual is not None:
