@@ -186,7 +186,9 @@ def test_self_check(micro_kernel):
 
 def test_routing(monkeypatch):
   """``cpu_conv`` hands canonical bf16 convolutions with channels in 16s to
-  the bf16 kernels, and the rest (or everything, without them) to XLA."""
+  the bf16 kernels, those with other input channels (the stem) to the
+  float32 kernels, and the rest (or everything, without bf16 kernels) to
+  XLA."""
   calls = []
 
   def fallback(*args):
@@ -205,7 +207,17 @@ def test_routing(monkeypatch):
       np.asarray(y, np.float32),
       np.asarray(cpu_conv_bf16.conv2d(x, kernel, (1, 1), ((1, 1), (1, 1))),
                  np.float32))
-  conv(x[..., :12], kernel[:, :, :12])  # 12 input channels.
+  # 12 input channels, 64 output channels (like the RGB stem): the float32
+  # kernels on the widened operands, rounded to bf16 once.
+  y12 = conv(x[..., :12], kernel[:, :, :12])
+  assert y12.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      np.asarray(y12, np.float32),
+      np.asarray(cpu_conv.conv2d(
+          x[..., :12].astype(jnp.float32),
+          kernel[:, :, :12].astype(jnp.float32), (1, 1), ((1, 1), (1, 1))
+      ).astype(jnp.bfloat16), np.float32))
+  conv(x[..., :12], kernel[:, :, :12, :12])  # 12 output channels: XLA.
   cpu_conv.conv_general_dilated(          # Dilated: not canonical.
       x, kernel, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
       dimension_numbers=DN, fallback=fallback)

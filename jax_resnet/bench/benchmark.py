@@ -279,17 +279,16 @@ def torch_worker(framework: str, network: str, dtype: str
 
 def jax_ops_worker(framework: str, network: str, dtype: str
                    ) -> dict[str, float]:
-  del dtype  # float32 only (main).
-  _setup_jax(framework)
+  _setup_jax(framework, dtype)
   return op_profile.jax_ops(int(network), _BATCH_SIZE.value,
-                            CONV_BACKENDS[framework])
+                            CONV_BACKENDS[framework], dtype)
 
 
 def torch_ops_worker(framework: str, network: str, dtype: str
                      ) -> dict[str, float]:
-  del framework, dtype  # float32 only (main).
+  del framework
   _setup_torch()
-  return op_profile.torch_ops(int(network), _BATCH_SIZE.value)
+  return op_profile.torch_ops(int(network), _BATCH_SIZE.value, dtype)
 
 
 def _worker(framework: str):
@@ -410,14 +409,14 @@ def main(argv):
   print(format_table(rows))
   if _OPS.value:
     for row in rows:
-      if not row['network'].isdigit() or row['dtype'] != 'float32':
+      if not row['network'].isdigit():
         continue
-      budgets = {f: run_worker(f + '_ops', row['network'])
+      budgets = {f: run_worker(f + '_ops', row['network'], row['dtype'])
                  for f in _FRAMEWORKS.value}
       row.update({f + '_ops': b for f, b in budgets.items()})
       print()
       print(op_profile.format_table(
-          int(row['network']), budgets,
+          int(row['network']), row['dtype'], budgets,
           {f: row[f]['step_ms'] for f in _FRAMEWORKS.value}))
   print(json.dumps(rows))
 

@@ -85,10 +85,13 @@ def _budget(depth: int, time_conv, time_norm, time_add_relu,
   return dict(totals)
 
 
-def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
+def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
+            dtype: str = 'float32') -> dict:
   """Per-op budget of the project's JAX step (call after platform setup).
 
-  Convolutions run on ``conv_backend`` (``cpu_kernels.BACKENDS``).
+  Convolutions run on ``conv_backend`` (``cpu_kernels.BACKENDS``). With
+  ``dtype='bfloat16'`` activations, gradients and convolution operands are
+  bf16, as under ``model.dtype=bfloat16``; BatchNorm computes in float32.
   """
   # pylint: disable=g-import-not-at-top
   import jax
@@ -100,13 +103,14 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
   from jax_resnet.ops import cpu_kernels
   # pylint: enable=g-import-not-at-top
   kernels = cpu_kernels.resolve(conv_backend) == 'cpu_kernels'
+  dtype = jnp.dtype(dtype)
   conv_general_dilated = (cpu_conv.conv_general_dilated if kernels
                           else lax.conv_general_dilated)
   rng = np.random.default_rng(0)
   dn = ('NHWC', 'HWIO', 'NHWC')
 
   def normal(*shape):
-    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    return jnp.asarray(rng.standard_normal(shape), dtype)
 
   def timed(fn, *args):
     compiled = jax.jit(fn).lower(*args).compile()
@@ -131,7 +135,7 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
 
     def fwd_bwd(x, scale, bias, r, g):
       out, vjp = jax.vjp(lambda x, s, b, r: batch_norm.normalize(
-          x, s, b, 1e-5, relu, jnp.float32, kernels, r)[0], x, scale, bias, r)
+          x, s, b, 1e-5, relu, dtype, kernels, r)[0], x, scale, bias, r)
       return out, vjp(g)
     return timed(fwd_bwd, x, jnp.ones(c), jnp.zeros(c), r, g)
 
@@ -143,18 +147,29 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto') -> dict:
       return out, vjp(g)
     return timed(fwd_bwd, a, b, g)
 
+  # bf16 BatchNorm runs on XLA, its residual add and ReLU separately.
+  fused = kernels and dtype == jnp.float32
   return _budget(depth, time_conv, time_norm, time_add_relu,
-                 fused_block_end=kernels)
+                 fused_block_end=fused)
 
 
-def torch_ops(depth: int, batch: int) -> dict:
-  """The same budget for PyTorch (oneDNN, channels_last)."""
+def torch_ops(depth: int, batch: int, dtype: str = 'float32') -> dict:
+  """The same budget for PyTorch (oneDNN, channels_last); with
+  ``dtype='bfloat16'``, under ``torch.autocast`` with bf16 activations, as
+  in its bf16 training step."""
+  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   cl = torch.channels_last
+  bf16 = dtype == 'bfloat16'
+  activations = torch.bfloat16 if bf16 else torch.float32
 
   def normal(*shape):
-    return torch.randn(*shape).to(memory_format=cl)
+    return torch.randn(*shape).to(dtype=activations, memory_format=cl)
+
+  def autocast():
+    return (torch.autocast('cpu', dtype=torch.bfloat16) if bf16
+            else contextlib.nullcontext())
 
   def sync(out):
     del out
@@ -179,27 +194,34 @@ def torch_ops(depth: int, batch: int) -> dict:
     g = normal(batch, c, h, h)
 
     def run():
-      y = bn(x)
-      if relu:
-        y = torch.relu(y)
-      y.backward(g)
+      with autocast():
+        y = bn(x)
+        if relu:
+          y = torch.relu(y)
+      y.backward(g.to(y.dtype))
     return _best_ms(run, sync)
 
   def time_add_relu(h, c):
     a = normal(batch, c, h, h).requires_grad_()
     b = normal(batch, c, h, h).requires_grad_()
     g = normal(batch, c, h, h)
-    return _best_ms(lambda: torch.relu(a + b).backward(g), sync)
+
+    def run():
+      with autocast():
+        y = torch.relu(a + b)
+      y.backward(g)
+    return _best_ms(run, sync)
 
   return _budget(depth, time_conv, time_norm, time_add_relu)
 
 
-def format_table(depth: int, budgets: dict[str, dict],
+def format_table(depth: int, dtype: str, budgets: dict[str, dict],
                  step_ms: dict[str, float]) -> str:
   """Markdown: per-op ms per step of each framework, and the remainder.
 
   Args:
     depth: the CIFAR ResNet's depth.
+    dtype: 'float32' or 'bfloat16' (``jax_ops``, ``torch_ops``).
     budgets: framework name -> per-op budget; 'torch' is the reference of the
       ratio column, and the last other framework is compared with it.
     step_ms: framework name -> measured step time.
@@ -211,7 +233,7 @@ def format_table(depth: int, budgets: dict[str, dict],
   compared = [n for n in names if n != 'torch']
   ratio_of = compared[-1] if compared and 'torch' in budgets else None
   header = ' | '.join(f'{n} ms' for n in names)
-  lines = [f'ResNet-{depth}, ms per training step:', '',
+  lines = [f'ResNet-{depth}, {dtype}, ms per training step:', '',
            f'| op | {header} |' + (f' {ratio_of} / torch |' if ratio_of
                                    else ''),
            '|---|' + '---:|' * (len(names) + bool(ratio_of))]

@@ -6,7 +6,9 @@ output channels are a multiple of 16 runs the AVX-512/AVX2 kernels (forward, inp
 gradient and kernel gradient, as XLA FFI custom calls inside the jitted step,
 with a ``custom_vjp``). A bfloat16 one with input and output channels in
 multiples of 16 runs the bf16 kernels (``cpu_conv_bf16``: AMX or AVX512-BF16)
-where the CPU has them. Any other convolution (grouped, dilated, 12 output
+where the CPU has them; there, a bf16 convolution the float32 kernels run but
+the bf16 ones do not (the RGB stem) runs the float32 kernels on its widened
+operands, rounded to bf16 once. Any other convolution (grouped, dilated, 12 output
 channels, bf16 without the bf16 kernels, ...) is handed to the fallback (XLA)
 before tracing. The float32 input gradient also goes to XLA when the input
 channels are not a multiple of 16 (the RGB stem, whose input needs no
@@ -112,6 +114,14 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   canonical = canonical_conv.canonical_arguments(*args)
   if cpu_conv_bf16.takes(lhs, rhs, canonical):
     return cpu_conv_bf16.conv2d(lhs, rhs, *canonical)
+  if (canonical is not None and lhs.dtype == jnp.bfloat16 and
+      rhs.dtype == jnp.bfloat16 and cpu_conv_bf16.available() and
+      supported(lhs.shape, rhs.shape, *canonical)):
+    # What the bf16 kernels do not take (the RGB stem's 3 input channels):
+    # the float32 kernels on the exactly widened operands, the output
+    # rounded to bf16 once, which is the bf16 kernels' arithmetic.
+    return conv2d(lhs.astype(jnp.float32), rhs.astype(jnp.float32),
+                  *canonical).astype(jnp.bfloat16)
   if (canonical is not None and lhs.dtype == jnp.float32 and
       rhs.dtype == jnp.float32 and supported(lhs.shape, rhs.shape,
                                              *canonical)):

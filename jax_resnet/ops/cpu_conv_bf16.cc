@@ -222,27 +222,35 @@ __attribute__((target("amx-tile"))) void AmxRelease() {
   }
 }
 
-#define JR_AMX_STEP(T, A, B, bk, ldb_bytes)     \
-  if (NB > T) {                                 \
-    _tile_loadd(B, (bk) + 32 * T, ldb_bytes);   \
-    _tile_dpbf16ps(T, A, B);                    \
+// Tile T (0-3) accumulates column block T % NB of the k chunks whose set
+// is T / NB; with fewer than 4 column blocks, the sets split the k chunks
+// among several accumulators, so that consecutive TDPBF16PS do not wait on
+// each other's results.
+#define JR_AMX_STEP(T, A, B, bk, ldb_bytes)                    \
+  if (T < tiles && T / NB == set) {                            \
+    _tile_loadd(B, (bk) + 32 * (T % NB), ldb_bytes);           \
+    _tile_dpbf16ps(T, A, B);                                   \
   }
 
 __attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
     int M, int NB, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
   AmxConfigure(M);
+  i64 chunks = 0;
+  for (int s = 0; s < ns; ++s) chunks += (segs[s].kd + 31) / 32;
+  // Split long reductions only: the sets' sum costs a pass over C.
+  const int sets = chunks >= 8 ? 4 / NB : 1, tiles = sets * NB;
   const i64 ldc_bytes = ldc * 4;
   if (add) {
     if (NB > 0) _tile_loadd(0, c, ldc_bytes);
     if (NB > 1) _tile_loadd(1, c + 16, ldc_bytes);
     if (NB > 2) _tile_loadd(2, c + 32, ldc_bytes);
     if (NB > 3) _tile_loadd(3, c + 48, ldc_bytes);
-  } else {
-    if (NB > 0) _tile_zero(0);
-    if (NB > 1) _tile_zero(1);
-    if (NB > 2) _tile_zero(2);
-    if (NB > 3) _tile_zero(3);
   }
+  if (!add || NB < 1) _tile_zero(0);
+  if (tiles > 1 && (!add || NB < 2)) _tile_zero(1);
+  if (tiles > 2 && (!add || NB < 3)) _tile_zero(2);
+  if (tiles > 3 && (!add || NB < 4)) _tile_zero(3);
+  int set = 0;
   for (int s = 0; s < ns; ++s) {
     const Segment& g = segs[s];
     const i64 lda_bytes = g.lda * 2, ldb_bytes = g.ldb * 2;
@@ -254,6 +262,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
       JR_AMX_STEP(1, 4, 5, bk, ldb_bytes)
       JR_AMX_STEP(2, 4, 5, bk, ldb_bytes)
       JR_AMX_STEP(3, 4, 5, bk, ldb_bytes)
+      set = set + 1 == sets ? 0 : set + 1;
     }
     if (k < g.kd) {  // The last 16.
       const bf16* bk = g.b + (k / 2) * g.ldb;
@@ -262,12 +271,32 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
       JR_AMX_STEP(1, 6, 7, bk, ldb_bytes)
       JR_AMX_STEP(2, 6, 7, bk, ldb_bytes)
       JR_AMX_STEP(3, 6, 7, bk, ldb_bytes)
+      set = set + 1 == sets ? 0 : set + 1;
     }
   }
-  if (NB > 0) _tile_stored(0, c, ldc_bytes);
-  if (NB > 1) _tile_stored(1, c + 16, ldc_bytes);
-  if (NB > 2) _tile_stored(2, c + 32, ldc_bytes);
-  if (NB > 3) _tile_stored(3, c + 48, ldc_bytes);
+  if (sets == 1) {
+    if (NB > 0) _tile_stored(0, c, ldc_bytes);
+    if (NB > 1) _tile_stored(1, c + 16, ldc_bytes);
+    if (NB > 2) _tile_stored(2, c + 32, ldc_bytes);
+    if (NB > 3) _tile_stored(3, c + 48, ldc_bytes);
+    return;
+  }
+  // Sum the sets, in set order: c = set 0 + set 1 (+ sets 2 and 3).
+  alignas(64) float part[4][16 * 16];
+  _tile_stored(0, part[0], 64);
+  _tile_stored(1, part[1], 64);
+  if (tiles > 2) _tile_stored(2, part[2], 64);
+  if (tiles > 3) _tile_stored(3, part[3], 64);
+  for (int t = 0; t < NB; ++t) {
+    for (int m = 0; m < M; ++m) {
+      float* out = c + m * ldc + 16 * t;
+      for (int n = 0; n < 16; ++n) {
+        float v = part[t][m * 16 + n];
+        for (int r = 1; r < sets; ++r) v += part[r * NB + t][m * 16 + n];
+        out[n] = v;
+      }
+    }
+  }
 }
 
 #undef JR_AMX_STEP
@@ -428,9 +457,71 @@ void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
 
 // ----------------------------------------------------- kernel gradient -----
 
+// KernelGrad at stride 1. Output pixel (oh, ow) is position q = oh * Wp + ow
+// of the padded image's width; tap (kh, kw) reads padded input position
+// q + kh * Wp + kw, one shift for every pixel. So per image the padded input
+// is made channel-major once (xt[c][q]) and dy paired over q with zeros at
+// the Wp - Wo columns no output has, and each tap's A operand is xt shifted
+// by the tap's offset; the zero columns cancel the positions past a row.
+void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
+                       const Geometry& g, const bf16* x, const bf16* dy,
+                       float* dw) {
+  const MicroKernel kernel = Kernel(isa);
+  const i64 C = g.C, K = g.K, taps = g.KH * g.KW;
+  const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
+  const i64 kd = (g.Ho * Wp + 31) / 32 * 32;
+  // The largest shift plus kd, rounded to a cache line of bf16.
+  const i64 lx = ((g.KH - 1) * Wp + g.KW - 1 + kd + 31) / 32 * 32;
+  const i64 size = taps * C * K;
+  const i64 parts = KernelGradParts(g.N, size);
+  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
+  ParallelFor(pool, threads, parts, [&](int, i64 part) {
+    float* acc = part == 0 ? dw : copies.data() + (part - 1) * size;
+    std::memset(acc, 0, sizeof(float) * size);
+    bf16* xt = Scratch<bf16>(0, C * lx);
+    bf16* dyv = Scratch<bf16>(1, kd * K);  // dyv[q / 2][k][q % 2]
+    std::memset(xt, 0, sizeof(bf16) * C * lx);
+    std::memset(dyv, 0, sizeof(bf16) * kd * K);
+    for (i64 n = part * g.N / parts; n < (part + 1) * g.N / parts; ++n) {
+      const bf16* xn = x + n * g.H * g.W * C;
+      for (i64 h = 0; h < g.H; ++h)
+        for (i64 w = 0; w < g.W; ++w) {
+          const bf16* src = xn + (h * g.W + w) * C;
+          bf16* dst = xt + (h + g.pt) * Wp + w + g.pl;
+          for (i64 c = 0; c < C; ++c) dst[c * lx] = src[c];
+        }
+      const bf16* dyn = dy + n * g.Ho * g.Wo * K;
+      for (i64 oh = 0; oh < g.Ho; ++oh)
+        for (i64 ow = 0; ow < g.Wo; ++ow) {
+          const i64 q = oh * Wp + ow;
+          const bf16* src = dyn + (oh * g.Wo + ow) * K;
+          bf16* dst = dyv + (q / 2) * 2 * K + q % 2;
+          for (i64 k = 0; k < K; ++k) dst[2 * k] = src[k];
+        }
+      for (i64 kh = 0; kh < g.KH; ++kh)
+        for (i64 kw = 0; kw < g.KW; ++kw) {
+          const i64 t = kh * g.KW + kw, shift = kh * Wp + kw;
+          for (i64 c0 = 0; c0 < C; c0 += 16) {
+            const Segment seg{xt + c0 * lx + shift, lx, dyv, 2 * K, kd};
+            Product(kernel, 16, K, &seg, 1, acc + (t * C + c0) * K, K, true);
+          }
+        }
+    }
+    EndWork(isa);
+  });
+  for (i64 part = 1; part < parts; ++part) {
+    const float* p = copies.data() + (part - 1) * size;
+    for (i64 i = 0; i < size; ++i) dw[i] += p[i];
+  }
+}
+
 // dw = d conv / d w applied to dy; x [N,H,W,C], dy [N,Ho,Wo,K] bf16.
 void KernelGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
                 const bf16* x, const bf16* dy, float* dw) {
+  if (g.sh == 1 && g.sw == 1) {
+    KernelGradStride1(pool, threads, isa, g, x, dy, dw);
+    return;
+  }
   const MicroKernel kernel = Kernel(isa);
   const i64 C = g.C, K = g.K, taps = g.KH * g.KW;
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
