@@ -479,7 +479,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 }  // namespace
 
-#define JR_BIND() JR_CONV_BIND(ffi::F32)
+#define JR_BIND() JR_CONV_BIND(ffi::F32, ffi::F32)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_forward, ForwardImpl,
                               JR_BIND());

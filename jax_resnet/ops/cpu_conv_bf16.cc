@@ -187,69 +187,90 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-// The tile rows this thread's configuration was loaded for; 0 = none. Every
-// FFI call releases the tiles when it ends (AmxRelease), so no other code on
-// the thread sees a stale configuration.
-thread_local int amx_rows = 0;
+// The configuration this thread loaded: its C tile rows, plus 100 for the
+// full one; 0 = none. Every FFI call releases the tiles when it ends
+// (AmxRelease), so no other code on the thread sees a stale configuration.
+thread_local int amx_config = 0;
 
-// Tiles 0-3: C blocks (M x 16 float32); 4, 5: A (M x 32 bf16) and B (16 pair
-// rows x 16); 6, 7: A (M x 16 bf16) and B (8 pair rows), for kd's last 16.
-__attribute__((target("amx-tile"))) void AmxConfigure(int M) {
-  if (amx_rows == M) return;
+// Tiles 0-3: C blocks (rows x 16 float32). Full (every kd a multiple of 32):
+// 4 and 6 hold A (rows x 32 bf16), 5 and 7 B (16 pair rows x 16), so that
+// an operand loads into one tile while the previous product still reads
+// the other. Otherwise 4, 5: A and B of 32 k values; 6, 7: A (rows x 16
+// bf16) and B (8 pair rows), for kd's last 16.
+__attribute__((target("amx-tile"))) void AmxConfigure(int rows, bool full) {
+  const int key = rows + (full ? 100 : 0);
+  if (amx_config == key) return;
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof(cfg));
   cfg.palette = 1;
-  for (int t = 0; t < 4; ++t) {
-    cfg.rows[t] = static_cast<uint8_t>(M);
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = static_cast<uint8_t>(rows);
     cfg.colsb[t] = 64;
   }
-  cfg.rows[4] = static_cast<uint8_t>(M);
-  cfg.colsb[4] = 64;
-  cfg.rows[5] = 16;
-  cfg.colsb[5] = 64;
-  cfg.rows[6] = static_cast<uint8_t>(M);
-  cfg.colsb[6] = 32;
-  cfg.rows[7] = 8;
-  cfg.colsb[7] = 64;
+  cfg.rows[5] = cfg.rows[7] = 16;
+  if (!full) {
+    cfg.colsb[6] = 32;
+    cfg.rows[7] = 8;
+  }
   _tile_loadconfig(&cfg);
-  amx_rows = M;
+  amx_config = key;
 }
 
 __attribute__((target("amx-tile"))) void AmxRelease() {
-  if (amx_rows) {
+  if (amx_config) {
     _tile_release();
-    amx_rows = 0;
+    amx_config = 0;
   }
 }
 
-// Tile T (0-3) accumulates column block T % NB of the k chunks whose set
-// is T / NB; with fewer than 4 column blocks, the sets split the k chunks
-// among several accumulators, so that consecutive TDPBF16PS do not wait on
-// each other's results.
-#define JR_AMX_STEP(T, A, B, bk, ldb_bytes)                    \
-  if (T < tiles && T / NB == set) {                            \
-    _tile_loadd(B, (bk) + 32 * (T % NB), ldb_bytes);           \
-    _tile_dpbf16ps(T, A, B);                                   \
+// Tile T (0-3) accumulates column block T % NB of row block T / NB (M > 16,
+// full configuration) or of the k chunks of set T / NB (M <= 16). With
+// fewer than 4 column blocks, 16 rows and a long reduction, the sets split
+// the k chunks among several accumulators, so that consecutive TDPBF16PS do
+// not wait on each other's results. A row block's A loads with its first
+// column block; B loads with the first row block, and again for every
+// row block where A and B cannot both stay in their two tiles (NB > 2, or
+// sets: a set's chunk is new).
+#define JR_AMX_STEP(T, A, B)                                              \
+  if (T < tiles && (sets == 1 || T / NB == set)) {                        \
+    if (T % NB == 0) {                                                    \
+      _tile_loadd(A, g.a + k + (sets == 1 ? T / NB * 16 * g.lda : 0),     \
+                  lda_bytes);                                             \
+    }                                                                     \
+    if (T < NB || sets > 1 || NB > 2) {                                   \
+      _tile_loadd(B, bk + 32 * (T % NB), ldb_bytes);                      \
+    }                                                                     \
+    _tile_dpbf16ps(T, A, B);                                              \
   }
 
 __attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
     int M, int NB, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
-  AmxConfigure(M);
+  bool full = true;
   i64 chunks = 0;
-  for (int s = 0; s < ns; ++s) chunks += (segs[s].kd + 31) / 32;
-  // Split long reductions only: the sets' sum costs a pass over C.
-  const int sets = chunks >= 8 ? 4 / NB : 1, tiles = sets * NB;
-  const i64 ldc_bytes = ldc * 4;
-  if (add) {
-    if (NB > 0) _tile_loadd(0, c, ldc_bytes);
-    if (NB > 1) _tile_loadd(1, c + 16, ldc_bytes);
-    if (NB > 2) _tile_loadd(2, c + 32, ldc_bytes);
-    if (NB > 3) _tile_loadd(3, c + 48, ldc_bytes);
+  for (int s = 0; s < ns; ++s) {
+    full &= segs[s].kd % 32 == 0;
+    chunks += (segs[s].kd + 31) / 32;
   }
-  if (!add || NB < 1) _tile_zero(0);
-  if (tiles > 1 && (!add || NB < 2)) _tile_zero(1);
-  if (tiles > 2 && (!add || NB < 3)) _tile_zero(2);
-  if (tiles > 3 && (!add || NB < 4)) _tile_zero(3);
+  // M > 16: a multiple of 16 with M / 16 * NB <= 4, and full (Product).
+  const int row_blocks = M > 16 ? M / 16 : 1;
+  AmxConfigure(std::min(M, 16), full);
+  // Split long reductions only: the sets' sum costs a pass over C.
+  const int sets = row_blocks == 1 && NB < 3 && chunks >= 8 ? 4 / NB : 1;
+  const int tiles = row_blocks * sets * NB;
+  const i64 ldc_bytes = ldc * 4;
+  // Tile T's block of C (for the sets, set 0's: T < NB).
+  auto block = [&](int T) { return c + T / NB * 16 * ldc + 16 * (T % NB); };
+  const int loaded = add ? (sets == 1 ? tiles : NB) : 0;  // read from C
+  if (loaded > 0) _tile_loadd(0, block(0), ldc_bytes); else _tile_zero(0);
+  if (tiles > 1) {
+    if (loaded > 1) _tile_loadd(1, block(1), ldc_bytes); else _tile_zero(1);
+  }
+  if (tiles > 2) {
+    if (loaded > 2) _tile_loadd(2, block(2), ldc_bytes); else _tile_zero(2);
+  }
+  if (tiles > 3) {
+    if (loaded > 3) _tile_loadd(3, block(3), ldc_bytes); else _tile_zero(3);
+  }
   int set = 0;
   for (int s = 0; s < ns; ++s) {
     const Segment& g = segs[s];
@@ -257,28 +278,33 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
     i64 k = 0;
     for (; k + 32 <= g.kd; k += 32) {
       const bf16* bk = g.b + (k / 2) * g.ldb;
-      _tile_loadd(4, g.a + k, lda_bytes);
-      JR_AMX_STEP(0, 4, 5, bk, ldb_bytes)
-      JR_AMX_STEP(1, 4, 5, bk, ldb_bytes)
-      JR_AMX_STEP(2, 4, 5, bk, ldb_bytes)
-      JR_AMX_STEP(3, 4, 5, bk, ldb_bytes)
+      if (!full) {
+        JR_AMX_STEP(0, 4, 5) JR_AMX_STEP(1, 4, 5) JR_AMX_STEP(2, 4, 5)
+        JR_AMX_STEP(3, 4, 5)
+      } else if (NB == 1) {  // Tile numbers must be constants.
+        JR_AMX_STEP(0, 4, 5) JR_AMX_STEP(1, 6, 5) JR_AMX_STEP(2, 4, 5)
+        JR_AMX_STEP(3, 6, 5)
+      } else if (NB == 2) {
+        JR_AMX_STEP(0, 4, 5) JR_AMX_STEP(1, 4, 7) JR_AMX_STEP(2, 6, 5)
+        JR_AMX_STEP(3, 6, 7)
+      } else {
+        JR_AMX_STEP(0, 4, 5) JR_AMX_STEP(1, 4, 7) JR_AMX_STEP(2, 4, 5)
+        JR_AMX_STEP(3, 4, 7)
+      }
       set = set + 1 == sets ? 0 : set + 1;
     }
-    if (k < g.kd) {  // The last 16.
+    if (k < g.kd) {  // The last 16 (not full).
       const bf16* bk = g.b + (k / 2) * g.ldb;
-      _tile_loadd(6, g.a + k, lda_bytes);
-      JR_AMX_STEP(0, 6, 7, bk, ldb_bytes)
-      JR_AMX_STEP(1, 6, 7, bk, ldb_bytes)
-      JR_AMX_STEP(2, 6, 7, bk, ldb_bytes)
-      JR_AMX_STEP(3, 6, 7, bk, ldb_bytes)
+      JR_AMX_STEP(0, 6, 7) JR_AMX_STEP(1, 6, 7) JR_AMX_STEP(2, 6, 7)
+      JR_AMX_STEP(3, 6, 7)
       set = set + 1 == sets ? 0 : set + 1;
     }
   }
   if (sets == 1) {
-    if (NB > 0) _tile_stored(0, c, ldc_bytes);
-    if (NB > 1) _tile_stored(1, c + 16, ldc_bytes);
-    if (NB > 2) _tile_stored(2, c + 32, ldc_bytes);
-    if (NB > 3) _tile_stored(3, c + 48, ldc_bytes);
+    _tile_stored(0, block(0), ldc_bytes);
+    if (tiles > 1) _tile_stored(1, block(1), ldc_bytes);
+    if (tiles > 2) _tile_stored(2, block(2), ldc_bytes);
+    if (tiles > 3) _tile_stored(3, block(3), ldc_bytes);
     return;
   }
   // Sum the sets, in set order: c = set 0 + set 1 (+ sets 2 and 3).
@@ -348,19 +374,67 @@ void EndWork(i64 isa) {
   if (isa == kAmx) AmxRelease();
 }
 
-// C[M x N] (+)= sum_s A_s . B_s for any N (a multiple of 16): blocks of 64
-// columns. Segment b pointers are at column 0.
+// C[M x N] (+)= sum_s A_s . B_s for any N (a multiple of 16) and M <= 16 or
+// M a multiple of 16: blocks of 64 columns and 16 rows; where every kd is a
+// multiple of 32, a block of 16 (32) columns takes 64 (32) rows at once,
+// which the AMX micro-kernel computes in its four C tiles.
+// Segment pointers are at row 0 and column 0.
 void Product(MicroKernel kernel, int M, i64 N, const Segment* segs, int ns,
              float* c, i64 ldc, bool add) {
   Segment shifted[16];
+  bool whole_chunks = true;
+  for (int s = 0; s < ns; ++s) whole_chunks &= segs[s].kd % 32 == 0;
   for (i64 n0 = 0; n0 < N; n0 += 64) {
     const int nb = static_cast<int>(std::min<i64>(4, (N - n0) / 16));
-    for (int s = 0; s < ns; ++s) {
-      shifted[s] = segs[s];
-      shifted[s].b += 2 * n0;
+    const int rows = M <= 16 ? M : whole_chunks && nb < 3 ? 64 / nb : 16;
+    for (int m0 = 0; m0 < M; m0 += rows) {
+      for (int s = 0; s < ns; ++s) {
+        shifted[s] = segs[s];
+        shifted[s].a += m0 * segs[s].lda;
+        shifted[s].b += 2 * n0;
+      }
+      kernel(std::min(rows, M - m0), nb, shifted, ns, c + m0 * ldc + n0, ldc,
+             add);
     }
-    kernel(M, nb, shifted, ns, c + n0, ldc, add);
   }
+}
+
+// out[i] = bf16(in[i]) for i < n (ToBf16's rounding), 16 at a time where the
+// CPU has AVX-512.
+__attribute__((target("avx512f,avx512bw"))) void RoundAvx512(
+    const float* in, i64 n, bf16* out) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+  const __m512i inf = _mm512_set1_epi32(0x7f800000);
+  const __m512i quiet = _mm512_set1_epi32(0x40);
+  i64 i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i u = _mm512_loadu_si512(in + i);
+    const __m512i high = _mm512_srli_epi32(u, 16);
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(high,
+                                                                    one))),
+        16);
+    const __mmask16 nan =
+        _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(high, quiet));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtepi32_epi16(r));
+  }
+  for (; i < n; ++i) out[i] = ToBf16(in[i]);
+}
+
+void Round(const float* in, i64 n, bf16* out) {
+  static const bool avx512 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw");
+  }();
+  if (avx512) {
+    RoundAvx512(in, n, out);
+    return;
+  }
+  for (i64 i = 0; i < n; ++i) out[i] = ToBf16(in[i]);
 }
 
 // w [KH][KW*C][K] -> VNNI pairs wv[KH][KW*C/2][K][2].
@@ -374,29 +448,76 @@ void PackPairs(const bf16* w, i64 rows, i64 jn, i64 K, bf16* wv) {
 
 // ------------------------------------------------------------- forward -----
 
-// y = conv(x, w); x [N,H,W,C] bf16 (C % 16 == 0), w [KH,KW,C,K] bf16.
+// y = conv(x, w); x [N,H,W,C] bf16 (C % 16 == 0), w [KH,KW,C,K] bf16; y bf16,
+// rounded once from the float32 sums.
+//
+// At stride 1 output pixel (oh, ow) is position q = oh * Wp + ow of the padded
+// image's width, and kernel row kh reads the KW * C values from padded
+// position q + kh * Wp on: A's rows are consecutive positions (row stride C)
+// across output rows, so products take 64 rows at once (four AMX C tiles,
+// B loaded once); the Wp - Wo positions past each row are computed and
+// dropped.
 void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
-             const bf16* x, const bf16* w, float* y) {
+             const bf16* x, const bf16* w, bf16* y) {
   const MicroKernel kernel = Kernel(isa);
+  const bool grid = g.sh == 1 && g.sw == 1;
+  // A kernel row's KW * C values, padded with zero weights to a multiple of
+  // 32 on the grid, where products of 16 or 32 output channels then take
+  // 64 or 32 rows at once (Product).
   const i64 jn = g.KW * g.C;
-  std::vector<bf16> wv(g.KH * jn * g.K);
-  PackPairs(w, g.KH, jn, g.K, wv.data());
+  const i64 kd = grid ? (jn + 31) / 32 * 32 : jn;
+  std::vector<bf16> wk(g.KH * kd * g.K, 0), wv(g.KH * kd * g.K);
+  for (i64 kh = 0; kh < g.KH; ++kh) {
+    std::memcpy(wk.data() + kh * kd * g.K, w + kh * jn * g.K,
+                sizeof(bf16) * jn * g.K);
+  }
+  PackPairs(wk.data(), g.KH, kd, g.K, wv.data());
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
+  // Positions per product (the rows Product takes at once), and with the
+  // grid, the image's rounded up to them, and the padded input's zero tail
+  // that their last kernel row reads.
+  const i64 kRows = g.K % 64 == 16 ? 64 : g.K % 64 == 32 ? 32 : 16;
+  const i64 positions = grid ? (g.Ho * Wp + kRows - 1) / kRows * kRows : 16;
+  const i64 padded = Hp * row;
+  const i64 tail = grid ? (positions - g.Ho * Wp) * g.C + kd : 0;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
-    bf16* a = Scratch<bf16>(0, Hp * row);
+    bf16* a = Scratch<bf16>(0, padded + tail);
+    float* sums = Scratch<float>(1, kRows * g.K);
     PadImage(x + n * g.H * g.W * g.C, g, a);
+    std::memset(a + padded, 0, sizeof(bf16) * tail);
+    bf16* yn = y + n * g.Ho * g.Wo * g.K;
     Segment segs[16];
-    for (i64 oh = 0; oh < g.Ho; ++oh) {
-      float* yr = y + (n * g.Ho + oh) * g.Wo * g.K;
-      for (i64 ow = 0; ow < g.Wo; ow += 16) {
-        const int M = static_cast<int>(std::min<i64>(16, g.Wo - ow));
+    if (grid) {
+      for (i64 q0 = 0; q0 < positions; q0 += kRows) {
         for (i64 kh = 0; kh < g.KH; ++kh) {
-          segs[kh] = Segment{a + (oh * g.sh + kh) * row + ow * g.sw * g.C,
-                             g.sw * g.C, wv.data() + kh * jn * g.K, 2 * g.K,
-                             jn};
+          segs[kh] = Segment{a + (q0 + kh * Wp) * g.C, g.C,
+                             wv.data() + kh * kd * g.K, 2 * g.K, kd};
         }
-        Product(kernel, M, g.K, segs, static_cast<int>(g.KH), yr + ow * g.K,
-                g.K, false);
+        Product(kernel, kRows, g.K, segs, static_cast<int>(g.KH), sums, g.K,
+                false);
+        // Round each output row's run of valid positions in [q0, q1).
+        const i64 q1 = std::min(q0 + kRows, g.Ho * Wp);
+        for (i64 oh = q0 / Wp, q = q0; q < q1; q = (++oh) * Wp) {
+          const i64 end = std::min(q1, oh * Wp + g.Wo);
+          if (q < end) {
+            Round(sums + (q - q0) * g.K, (end - q) * g.K,
+                  yn + (oh * g.Wo + q - oh * Wp) * g.K);
+          }
+        }
+      }
+    } else {
+      for (i64 oh = 0; oh < g.Ho; ++oh) {
+        for (i64 ow = 0; ow < g.Wo; ow += 16) {
+          const int M = static_cast<int>(std::min<i64>(16, g.Wo - ow));
+          for (i64 kh = 0; kh < g.KH; ++kh) {
+            segs[kh] = Segment{a + (oh * g.sh + kh) * row + ow * g.sw * g.C,
+                               g.sw * g.C, wv.data() + kh * kd * g.K, 2 * g.K,
+                               kd};
+          }
+          Product(kernel, M, g.K, segs, static_cast<int>(g.KH), sums, g.K,
+                  false);
+          Round(sums, M * g.K, yn + (oh * g.Wo + ow) * g.K);
+        }
       }
     }
     EndWork(isa);
@@ -405,9 +526,9 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
 
 // ------------------------------------------------------ input gradient -----
 
-// dx = d conv / d x applied to dy (float32 result).
+// dx = d conv / d x applied to dy (bf16, rounded once).
 void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
-               const bf16* dy, const bf16* w, float* dx) {
+               const bf16* dy, const bf16* w, bf16* dx) {
   const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
   if (g.sh == 1 && g.sw == 1) {
     Forward(pool, threads, isa, jax_resnet::InputGradGeometry(g), dy,
@@ -446,10 +567,9 @@ void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
         }
       }
     }
-    float* out = dx + n * g.H * g.W * C;
+    bf16* out = dx + n * g.H * g.W * C;
     for (i64 h = 0; h < g.H; ++h) {
-      std::memcpy(out + h * g.W * C, dxp + ((h + g.pt) * Wp + g.pl) * C,
-                  sizeof(float) * g.W * C);
+      Round(dxp + ((h + g.pt) * Wp + g.pl) * C, g.W * C, out + h * g.W * C);
     }
     EndWork(isa);
   });
@@ -601,22 +721,26 @@ const bf16* Data(ffi::Buffer<ffi::BF16>& b) {
   return reinterpret_cast<const bf16*>(b.typed_data());
 }
 
+bf16* Output(ffi::Buffer<ffi::BF16>& b) {
+  return reinterpret_cast<bf16*>(b.typed_data());
+}
+
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
                        ffi::Buffer<ffi::BF16> w,
-                       ffi::ResultBuffer<ffi::F32> y, i64 sh, i64 sw, i64 pt,
+                       ffi::ResultBuffer<ffi::BF16> y, i64 sh, i64 sw, i64 pt,
                        i64 pb, i64 pl, i64 pr, i64 threads, i64 isa) {
   Geometry g;
   JR_TRY(CheckIsa(isa));
   JR_TRY(MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(),
                       {sh, sw, pt, pb, pl, pr}, &g));
   Forward(pool, static_cast<int>(threads), isa, g, Data(x), Data(w),
-          y->typed_data());
+          Output(*y));
   return ffi::Error::Success();
 }
 
 ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dy,
                          ffi::Buffer<ffi::BF16> w,
-                         ffi::ResultBuffer<ffi::F32> dx, i64 sh, i64 sw,
+                         ffi::ResultBuffer<ffi::BF16> dx, i64 sh, i64 sw,
                          i64 pt, i64 pb, i64 pl, i64 pr, i64 threads,
                          i64 isa) {
   Geometry g;
@@ -628,7 +752,7 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dy,
         "cpu_conv_bf16: input gradient needs padding smaller than the kernel");
   }
   InputGrad(pool, static_cast<int>(threads), isa, g, Data(dy), Data(w),
-            dx->typed_data());
+            Output(*dx));
   return ffi::Error::Success();
 }
 
@@ -648,14 +772,14 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
 
 }  // namespace
 
-#define JR_BIND() JR_CONV_BIND(ffi::BF16).Attr<i64>("isa")
+#define JR_BIND(RESULT) JR_CONV_BIND(ffi::BF16, RESULT).Attr<i64>("isa")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_forward, ForwardImpl,
-                              JR_BIND());
+                              JR_BIND(ffi::BF16));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_input_grad, InputGradImpl,
-                              JR_BIND());
+                              JR_BIND(ffi::BF16));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_kernel_grad, KernelGradImpl,
-                              JR_BIND());
+                              JR_BIND(ffi::F32));
 
 #undef JR_BIND
 
@@ -670,8 +794,8 @@ extern "C" int jax_resnet_amx_permitted() { return AmxPermitted(); }
 extern "C" int jax_resnet_bf16_self_check(long isa) {
   if (CheckIsa(isa).failure()) return 0;
   constexpr int kN = 80, kKd = 48;
-  for (const int M : {16, 13}) {
-    const bool add = M != 16;
+  for (const int M : {16, 13, 64, 32}) {
+    const bool add = M == 13 || M == 32;
     std::vector<bf16> a(2 * M * kKd), b(2 * kKd * kN);
     for (size_t i = 0; i < a.size(); ++i) {
       a[i] = ToBf16(static_cast<float>((i * 37) % 23) / 8.0f - 1.25f);

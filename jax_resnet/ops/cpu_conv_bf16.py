@@ -3,7 +3,8 @@
 ``conv2d`` is an NHWC/HWIO convolution of bf16 operands with float32
 accumulation (forward, input gradient and kernel gradient as XLA FFI custom
 calls, with a ``custom_vjp``); its output and gradients are rounded to bf16
-once, at the end, as XLA's bf16 convolutions return them.
+once, at the end (to nearest even), as XLA's bf16 convolutions return them:
+the forward and input gradient by the kernels, the kernel gradient here.
 
 The micro-kernel that multiplies is chosen once per process from the CPU's
 features (``isa``):
@@ -177,7 +178,8 @@ def supported(x_shape, w_shape, strides, padding) -> bool:
 
 def call(target: str, shape, a: jax.Array, b: jax.Array, strides, padding,
          micro_kernel: Optional[str] = None) -> jax.Array:
-  """FFI ``target`` on bf16 ``a``, ``b``: a float32 array of ``shape``."""
+  """FFI ``target`` on bf16 ``a``, ``b``: an array of ``shape``, bf16 for
+  the forward and input gradient, float32 for the kernel gradient."""
   micro_kernel = micro_kernel or isa()
   if micro_kernel == 'none':
     raise RuntimeError('No bf16 CPU kernels in this process.')
@@ -187,8 +189,9 @@ def call(target: str, shape, a: jax.Array, b: jax.Array, strides, padding,
                     pad_bottom=pb, pad_left=pl, pad_right=pr,
                     threads=cpu_kernels.threads(),
                     isa=_CODES[micro_kernel])
+  dtype = jnp.float32 if target == _KERNEL_GRAD else jnp.bfloat16
   return jax.ffi.ffi_call(
-      target, jax.ShapeDtypeStruct(shape, jnp.float32),
+      target, jax.ShapeDtypeStruct(shape, dtype),
       vmap_method='sequential')(
           a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
           **{k: np.int64(v) for k, v in attributes.items()})
@@ -199,7 +202,7 @@ def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
            padding: tuple[tuple[int, int], ...]) -> jax.Array:
   """NHWC x HWIO bf16 convolution on the kernels (``supported`` shapes)."""
   out = canonical_conv.output_shape(x.shape, w.shape, strides, padding)
-  return call(_FORWARD, out, x, w, strides, padding).astype(jnp.bfloat16)
+  return call(_FORWARD, out, x, w, strides, padding)
 
 
 def _conv2d_fwd(x, w, strides, padding):

@@ -88,13 +88,14 @@ inline i64 KernelGradParts(i64 N, i64 size) {
 }  // namespace jax_resnet
 
 // The binding every convolution handler shares: the thread pool, two
-// operands of OPERAND type, a float32 result, strides, padding and threads.
-#define JR_CONV_BIND(OPERAND)                \
+// operands of OPERAND type, a result of RESULT type, strides, padding and
+// threads.
+#define JR_CONV_BIND(OPERAND, RESULT)        \
   ::xla::ffi::Ffi::Bind()                    \
       .Ctx<::xla::ffi::ThreadPool>()         \
       .Arg<::xla::ffi::Buffer<OPERAND>>()    \
       .Arg<::xla::ffi::Buffer<OPERAND>>()    \
-      .Ret<::xla::ffi::Buffer<::xla::ffi::F32>>() \
+      .Ret<::xla::ffi::Buffer<RESULT>>()     \
       .Attr<::jax_resnet::i64>("stride_h")   \
       .Attr<::jax_resnet::i64>("stride_w")   \
       .Attr<::jax_resnet::i64>("pad_top")    \
