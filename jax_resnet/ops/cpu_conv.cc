@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "cpu_conv_shared.h"
@@ -241,8 +242,13 @@ ScatterImageFn PickScatterStride(i64 st) {
   }
 }
 
-ScatterImageFn PickScatter(i64 jn, i64 K) {
-  switch (Vectors(jn)) {
+// The tile width 16 V divides the pixel stride dst as well as jn: then the
+// (overlapping) contributions of the pixels to one dx element all lie in
+// different column blocks, so they are added in the same order (block by
+// block, i.e. last pixel first) whatever V is, and the AVX-512 and AVX2
+// builds give the same bits.
+ScatterImageFn PickScatter(i64 jn, i64 dst, i64 K) {
+  switch (Vectors(std::gcd(jn, dst))) {
     case 1: return PickScatterStride<1>(K);
     case 2: return PickScatterStride<2>(K);
     case 3: return PickScatterStride<3>(K);
@@ -266,7 +272,7 @@ void InputGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
     for (i64 j = 0; j < jn; ++j)
       for (i64 k = 0; k < K; ++k)
         wt[(kh * K + k) * jn + j] = w[(kh * jn + j) * K + k];
-  const ScatterImageFn image = PickScatter(jn, K);
+  const ScatterImageFn image = PickScatter(jn, g.sw * C, K);
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
     float* buf = Scratch(1, Hp * Wp * C);
