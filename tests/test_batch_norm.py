@@ -181,9 +181,9 @@ def test_kernels_match_the_xla_passes(shape, relu, train):
 @pytest.mark.skipif(not cpu_kernels.cpu_can_run()[0],
                     reason='this CPU cannot run the kernels')
 def test_kernels_skip_what_they_do_not_run():
-  """6 channels (not a multiple of 16) and bfloat16 stay on XLA."""
+  """6 channels (not a multiple of 16) and float16 stay on XLA."""
   for shape, dtype in (((4, 3, 3, 6), jnp.float32),
-                       ((4, 3, 3, 16), jnp.bfloat16)):
+                       ((4, 3, 3, 16), jnp.float16)):
     x, g, params, stats = _inputs(shape=shape)
     hlo, _ = _kernel_bn_outputs(True, True, True, x.astype(dtype),
                                 g.astype(dtype), params, stats)
@@ -242,6 +242,43 @@ def test_residual_fused_equals_separate_operations_bitwise(use_kernels, train,
   if relu:
     assert float(jnp.min(fused[0])) == 0.0
     assert 0 < float(jnp.mean(fused[4] == 0)) < 1  # r's gradient is masked.
+
+
+@pytest.mark.skipif(not cpu_kernels.cpu_can_run()[0],
+                    reason='this CPU cannot run the kernels')
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('relu', [True, False])
+@pytest.mark.parametrize('with_residual', [True, False])
+def test_bf16_kernels_round_the_float32_passes_once(train, relu,
+                                                     with_residual):
+  """On bfloat16 tensors the kernels compute what they compute on the same
+  values in float32 and round each output element once, to nearest even:
+  y, dx and dr are the float32 kernels' results rounded to bf16, bit for
+  bit; statistics and parameter gradients (float32) are the same bits."""
+  x, g, params, stats = _inputs(seed=8, shape=(4, 6, 6, 32))
+  r = jnp.asarray(np.random.default_rng(9).standard_normal(x.shape),
+                  jnp.float32)
+  bf16 = lambda a: a.astype(jnp.bfloat16)
+  widened = [bf16(a).astype(jnp.float32) for a in (x, g, r)]
+  runs = {}
+  for dtype, (x_, g_, r_) in ((jnp.bfloat16, [bf16(a) for a in widened]),
+                              (jnp.float32, widened)):
+    hlo, runs[dtype] = _residual_outputs(
+        with_residual, True, relu, train, x_, g_,
+        r_ if with_residual else jnp.zeros_like(r_), params, stats)
+    assert ('jax_resnet_bn_apply' in hlo and
+            ('_bf16' in hlo) == (dtype == jnp.bfloat16))
+  names = ('y', 'mean', 'var', 'dx', 'dr', 'dscale', 'dbias')
+  for name, a, b in zip(names, runs[jnp.bfloat16], runs[jnp.float32]):
+    if name in ('y', 'dx', 'dr'):
+      assert a.dtype == jnp.bfloat16, name
+      b = bf16(b)
+    np.testing.assert_array_equal(np.asarray(a, np.float32),
+                                  np.asarray(b, np.float32), err_msg=name)
+  # Not all exactly representable: the rounding was exercised.
+  assert not np.array_equal(np.asarray(runs[jnp.float32][0]),
+                            np.asarray(bf16(runs[jnp.float32][0]),
+                                       np.float32))
 
 
 def test_residual_of_another_shape_is_refused():

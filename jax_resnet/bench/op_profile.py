@@ -147,10 +147,8 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
       return out, vjp(g)
     return timed(fwd_bwd, a, b, g)
 
-  # bf16 BatchNorm runs on XLA, its residual add and ReLU separately.
-  fused = kernels and dtype == jnp.float32
   return _budget(depth, time_conv, time_norm, time_add_relu,
-                 fused_block_end=fused)
+                 fused_block_end=kernels)
 
 
 def torch_ops(depth: int, batch: int, dtype: str = 'float32') -> dict:

@@ -23,11 +23,13 @@ Statistics and the normalisation are computed in float32 whatever the input
 dtype; the output is cast to ``dtype``.
 
 With ``use_kernels`` (``model.conv_backend`` resolving to 'cpu_kernels'), a
-float32 BatchNorm whose channels are a multiple of 16 runs the same passes as
-the project's multi-threaded AVX-512/AVX2 kernels (``cpu_batch_norm.cc``): the
-statistics in one pass with double-precision sums, the normalisation (+ ReLU)
-in one, and the backward pass as one reduction and one element-wise pass.
-XLA:CPU runs these fusions on one thread.
+float32 (or bfloat16, with bfloat16 output) BatchNorm whose channels are a
+multiple of 16 runs the same passes as the project's multi-threaded
+AVX-512/AVX2 kernels (``cpu_batch_norm.cc``): the statistics in one pass with
+double-precision sums, the normalisation (+ ReLU) in one, and the backward
+pass as one reduction and one element-wise pass. XLA:CPU runs these fusions
+on one thread. In bfloat16 the kernels compute in float32 and round each
+output element once.
 
 ``__call__(x, relu=True, residual=r)`` is a residual block's end,
 ReLU(BN(x) + r). On the kernels the addition joins the BatchNorm passes
@@ -69,13 +71,21 @@ def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,
 
 
 def kernels_run(x: jax.Array, dtype: Any) -> bool:
-  """Whether the CPU kernels take a float32 BatchNorm of ``x``."""
-  return (x.dtype == jnp.float32 and jnp.dtype(dtype) == jnp.float32 and
-          x.ndim >= 2 and x.shape[-1] % cpu_kernels.LANES == 0)
+  """Whether the CPU kernels take a BatchNorm of ``x`` with output
+  ``dtype``: float32 to float32, or bfloat16 to bfloat16."""
+  return (x.dtype in (jnp.float32, jnp.bfloat16) and
+          jnp.dtype(dtype) == x.dtype and x.ndim >= 2 and
+          x.shape[-1] % cpu_kernels.LANES == 0)
 
 
 def _vector(c: int) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((c,), jnp.float32)
+
+
+def _kernel(name: str, x: jax.Array) -> str:
+  """The FFI target of pass ``name`` for ``x``'s dtype."""
+  suffix = '_bf16' if x.dtype == jnp.bfloat16 else ''
+  return f'jax_resnet_bn_{name}{suffix}'
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -86,25 +96,25 @@ def _kernel_affine(x, mean, a, bias, residual, relu):
 
 
 def _kernel_apply(x, mean, a, bias, residual, relu):
-  out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  out = jax.ShapeDtypeStruct(x.shape, x.dtype)
   if residual is None:
-    return cpu_kernels.call('jax_resnet_bn_apply', out, x, mean, a, bias,
+    return cpu_kernels.call(_kernel('apply', x), out, x, mean, a, bias,
                             relu=int(relu))
-  return cpu_kernels.call('jax_resnet_bn_apply_residual', out, x, mean, a,
+  return cpu_kernels.call(_kernel('apply_residual', x), out, x, mean, a,
                           bias, residual, relu=int(relu))
 
 
 def _kernel_grad_apply(g, x, y, mean, a, k1, k0, relu, with_residual):
   """``(dx, d residual)`` of the kernels' backward element-wise pass; the
   residual's gradient (``g``, ReLU-masked) is None without one."""
-  out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  out = jax.ShapeDtypeStruct(x.shape, x.dtype)
   if not with_residual:
-    return cpu_kernels.call('jax_resnet_bn_grad_apply', out, g, x, y, mean, a,
+    return cpu_kernels.call(_kernel('grad_apply', x), out, g, x, y, mean, a,
                             k1, k0, relu=int(relu)), None
   if not relu:
-    return cpu_kernels.call('jax_resnet_bn_grad_apply', out, g, x, y, mean, a,
+    return cpu_kernels.call(_kernel('grad_apply', x), out, g, x, y, mean, a,
                             k1, k0, relu=0), g
-  return cpu_kernels.call('jax_resnet_bn_grad_apply_residual', (out, out), g,
+  return cpu_kernels.call(_kernel('grad_apply_residual', x), (out, out), g,
                           x, y, mean, a, k1, k0, relu=1)
 
 
@@ -117,7 +127,7 @@ def _kernel_affine_bwd(relu, residuals, g):
   x, y, mean, a, has_residual = residuals
   c = x.shape[-1]
   mask = y if relu else g  # Not read without ReLU.
-  sum_g, sum_gx = cpu_kernels.call('jax_resnet_bn_grad_sums',
+  sum_g, sum_gx = cpu_kernels.call(_kernel('grad_sums', x),
                                    (_vector(c), _vector(c)), g, x, mask, mean,
                                    relu=int(relu))
   zeros = jnp.zeros((c,), jnp.float32)
@@ -157,7 +167,7 @@ def _normalize_fwd(x, scale, bias, epsilon, relu, dtype, use_kernels,
                    residual):
   if use_kernels and kernels_run(x, dtype):
     c = x.shape[-1]
-    mean, var = cpu_kernels.call('jax_resnet_bn_stats',
+    mean, var = cpu_kernels.call(_kernel('stats', x),
                                  (_vector(c), _vector(c)), x)
     inv = lax.rsqrt(var + epsilon)
     y = _kernel_apply(x, mean, inv * scale, bias, residual, relu)
@@ -193,7 +203,7 @@ def _normalize_bwd(epsilon, relu, dtype, use_kernels, residuals, cotangents):
   if use_kernels and kernels_run(x, dtype):
     c, count = x.shape[-1], x.size // x.shape[-1]
     mask = y if relu else g  # Not read without ReLU.
-    sum_g, sum_gx = cpu_kernels.call('jax_resnet_bn_grad_sums',
+    sum_g, sum_gx = cpu_kernels.call(_kernel('grad_sums', x),
                                      (_vector(c), _vector(c)), g, x, mask,
                                      mean, relu=int(relu))
     sum_g_xhat = sum_gx * inv
@@ -229,7 +239,8 @@ class BatchNorm(nn.Module):
       momentum m is 1 - m here; ``layers.norm_partial`` converts).
     epsilon: added to the variance.
     dtype: output dtype (None: the input's).
-    use_kernels: run float32 BatchNorm on the project's CPU kernels.
+    use_kernels: run float32 and bfloat16 BatchNorm on the project's CPU
+      kernels.
   """
 
   use_running_average: bool = False
@@ -264,7 +275,7 @@ class BatchNorm(nn.Module):
       raise ValueError(f'BatchNorm: residual of shape {residual.shape} for '
                        f'an input of shape {x.shape}.')
     fused = (residual is not None and kernels and
-             residual.dtype == jnp.float32)
+             residual.dtype == x.dtype)
     # Otherwise scale, residual and ReLU are separate operations after the
     # BatchNorm (which XLA fuses on GPU and TPU).
     separate = not fused and (residual is not None or

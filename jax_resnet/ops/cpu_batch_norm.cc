@@ -21,6 +21,11 @@
 // They round as the separate passes do: the BatchNorm's fused multiply-add,
 // then the addition of r, then ReLU.
 //
+// Every handler has a bfloat16 twin, named with a _bf16 suffix, for the
+// mixed-precision mode: the tensors (x, y, r, g, dx, dr) are bf16, widened
+// exactly on load and rounded to nearest even once on store; the per-channel
+// vectors, the arithmetic and the sums are float32 (double) as above.
+//
 // Reductions accumulate in double precision per part of the rows; the number
 // of parts is fixed by the shape, never by the thread count, and the parts are
 // added in order, so results are deterministic. The variance is
@@ -52,10 +57,17 @@ inline void PartRows(i64 rows, i64 parts, i64 p, i64* begin, i64* end) {
   *end = (p + 1) * rows / parts;
 }
 
-inline F32x16 ReluMasked(const float* g, const float* y, bool relu) {
-  const F32x16 gv = simd::Load(g);
+// Sixteen lanes of a float32 or bfloat16 tensor, as float32.
+inline F32x16 Load(const float* p) { return simd::Load(p); }
+inline F32x16 Load(const uint16_t* p) { return simd::LoadBf16(p); }
+inline void Store(float* p, F32x16 v) { simd::Store(p, v); }
+inline void Store(uint16_t* p, F32x16 v) { simd::StoreBf16(p, v); }
+
+template <typename T>
+inline F32x16 ReluMasked(const T* g, const T* y, bool relu) {
+  const F32x16 gv = Load(g);
   if (!relu) return gv;
-  return simd::WherePositive(simd::Load(y), gv);
+  return simd::WherePositive(Load(y), gv);
 }
 
 // Per-channel sums over all rows of the two vectors pair(m, c) yields for
@@ -103,7 +115,8 @@ void RowsInParallel(ffi::ThreadPool& pool, int threads, i64 M, F&& rows) {
   });
 }
 
-ffi::Error CheckRows(ffi::Buffer<ffi::F32>::Dimensions d, i64* M, i64* C) {
+template <typename Dims>
+ffi::Error CheckRows(const Dims& d, i64* M, i64* C) {
   if (d.size() < 1) return ffi::Error::InvalidArgument("bn: rank 0 input");
   *C = d[d.size() - 1];
   *M = 1;
@@ -114,17 +127,24 @@ ffi::Error CheckRows(ffi::Buffer<ffi::F32>::Dimensions d, i64* M, i64* C) {
   return ffi::Error::Success();
 }
 
-ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                     ffi::ResultBuffer<ffi::F32> mean,
-                     ffi::ResultBuffer<ffi::F32> var, i64 threads) {
+template <ffi::DataType DT>
+using Tensor = ffi::Buffer<DT>;
+template <ffi::DataType DT>
+using TensorResult = ffi::ResultBuffer<DT>;
+using Vector = ffi::Buffer<ffi::F32>;
+using VectorResult = ffi::ResultBuffer<ffi::F32>;
+
+template <ffi::DataType DT>
+ffi::Error StatsImpl(ffi::ThreadPool pool, Tensor<DT> x, VectorResult mean,
+                     VectorResult var, i64 threads) {
   i64 M, C;
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
-  const float* xp = x.typed_data();
+  const auto* xp = x.typed_data();
   std::vector<double> sum, sumsq;
   DoubleSums(
       pool, static_cast<int>(threads), M, C,
       [xp, C](i64 m, i64 c, F32x16* v0, F32x16* v1) {
-        *v0 = simd::Load(xp + m * C + c);
+        *v0 = Load(xp + m * C + c);
         *v1 = simd::Mul(*v0, *v0);
       },
       &sum, &sumsq);
@@ -139,61 +159,61 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }
 
 // y = (x - mean) * a + b (+ r where r is not null), then ReLU.
-ffi::Error ApplyRows(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x,
-                     const float* mp, const float* ap, const float* bp,
-                     const float* rp, float* yp, bool relu, i64 threads) {
+template <ffi::DataType DT>
+ffi::Error ApplyRows(ffi::ThreadPool& pool, Tensor<DT>& x, const float* mp,
+                     const float* ap, const float* bp,
+                     const ffi::NativeType<DT>* rp, ffi::NativeType<DT>* yp,
+                     bool relu, i64 threads) {
   i64 M, C;
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
-  const float* xp = x.typed_data();
+  const auto* xp = x.typed_data();
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
     for (i64 c = 0; c < C; c += 16) {
       const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
                    bv = simd::Load(bp + c), zero = simd::Zero();
       for (i64 m = begin; m < end; ++m) {
         const i64 i = m * C + c;
-        F32x16 v = simd::Fmadd(simd::Sub(simd::Load(xp + i), mv), av, bv);
-        if (rp) v = simd::Add(v, simd::Load(rp + i));
+        F32x16 v = simd::Fmadd(simd::Sub(Load(xp + i), mv), av, bv);
+        if (rp) v = simd::Add(v, Load(rp + i));
         // max(0, v) returns its second operand for a NaN: a NaN reaches
         // the loss, as through XLA's ReLU, and the NaN check stops the run.
         if (relu) v = simd::Max(zero, v);
-        simd::Store(yp + i, v);
+        Store(yp + i, v);
       }
     }
   });
   return ffi::Error::Success();
 }
 
-ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                     ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
-                     ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y,
-                     i64 relu, i64 threads) {
-  return ApplyRows(pool, x, mean.typed_data(), a.typed_data(), b.typed_data(),
-                   nullptr, y->typed_data(), relu != 0, threads);
+template <ffi::DataType DT>
+ffi::Error ApplyImpl(ffi::ThreadPool pool, Tensor<DT> x, Vector mean,
+                     Vector a, Vector b, TensorResult<DT> y, i64 relu,
+                     i64 threads) {
+  return ApplyRows<DT>(pool, x, mean.typed_data(), a.typed_data(),
+                       b.typed_data(), nullptr, y->typed_data(), relu != 0,
+                       threads);
 }
 
-ffi::Error ApplyResidualImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                             ffi::Buffer<ffi::F32> mean,
-                             ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                             ffi::Buffer<ffi::F32> r,
-                             ffi::ResultBuffer<ffi::F32> y, i64 relu,
-                             i64 threads) {
+template <ffi::DataType DT>
+ffi::Error ApplyResidualImpl(ffi::ThreadPool pool, Tensor<DT> x, Vector mean,
+                             Vector a, Vector b, Tensor<DT> r,
+                             TensorResult<DT> y, i64 relu, i64 threads) {
   if (r.element_count() != x.element_count()) {
     return ffi::Error::InvalidArgument("bn: residual and input sizes differ");
   }
-  return ApplyRows(pool, x, mean.typed_data(), a.typed_data(), b.typed_data(),
-                   r.typed_data(), y->typed_data(), relu != 0, threads);
+  return ApplyRows<DT>(pool, x, mean.typed_data(), a.typed_data(),
+                       b.typed_data(), r.typed_data(), y->typed_data(),
+                       relu != 0, threads);
 }
 
-ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
-                        ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
-                        ffi::Buffer<ffi::F32> mean,
-                        ffi::ResultBuffer<ffi::F32> sum_g,
-                        ffi::ResultBuffer<ffi::F32> sum_gx, i64 relu,
-                        i64 threads) {
+template <ffi::DataType DT>
+ffi::Error GradSumsImpl(ffi::ThreadPool pool, Tensor<DT> g, Tensor<DT> x,
+                        Tensor<DT> y, Vector mean, VectorResult sum_g,
+                        VectorResult sum_gx, i64 relu, i64 threads) {
   i64 M, C;
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
-  const float *gp = g.typed_data(), *xp = x.typed_data(),
-              *yp = y.typed_data(), *mp = mean.typed_data();
+  const auto *gp = g.typed_data(), *xp = x.typed_data(), *yp = y.typed_data();
+  const float* mp = mean.typed_data();
   const bool r = relu != 0;
   std::vector<double> s0, s1;
   DoubleSums(
@@ -202,7 +222,7 @@ ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
         const i64 i = m * C + c;
         const F32x16 gv = ReluMasked(gp + i, yp + i, r);
         *v0 = gv;
-        *v1 = simd::Mul(gv, simd::Sub(simd::Load(xp + i), simd::Load(mp + c)));
+        *v1 = simd::Mul(gv, simd::Sub(Load(xp + i), simd::Load(mp + c)));
       },
       &s0, &s1);
   for (i64 c = 0; c < C; ++c) {
@@ -214,14 +234,15 @@ ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
 
 // dx = g a + (x - mean) k1 + k0 with g ReLU-masked (relu), and where dr is
 // not null also dr = that masked g (the residual's gradient).
-ffi::Error GradApplyRows(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& g,
-                         ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& y,
-                         const float* mp, const float* ap, const float* k1p,
-                         const float* k0p, float* dp, float* drp, bool relu,
-                         i64 threads) {
+template <ffi::DataType DT>
+ffi::Error GradApplyRows(ffi::ThreadPool& pool, Tensor<DT>& g, Tensor<DT>& x,
+                         Tensor<DT>& y, const float* mp, const float* ap,
+                         const float* k1p, const float* k0p,
+                         ffi::NativeType<DT>* dp, ffi::NativeType<DT>* drp,
+                         bool relu, i64 threads) {
   i64 M, C;
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
-  const float *gp = g.typed_data(), *xp = x.typed_data(), *yp = y.typed_data();
+  const auto *gp = g.typed_data(), *xp = x.typed_data(), *yp = y.typed_data();
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
     for (i64 c = 0; c < C; c += 16) {
       const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
@@ -229,104 +250,115 @@ ffi::Error GradApplyRows(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& g,
       for (i64 m = begin; m < end; ++m) {
         const i64 i = m * C + c;
         const F32x16 gv = ReluMasked(gp + i, yp + i, relu);
-        const F32x16 xc = simd::Sub(simd::Load(xp + i), mv);
-        simd::Store(dp + i, simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)),
-                                      k0v));
-        if (drp) simd::Store(drp + i, gv);
+        const F32x16 xc = simd::Sub(Load(xp + i), mv);
+        Store(dp + i, simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)), k0v));
+        if (drp) Store(drp + i, gv);
       }
     }
   });
   return ffi::Error::Success();
 }
 
-ffi::Error GradApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
-                         ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
-                         ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
-                         ffi::Buffer<ffi::F32> k1, ffi::Buffer<ffi::F32> k0,
-                         ffi::ResultBuffer<ffi::F32> dx, i64 relu,
+template <ffi::DataType DT>
+ffi::Error GradApplyImpl(ffi::ThreadPool pool, Tensor<DT> g, Tensor<DT> x,
+                         Tensor<DT> y, Vector mean, Vector a, Vector k1,
+                         Vector k0, TensorResult<DT> dx, i64 relu,
                          i64 threads) {
-  return GradApplyRows(pool, g, x, y, mean.typed_data(), a.typed_data(),
-                       k1.typed_data(), k0.typed_data(), dx->typed_data(),
-                       nullptr, relu != 0, threads);
+  return GradApplyRows<DT>(pool, g, x, y, mean.typed_data(), a.typed_data(),
+                           k1.typed_data(), k0.typed_data(), dx->typed_data(),
+                           nullptr, relu != 0, threads);
 }
 
-ffi::Error GradApplyResidualImpl(
-    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
-    ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> mean,
-    ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> k1,
-    ffi::Buffer<ffi::F32> k0, ffi::ResultBuffer<ffi::F32> dx,
-    ffi::ResultBuffer<ffi::F32> dr, i64 relu, i64 threads) {
-  return GradApplyRows(pool, g, x, y, mean.typed_data(), a.typed_data(),
-                       k1.typed_data(), k0.typed_data(), dx->typed_data(),
-                       dr->typed_data(), relu != 0, threads);
+template <ffi::DataType DT>
+ffi::Error GradApplyResidualImpl(ffi::ThreadPool pool, Tensor<DT> g,
+                                 Tensor<DT> x, Tensor<DT> y, Vector mean,
+                                 Vector a, Vector k1, Vector k0,
+                                 TensorResult<DT> dx, TensorResult<DT> dr,
+                                 i64 relu, i64 threads) {
+  return GradApplyRows<DT>(pool, g, x, y, mean.typed_data(), a.typed_data(),
+                           k1.typed_data(), k0.typed_data(), dx->typed_data(),
+                           dr->typed_data(), relu != 0, threads);
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_stats, StatsImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<i64>("threads"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_apply, ApplyImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<i64>("relu")
-                                  .Attr<i64>("threads"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_sums, GradSumsImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<i64>("relu")
-                                  .Attr<i64>("threads"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_apply, GradApplyImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<i64>("relu")
-                                  .Attr<i64>("threads"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_apply_residual, ApplyResidualImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<i64>("relu")
-                                  .Attr<i64>("threads"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_apply_residual,
-                              GradApplyResidualImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<i64>("relu")
-                                  .Attr<i64>("threads"));
+// Each handler for float32 tensors and, with a _bf16 suffix, for bfloat16
+// ones (DT); the per-channel vectors are float32 in both.
+#define JR_V ffi::Buffer<ffi::F32>
+#define JR_BN_HANDLERS(SUFFIX, DT)                                            \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_stats##SUFFIX, StatsImpl<DT>,   \
+                                ffi::Ffi::Bind()                              \
+                                    .Ctx<ffi::ThreadPool>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Ret<JR_V>()                              \
+                                    .Ret<JR_V>()                              \
+                                    .Attr<i64>("threads"));                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_apply##SUFFIX, ApplyImpl<DT>,   \
+                                ffi::Ffi::Bind()                              \
+                                    .Ctx<ffi::ThreadPool>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Ret<ffi::Buffer<DT>>()                   \
+                                    .Attr<i64>("relu")                        \
+                                    .Attr<i64>("threads"));                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_sums##SUFFIX,              \
+                                GradSumsImpl<DT>,                             \
+                                ffi::Ffi::Bind()                              \
+                                    .Ctx<ffi::ThreadPool>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<JR_V>()                              \
+                                    .Ret<JR_V>()                              \
+                                    .Ret<JR_V>()                              \
+                                    .Attr<i64>("relu")                        \
+                                    .Attr<i64>("threads"));                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_apply##SUFFIX,             \
+                                GradApplyImpl<DT>,                            \
+                                ffi::Ffi::Bind()                              \
+                                    .Ctx<ffi::ThreadPool>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Ret<ffi::Buffer<DT>>()                   \
+                                    .Attr<i64>("relu")                        \
+                                    .Attr<i64>("threads"));                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_apply_residual##SUFFIX,         \
+                                ApplyResidualImpl<DT>,                        \
+                                ffi::Ffi::Bind()                              \
+                                    .Ctx<ffi::ThreadPool>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Ret<ffi::Buffer<DT>>()                   \
+                                    .Attr<i64>("relu")                        \
+                                    .Attr<i64>("threads"));                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_bn_grad_apply_residual##SUFFIX,    \
+                                GradApplyResidualImpl<DT>,                    \
+                                ffi::Ffi::Bind()                              \
+                                    .Ctx<ffi::ThreadPool>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<ffi::Buffer<DT>>()                   \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Arg<JR_V>()                              \
+                                    .Ret<ffi::Buffer<DT>>()                   \
+                                    .Ret<ffi::Buffer<DT>>()                   \
+                                    .Attr<i64>("relu")                        \
+                                    .Attr<i64>("threads"));
+
+JR_BN_HANDLERS(, ffi::F32)
+JR_BN_HANDLERS(_bf16, ffi::BF16)
+
+#undef JR_BN_HANDLERS
+#undef JR_V

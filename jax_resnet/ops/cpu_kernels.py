@@ -47,11 +47,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIBRARIES = {
     'cpu_conv.cc': ('jax_resnet_conv_forward', 'jax_resnet_conv_input_grad',
                     'jax_resnet_conv_kernel_grad'),
-    'cpu_batch_norm.cc': ('jax_resnet_bn_stats', 'jax_resnet_bn_apply',
-                          'jax_resnet_bn_grad_sums',
-                          'jax_resnet_bn_grad_apply',
-                          'jax_resnet_bn_apply_residual',
-                          'jax_resnet_bn_grad_apply_residual'),
+    'cpu_batch_norm.cc': tuple(
+        f'jax_resnet_bn_{name}{suffix}' for suffix in ('', '_bf16')
+        for name in ('stats', 'apply', 'grad_sums', 'grad_apply',
+                     'apply_residual', 'grad_apply_residual')),
 }
 HEADERS = ('cpu_parallel.h', 'cpu_conv_shared.h', 'cpu_simd.h')
 # The instruction sets the libraries are built for, best first: the CPU

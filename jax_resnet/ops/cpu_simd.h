@@ -10,12 +10,15 @@
 //   kVectorRegisters.
 //
 // Every operation is lane by lane and rounds as its AVX-512 form does (one
-// FMA rounding; float-to-double exact), so both builds give the same bits.
+// FMA rounding; float-to-double exact; bfloat16 rounding in integer
+// arithmetic), so both builds give the same bits.
 
 #ifndef JAX_RESNET_OPS_CPU_SIMD_H_
 #define JAX_RESNET_OPS_CPU_SIMD_H_
 
 #include <immintrin.h>
+
+#include <cstdint>
 
 namespace jax_resnet::simd {
 
@@ -46,6 +49,30 @@ inline F32x16 Fmadd(F32x16 a, F32x16 b, F32x16 c) {
 inline F32x16 WherePositive(F32x16 y, F32x16 g) {
   return _mm512_maskz_mov_ps(
       _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), g);
+}
+
+// Sixteen bfloat16 values (the high half of a float32's bits), widened
+// exactly; and float32 rounded to bfloat16, to nearest even (a NaN stays a
+// quiet NaN), as XLA converts.
+inline F32x16 LoadBf16(const uint16_t* p) {
+  const __m512i v = _mm512_cvtepu16_epi32(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+inline void StoreBf16(uint16_t* p, F32x16 a) {
+  const __m512i u = _mm512_castps_si512(a);
+  const __m512i high = _mm512_srli_epi32(u, 16);
+  const __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(u, _mm512_add_epi32(
+          _mm512_set1_epi32(0x7fff),
+          _mm512_and_si512(high, _mm512_set1_epi32(1)))), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+      _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+      _mm512_set1_epi32(0x7f800000));
+  const __m512i out = _mm512_mask_mov_epi32(
+      rounded, nan, _mm512_or_si512(high, _mm512_set1_epi32(0x40)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtepi32_epi16(out));
 }
 
 inline F64x16 ZeroF64() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
@@ -105,6 +132,41 @@ inline F32x16 WherePositive(F32x16 y, F32x16 g) {
   const __m256 zero = _mm256_setzero_ps();
   return {_mm256_and_ps(_mm256_cmp_ps(y.lo, zero, _CMP_GT_OQ), g.lo),
           _mm256_and_ps(_mm256_cmp_ps(y.hi, zero, _CMP_GT_OQ), g.hi)};
+}
+
+namespace internal {
+inline __m256 WidenBf16x8(__m128i v) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+// Eight rounded values in the low 16 bits of each 32-bit lane.
+inline __m256i RoundBf16x8(__m256 a) {
+  const __m256i u = _mm256_castps_si256(a);
+  const __m256i high = _mm256_srli_epi32(u, 16);
+  const __m256i rounded = _mm256_srli_epi32(
+      _mm256_add_epi32(u, _mm256_add_epi32(
+          _mm256_set1_epi32(0x7fff),
+          _mm256_and_si256(high, _mm256_set1_epi32(1)))), 16);
+  // Unsigned compare of |u| > inf as a signed one: both are below 2^31.
+  const __m256i nan = _mm256_cmpgt_epi32(
+      _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+      _mm256_set1_epi32(0x7f800000));
+  return _mm256_blendv_epi8(
+      rounded, _mm256_or_si256(high, _mm256_set1_epi32(0x40)), nan);
+}
+}  // namespace internal
+
+inline F32x16 LoadBf16(const uint16_t* p) {
+  return {internal::WidenBf16x8(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+          internal::WidenBf16x8(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
+}
+inline void StoreBf16(uint16_t* p, F32x16 a) {
+  // packus keeps 128-bit lanes: lo's 0-3, hi's 0-3, lo's 4-7, hi's 4-7.
+  const __m256i packed = _mm256_packus_epi32(internal::RoundBf16x8(a.lo),
+                                             internal::RoundBf16x8(a.hi));
+  const __m256i ordered = _mm256_permute4x64_epi64(packed, 0xd8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), ordered);
 }
 
 inline F64x16 ZeroF64() {
