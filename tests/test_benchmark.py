@@ -74,9 +74,10 @@ def test_format_table_sums_and_remainder():
   torch_budget.update({'conv forward': 5.0, 'conv kernel gradient': 10.0})
   xla_budget = {k: 2 * v for k, v in jax_budget.items()}
   table = op_profile.format_table(
-      20, {'jax_xla': xla_budget, 'jax_kernels': jax_budget,
-           'torch': torch_budget},
+      20, 'bfloat16', {'jax_xla': xla_budget, 'jax_kernels': jax_budget,
+                       'torch': torch_budget},
       {'jax_xla': 70.0, 'jax_kernels': 40.0, 'torch': 20.0})
+  assert table.startswith('ResNet-20, bfloat16, ms per training step:')
   assert '| op | jax_xla ms | jax_kernels ms | torch ms | jax_kernels / torch |' in table
   assert '| conv kernel gradient | 40.0 | 20.0 | 10.0 | 2.00 |' in table
   assert '| sum of ops | 60.0 | 30.0 | 15.0 | 2.00 |' in table
@@ -86,7 +87,7 @@ def test_format_table_sums_and_remainder():
 
 def test_benchmark_with_ops_and_bf16():
   """The kernels against PyTorch in float32 and bf16 (autocast), per-op
-  budgets included for float32 (the jax_xla framework is the same worker
+  budgets included for both dtypes (the jax_xla framework is the same worker
   with another conv_backend)."""
   pytest.importorskip('torch')
   # The kernels where this CPU runs them, else XLA's convolutions.
@@ -107,13 +108,13 @@ def test_benchmark_with_ops_and_bf16():
       ('8', 'ResNet-8', 'float32'), ('8', 'ResNet-8', 'bfloat16')]
   for framework in (jax_framework, 'torch'):
     assert all(r[framework]['train_images_per_sec'] > 0 for r in rows)
-    assert set(rows[0][framework + '_ops']) == set(op_profile.CATEGORIES)
-    budget = dict(rows[0][framework + '_ops'])
-    if framework == 'jax_kernels':
-      # Timed inside the block's last BatchNorm pass.
-      assert budget.pop('residual add+ReLU fwd+bwd') == 0.0
-    assert all(v > 0 for v in budget.values())
-    assert framework + '_ops' not in rows[1]
+    for row in rows:
+      assert set(row[framework + '_ops']) == set(op_profile.CATEGORIES)
+      budget = dict(row[framework + '_ops'])
+      if framework == 'jax_kernels':
+        # Timed inside the block's last BatchNorm pass, in both dtypes.
+        assert budget.pop('residual add+ReLU fwd+bwd') == 0.0
+      assert all(v > 0 for v in budget.values())
   assert (f"{jax_framework}: the residual add+ReLU runs inside the block's "
           'last BatchNorm pass' in proc.stdout) == (
               jax_framework == 'jax_kernels')
@@ -127,7 +128,8 @@ def test_benchmark_with_ops_and_bf16():
   fp32_ratio = (rows[1]['torch']['train_images_per_sec'] /
                 rows[0]['torch']['train_images_per_sec'])
   assert bf16_torch.endswith(f' | {fp32_ratio:.2f} |')
-  assert 'ResNet-8, ms per training step:' in proc.stdout
+  for dtype in ('float32', 'bfloat16'):
+    assert f'ResNet-8, {dtype}, ms per training step:' in proc.stdout
   assert '| measured step |' in proc.stdout
 
 

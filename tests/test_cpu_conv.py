@@ -247,20 +247,23 @@ from jax_resnet.models import registry
 from jax_resnet.ops import cpu_kernels
 from configs import default
 assert cpu_kernels.load() == (True, ''), cpu_kernels.load()
-config = default.get_config().model
-config.depth = 8
-config.conv_backend = 'cpu_kernels'
-model = registry.create_model(config, 10)
-x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 32, 32, 3)),
-                jnp.float32)
-variables = model.init(jax.random.PRNGKey(0), x, train=False)
-def loss(params):
-  out, _ = model.apply({**variables, 'params': params}, x, train=True,
-                       mutable=['batch_stats'])
-  return jnp.sum(out ** 2)
-value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
-np.save(sys.argv[1], np.concatenate(
-    [np.ravel(value)] + [np.ravel(g) for g in jax.tree.leaves(grads)]))
+results = []
+for dtype in ('float32', 'bfloat16'):  # bf16: the bf16 BatchNorm passes too
+  config = default.get_config().model
+  config.depth = 8
+  config.conv_backend = 'cpu_kernels'
+  config.dtype = dtype
+  model = registry.create_model(config, 10)
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 32, 32, 3)),
+                  jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  def loss(params, model=model, variables=variables, x=x):
+    out, _ = model.apply({**variables, 'params': params}, x, train=True,
+                         mutable=['batch_stats'])
+    return jnp.sum(out.astype(jnp.float32) ** 2)
+  value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
+  results += [np.ravel(value)] + [np.ravel(g) for g in jax.tree.leaves(grads)]
+np.save(sys.argv[1], np.concatenate(results))
 '''
 
 

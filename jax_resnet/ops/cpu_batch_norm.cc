@@ -58,16 +58,16 @@ inline void PartRows(i64 rows, i64 parts, i64 p, i64* begin, i64* end) {
 }
 
 // Sixteen lanes of a float32 or bfloat16 tensor, as float32.
-inline F32x16 Load(const float* p) { return simd::Load(p); }
-inline F32x16 Load(const uint16_t* p) { return simd::LoadBf16(p); }
-inline void Store(float* p, F32x16 v) { simd::Store(p, v); }
-inline void Store(uint16_t* p, F32x16 v) { simd::StoreBf16(p, v); }
+inline F32x16 LoadAs(const float* p) { return simd::Load(p); }
+inline F32x16 LoadAs(const uint16_t* p) { return simd::LoadBf16(p); }
+inline void StoreAs(float* p, F32x16 v) { simd::Store(p, v); }
+inline void StoreAs(uint16_t* p, F32x16 v) { simd::StoreBf16(p, v); }
 
 template <typename T>
 inline F32x16 ReluMasked(const T* g, const T* y, bool relu) {
-  const F32x16 gv = Load(g);
+  const F32x16 gv = LoadAs(g);
   if (!relu) return gv;
-  return simd::WherePositive(Load(y), gv);
+  return simd::WherePositive(LoadAs(y), gv);
 }
 
 // Per-channel sums over all rows of the two vectors pair(m, c) yields for
@@ -144,7 +144,7 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, Tensor<DT> x, VectorResult mean,
   DoubleSums(
       pool, static_cast<int>(threads), M, C,
       [xp, C](i64 m, i64 c, F32x16* v0, F32x16* v1) {
-        *v0 = Load(xp + m * C + c);
+        *v0 = LoadAs(xp + m * C + c);
         *v1 = simd::Mul(*v0, *v0);
       },
       &sum, &sumsq);
@@ -173,12 +173,12 @@ ffi::Error ApplyRows(ffi::ThreadPool& pool, Tensor<DT>& x, const float* mp,
                    bv = simd::Load(bp + c), zero = simd::Zero();
       for (i64 m = begin; m < end; ++m) {
         const i64 i = m * C + c;
-        F32x16 v = simd::Fmadd(simd::Sub(Load(xp + i), mv), av, bv);
-        if (rp) v = simd::Add(v, Load(rp + i));
+        F32x16 v = simd::Fmadd(simd::Sub(LoadAs(xp + i), mv), av, bv);
+        if (rp) v = simd::Add(v, LoadAs(rp + i));
         // max(0, v) returns its second operand for a NaN: a NaN reaches
         // the loss, as through XLA's ReLU, and the NaN check stops the run.
         if (relu) v = simd::Max(zero, v);
-        Store(yp + i, v);
+        StoreAs(yp + i, v);
       }
     }
   });
@@ -222,7 +222,7 @@ ffi::Error GradSumsImpl(ffi::ThreadPool pool, Tensor<DT> g, Tensor<DT> x,
         const i64 i = m * C + c;
         const F32x16 gv = ReluMasked(gp + i, yp + i, r);
         *v0 = gv;
-        *v1 = simd::Mul(gv, simd::Sub(Load(xp + i), simd::Load(mp + c)));
+        *v1 = simd::Mul(gv, simd::Sub(LoadAs(xp + i), simd::Load(mp + c)));
       },
       &s0, &s1);
   for (i64 c = 0; c < C; ++c) {
@@ -250,9 +250,10 @@ ffi::Error GradApplyRows(ffi::ThreadPool& pool, Tensor<DT>& g, Tensor<DT>& x,
       for (i64 m = begin; m < end; ++m) {
         const i64 i = m * C + c;
         const F32x16 gv = ReluMasked(gp + i, yp + i, relu);
-        const F32x16 xc = simd::Sub(Load(xp + i), mv);
-        Store(dp + i, simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)), k0v));
-        if (drp) Store(drp + i, gv);
+        const F32x16 xc = simd::Sub(LoadAs(xp + i), mv);
+        StoreAs(dp + i,
+                simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)), k0v));
+        if (drp) StoreAs(drp + i, gv);
       }
     }
   });

@@ -1,33 +1,38 @@
 // NHWC bfloat16 convolution kernels for x86-64 CPUs: bf16 operands, float32
-// accumulation, float32 results; called from jitted JAX code as XLA FFI custom
-// calls (see cpu_conv_bf16.py).
+// accumulation; called from jitted JAX code as XLA FFI custom calls (see
+// cpu_conv_bf16.py).
 //
 // Three handlers, for y = conv(x, w) with x [N,H,W,C], w [KH,KW,C,K] (HWIO),
-// y [N,Ho,Wo,K], integer strides and zero padding; every operand is bf16 and
-// every result float32:
+// y [N,Ho,Wo,K], integer strides and zero padding; every operand is bf16, y
+// and dx are bf16 (the float32 sums rounded once, to nearest even), dw is
+// float32:
 //   jax_resnet_conv_bf16_forward        x, w  -> y
 //   jax_resnet_conv_bf16_input_grad     dy, w -> dx
 //   jax_resnet_conv_bf16_kernel_grad    x, dy -> dw
 //
-// All three are cut into one product, computed by a micro-kernel:
+// All three are cut into products, computed by a micro-kernel:
 //
 //   C[M x 16 NB] (+)= sum over segments s of A_s[M x kd_s] . B_s[kd_s x 16 NB]
 //
-// with M <= 16 rows, NB <= 4 blocks of 16 columns, A row-major bf16 with any
-// row stride, B in the VNNI pair layout (element (k, n) at [k / 2][n][k % 2]),
+// with M <= 16 rows (or up to 64, with every kd a multiple of 32 and NB <= 2:
+// see Product), NB <= 4 blocks of 16 columns, A row-major bf16 with any row
+// stride, B in the VNNI pair layout (element (k, n) at [k / 2][n][k % 2]),
 // which is both AMX's B operand and vdpbf16ps's, and kd a multiple of 16.
 //
 // * Forward: for a kernel row kh, the index j = kw * C + c runs contiguously
-//   through the HWIO kernel row and through a zero-padded input row, so M
-//   consecutive output pixels are the rows of A (row stride sw * C) and the
-//   kernel row is B (kd = KW * C), one segment per kh.
+//   through the HWIO kernel row and through a zero-padded input row, so
+//   consecutive output pixels are the rows of A and the kernel row is B
+//   (kd = KW * C), one segment per kh. At stride 1 the rows run on across
+//   output rows (the padded grid, Forward), so one product takes 64 rows.
 // * Input gradient, stride 1: the forward on the padded dy with the flipped,
 //   io-swapped kernel. Stride > 1: for each kernel tap, M pixels of dy times
 //   the tap's transposed kernel, added into the padded dx (col2im).
-// * Kernel gradient: per image, each tap's input pixels are packed channel-
-//   major (A: 16 channels x pixels) and dy in pixel pairs (B), and every
-//   16 x 16 block of dw is reduced over the image's pixels. The batch is cut
-//   into parts fixed by the shape, summed in order (deterministic results).
+// * Kernel gradient: 16 x 16 blocks of dw reduced over the pixels, with the
+//   input channel-major (A: 16 channels x pixels) and dy in pixel pairs (B).
+//   At stride 1 the input is transposed once per image and each tap is a
+//   shift of it (the padded grid, KernelGradStride1); at stride > 1 each
+//   tap's pixels are packed. The batch is cut into parts fixed by the shape,
+//   summed in order (deterministic results).
 //
 // Micro-kernels, chosen per call by the `isa` attribute (cpu_conv_bf16.py
 // chooses from the CPU's features):
@@ -788,30 +793,37 @@ extern "C" int jax_resnet_amx_permitted() { return AmxPermitted(); }
 
 // 1 when micro-kernel `isa` computes what the reference computes (within
 // float32 rounding of a different summation order) on products with every
-// shape feature the convolutions use: M = 16 and M < 16, 4 column blocks plus
-// one, kd with a last 16, two segments, C overwritten and C accumulated into.
-// Run once per process before `isa` is used.
+// shape feature the convolutions use: M = 16 and M < 16; 64 and 32 rows at
+// once (AMX's full configuration); 4 column blocks plus one or two; kd with
+// a last 16; long reductions split over accumulators; two segments; C
+// overwritten and C accumulated into. Run once per process before `isa` is
+// used.
 extern "C" int jax_resnet_bf16_self_check(long isa) {
   if (CheckIsa(isa).failure()) return 0;
-  constexpr int kN = 80, kKd = 48;
-  for (const int M : {16, 13, 64, 32}) {
-    const bool add = M == 13 || M == 32;
-    std::vector<bf16> a(2 * M * kKd), b(2 * kKd * kN);
+  struct Case {
+    int M, kd, N;
+    bool add;
+  };
+  constexpr Case kCases[] = {{16, 48, 80, false}, {13, 48, 80, true},
+                             {64, 64, 80, false}, {32, 64, 96, true},
+                             {16, 320, 32, true}, {9, 288, 16, false}};
+  for (const Case& t : kCases) {
+    std::vector<bf16> a(2 * t.M * t.kd), b(2 * t.kd * t.N);
     for (size_t i = 0; i < a.size(); ++i) {
       a[i] = ToBf16(static_cast<float>((i * 37) % 23) / 8.0f - 1.25f);
     }
     for (size_t i = 0; i < b.size(); ++i) {
       b[i] = ToBf16(static_cast<float>((i * 53) % 29) / 16.0f - 0.75f);
     }
-    const Segment segs[2] = {{a.data(), kKd, b.data(), 2 * kN, kKd},
-                             {a.data() + M * kKd, kKd, b.data() + kKd * kN,
-                              2 * kN, kKd}};
-    std::vector<float> want(M * kN), got(M * kN);
-    for (int i = 0; i < M * kN; ++i) want[i] = got[i] = 0.5f * (i % 7);
-    Product(ReferenceKernel, M, kN, segs, 2, want.data(), kN, add);
-    Product(Kernel(isa), M, kN, segs, 2, got.data(), kN, add);
+    const Segment segs[2] = {{a.data(), t.kd, b.data(), 2 * t.N, t.kd},
+                             {a.data() + t.M * t.kd, t.kd,
+                              b.data() + t.kd * t.N, 2 * t.N, t.kd}};
+    std::vector<float> want(t.M * t.N), got(t.M * t.N);
+    for (int i = 0; i < t.M * t.N; ++i) want[i] = got[i] = 0.5f * (i % 7);
+    Product(ReferenceKernel, t.M, t.N, segs, 2, want.data(), t.N, t.add);
+    Product(Kernel(isa), t.M, t.N, segs, 2, got.data(), t.N, t.add);
     EndWork(isa);
-    for (int i = 0; i < M * kN; ++i) {
+    for (int i = 0; i < t.M * t.N; ++i) {
       if (!(std::fabs(got[i] - want[i]) <=
             1e-4f * (1.0f + std::fabs(want[i])))) {
         return 0;
