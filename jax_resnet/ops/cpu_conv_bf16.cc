@@ -381,17 +381,21 @@ void EndWork(i64 isa) {
 
 // C[M x N] (+)= sum_s A_s . B_s for any N (a multiple of 16) and M <= 16 or
 // M a multiple of 16: blocks of 64 columns and 16 rows; where every kd is a
-// multiple of 32, a block of 16 (32) columns takes 64 (32) rows at once,
-// which the AMX micro-kernel computes in its four C tiles.
-// Segment pointers are at row 0 and column 0.
+// multiple of 32 and M > 16, blocks of 32 columns (16 for the last, if N is
+// odd in 16s) and 32 (64) rows at once, which the AMX micro-kernel computes
+// in its four C tiles. Segment pointers are at row 0 and column 0.
 void Product(MicroKernel kernel, int M, i64 N, const Segment* segs, int ns,
              float* c, i64 ldc, bool add) {
   Segment shifted[16];
   bool whole_chunks = true;
   for (int s = 0; s < ns; ++s) whole_chunks &= segs[s].kd % 32 == 0;
-  for (i64 n0 = 0; n0 < N; n0 += 64) {
-    const int nb = static_cast<int>(std::min<i64>(4, (N - n0) / 16));
-    const int rows = M <= 16 ? M : whole_chunks && nb < 3 ? 64 / nb : 16;
+  // Several row blocks at once: columns in blocks of 32, so that the B of a
+  // column block (up to two tiles) serves all of M before the next.
+  const bool wide = M > 16 && whole_chunks;
+  const i64 width = wide ? 32 : 64;
+  for (i64 n0 = 0; n0 < N; n0 += width) {
+    const int nb = static_cast<int>(std::min<i64>(width, N - n0) / 16);
+    const int rows = M <= 16 ? M : wide ? 64 / nb : 16;
     for (int m0 = 0; m0 < M; m0 += rows) {
       for (int s = 0; s < ns; ++s) {
         shifted[s] = segs[s];
@@ -459,9 +463,9 @@ void PackPairs(const bf16* w, i64 rows, i64 jn, i64 K, bf16* wv) {
 // At stride 1 output pixel (oh, ow) is position q = oh * Wp + ow of the padded
 // image's width, and kernel row kh reads the KW * C values from padded
 // position q + kh * Wp on: A's rows are consecutive positions (row stride C)
-// across output rows, so products take 64 rows at once (four AMX C tiles,
-// B loaded once); the Wp - Wo positions past each row are computed and
-// dropped.
+// across output rows, so the whole image is one product, whose B (the
+// kernel) stays in cache while Product runs over its rows; the Wp - Wo
+// positions past each row are computed and dropped.
 void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
              const bf16* x, const bf16* w, bf16* y) {
   const MicroKernel kernel = Kernel(isa);
@@ -478,37 +482,28 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   }
   PackPairs(wk.data(), g.KH, kd, g.K, wv.data());
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
-  // Positions per product (the rows Product takes at once), and with the
-  // grid, the image's rounded up to them, and the padded input's zero tail
-  // that their last kernel row reads.
-  const i64 kRows = g.K % 64 == 16 ? 64 : g.K % 64 == 32 ? 32 : 16;
-  const i64 positions = grid ? (g.Ho * Wp + kRows - 1) / kRows * kRows : 16;
+  // With the grid, the image's positions rounded up to the 64 rows Product
+  // takes at once, and the padded input's zero tail that the last ones'
+  // kernel rows read; else one 16-pixel tile at a time.
+  const i64 positions = grid ? (g.Ho * Wp + 63) / 64 * 64 : 16;
   const i64 padded = Hp * row;
   const i64 tail = grid ? (positions - g.Ho * Wp) * g.C + kd : 0;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
     bf16* a = Scratch<bf16>(0, padded + tail);
-    float* sums = Scratch<float>(1, kRows * g.K);
+    float* sums = Scratch<float>(1, positions * g.K);
     PadImage(x + n * g.H * g.W * g.C, g, a);
     std::memset(a + padded, 0, sizeof(bf16) * tail);
     bf16* yn = y + n * g.Ho * g.Wo * g.K;
     Segment segs[16];
     if (grid) {
-      for (i64 q0 = 0; q0 < positions; q0 += kRows) {
-        for (i64 kh = 0; kh < g.KH; ++kh) {
-          segs[kh] = Segment{a + (q0 + kh * Wp) * g.C, g.C,
-                             wv.data() + kh * kd * g.K, 2 * g.K, kd};
-        }
-        Product(kernel, kRows, g.K, segs, static_cast<int>(g.KH), sums, g.K,
-                false);
-        // Round each output row's run of valid positions in [q0, q1).
-        const i64 q1 = std::min(q0 + kRows, g.Ho * Wp);
-        for (i64 oh = q0 / Wp, q = q0; q < q1; q = (++oh) * Wp) {
-          const i64 end = std::min(q1, oh * Wp + g.Wo);
-          if (q < end) {
-            Round(sums + (q - q0) * g.K, (end - q) * g.K,
-                  yn + (oh * g.Wo + q - oh * Wp) * g.K);
-          }
-        }
+      for (i64 kh = 0; kh < g.KH; ++kh) {
+        segs[kh] = Segment{a + kh * Wp * g.C, g.C, wv.data() + kh * kd * g.K,
+                           2 * g.K, kd};
+      }
+      Product(kernel, static_cast<int>(positions), g.K, segs,
+              static_cast<int>(g.KH), sums, g.K, false);
+      for (i64 oh = 0; oh < g.Ho; ++oh) {  // The first Wo of each row.
+        Round(sums + oh * Wp * g.K, g.Wo * g.K, yn + oh * g.Wo * g.K);
       }
     } else {
       for (i64 oh = 0; oh < g.Ho; ++oh) {
@@ -582,6 +577,114 @@ void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
 
 // ----------------------------------------------------- kernel gradient -----
 
+bool HasAvx2() {
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return avx2;
+}
+
+// dst[c * ld + p] = src[p * C + c] for p < pixels, c < C (a multiple of 16):
+// a row of NHWC pixels made channel-major.
+__attribute__((target("avx2"))) void ChannelMajorAvx2(const bf16* src,
+                                                      i64 pixels, i64 C,
+                                                      bf16* dst, i64 ld) {
+  for (i64 p0 = 0; p0 < pixels; p0 += 16) {
+    const i64 n = std::min<i64>(16, pixels - p0);
+    for (i64 c0 = 0; c0 < C; c0 += 16) {
+      __m256i r[16];
+      for (i64 p = 0; p < 16; ++p) {
+        r[p] = p < n ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                           src + (p0 + p) * C + c0))
+                     : _mm256_setzero_si256();
+      }
+      // Pixel pairs: 32-bit lanes (pixel 2j, 2j + 1) of channels 0-3 and
+      // 8-11 (lo), 4-7 and 12-15 (hi); then two 8 x 8 transposes of them.
+      __m256i lo[8], hi[8];
+      for (int j = 0; j < 8; ++j) {
+        lo[j] = _mm256_unpacklo_epi16(r[2 * j], r[2 * j + 1]);
+        hi[j] = _mm256_unpackhi_epi16(r[2 * j], r[2 * j + 1]);
+      }
+      for (int half = 0; half < 2; ++half) {
+        const __m256i* R = half ? hi : lo;
+        __m256i t[8], u[8];
+        for (int j = 0; j < 8; j += 2) {
+          t[j] = _mm256_unpacklo_epi32(R[j], R[j + 1]);
+          t[j + 1] = _mm256_unpackhi_epi32(R[j], R[j + 1]);
+        }
+        for (int j = 0; j < 8; j += 4) {
+          u[j] = _mm256_unpacklo_epi64(t[j], t[j + 2]);
+          u[j + 1] = _mm256_unpackhi_epi64(t[j], t[j + 2]);
+          u[j + 2] = _mm256_unpacklo_epi64(t[j + 1], t[j + 3]);
+          u[j + 3] = _mm256_unpackhi_epi64(t[j + 1], t[j + 3]);
+        }
+        for (int i = 0; i < 4; ++i) {
+          // Column i of the lane-0 channels and of the lane-1 ones.
+          const __m256i low = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
+          const __m256i high = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);
+          const i64 c = c0 + 4 * half + i;
+          if (n == 16) {
+            _mm256_storeu_si256(
+                reinterpret_cast<__m256i*>(dst + c * ld + p0), low);
+            _mm256_storeu_si256(
+                reinterpret_cast<__m256i*>(dst + (c + 8) * ld + p0), high);
+          } else {
+            alignas(32) bf16 buf[2][16];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(buf[0]), low);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(buf[1]), high);
+            std::memcpy(dst + c * ld + p0, buf[0], sizeof(bf16) * n);
+            std::memcpy(dst + (c + 8) * ld + p0, buf[1], sizeof(bf16) * n);
+          }
+        }
+      }
+    }
+  }
+}
+
+void ChannelMajor(const bf16* src, i64 pixels, i64 C, bf16* dst, i64 ld) {
+  if (HasAvx2()) {
+    ChannelMajorAvx2(src, pixels, C, dst, ld);
+    return;
+  }
+  for (i64 p = 0; p < pixels; ++p)
+    for (i64 c = 0; c < C; ++c) dst[c * ld + p] = src[p * C + c];
+}
+
+// A row of `pixels` NHWC pixels (K channels, a multiple of 16) into the VNNI
+// pairs of positions q0, q0 + 1, ...: out[(q / 2) * 2K + 2k + q % 2].
+__attribute__((target("avx2"))) void PixelPairsAvx2(const bf16* src,
+                                                    i64 pixels, i64 K,
+                                                    bf16* out) {
+  for (i64 p = 0; p < pixels; p += 2) {
+    for (i64 k0 = 0; k0 < K; k0 += 16) {
+      const __m256i a = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(src + p * K + k0));
+      const __m256i b = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(src + (p + 1) * K + k0));
+      const __m256i lo = _mm256_unpacklo_epi16(a, b);  // k 0-3, 8-11
+      const __m256i hi = _mm256_unpackhi_epi16(a, b);  // k 4-7, 12-15
+      bf16* d = out + p * K + 2 * k0;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d),
+                          _mm256_permute2x128_si256(lo, hi, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16),
+                          _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+  }
+}
+
+void PixelPairs(const bf16* src, i64 pixels, i64 K, i64 q0, bf16* pairs) {
+  if (HasAvx2() && q0 % 2 == 0 && pixels % 2 == 0) {
+    PixelPairsAvx2(src, pixels, K, pairs + q0 * K);
+    return;
+  }
+  for (i64 p = 0; p < pixels; ++p) {
+    const i64 q = q0 + p;
+    for (i64 k = 0; k < K; ++k) pairs[(q / 2) * 2 * K + 2 * k + q % 2] =
+        src[p * K + k];
+  }
+}
+
 // KernelGrad at stride 1. Output pixel (oh, ow) is position q = oh * Wp + ow
 // of the padded image's width; tap (kh, kw) reads padded input position
 // q + kh * Wp + kw, one shift for every pixel. So per image the padded input
@@ -609,27 +712,20 @@ void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
     std::memset(dyv, 0, sizeof(bf16) * kd * K);
     for (i64 n = part * g.N / parts; n < (part + 1) * g.N / parts; ++n) {
       const bf16* xn = x + n * g.H * g.W * C;
-      for (i64 h = 0; h < g.H; ++h)
-        for (i64 w = 0; w < g.W; ++w) {
-          const bf16* src = xn + (h * g.W + w) * C;
-          bf16* dst = xt + (h + g.pt) * Wp + w + g.pl;
-          for (i64 c = 0; c < C; ++c) dst[c * lx] = src[c];
-        }
+      for (i64 h = 0; h < g.H; ++h) {
+        ChannelMajor(xn + h * g.W * C, g.W, C,
+                     xt + (h + g.pt) * Wp + g.pl, lx);
+      }
       const bf16* dyn = dy + n * g.Ho * g.Wo * K;
-      for (i64 oh = 0; oh < g.Ho; ++oh)
-        for (i64 ow = 0; ow < g.Wo; ++ow) {
-          const i64 q = oh * Wp + ow;
-          const bf16* src = dyn + (oh * g.Wo + ow) * K;
-          bf16* dst = dyv + (q / 2) * 2 * K + q % 2;
-          for (i64 k = 0; k < K; ++k) dst[2 * k] = src[k];
-        }
+      for (i64 oh = 0; oh < g.Ho; ++oh) {
+        PixelPairs(dyn + oh * g.Wo * K, g.Wo, K, oh * Wp, dyv);
+      }
       for (i64 kh = 0; kh < g.KH; ++kh)
-        for (i64 kw = 0; kw < g.KW; ++kw) {
+        for (i64 kw = 0; kw < g.KW; ++kw) {  // All C rows of a tap at once.
           const i64 t = kh * g.KW + kw, shift = kh * Wp + kw;
-          for (i64 c0 = 0; c0 < C; c0 += 16) {
-            const Segment seg{xt + c0 * lx + shift, lx, dyv, 2 * K, kd};
-            Product(kernel, 16, K, &seg, 1, acc + (t * C + c0) * K, K, true);
-          }
+          const Segment seg{xt + shift, lx, dyv, 2 * K, kd};
+          Product(kernel, static_cast<int>(C), K, &seg, 1, acc + t * C * K, K,
+                  true);
         }
     }
     EndWork(isa);
