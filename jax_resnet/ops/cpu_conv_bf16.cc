@@ -482,10 +482,10 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   }
   PackPairs(wk.data(), g.KH, kd, g.K, wv.data());
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
-  // With the grid, the image's positions rounded up to the 64 rows Product
-  // takes at once, and the padded input's zero tail that the last ones'
-  // kernel rows read; else one 16-pixel tile at a time.
-  const i64 positions = grid ? (g.Ho * Wp + 63) / 64 * 64 : 16;
+  // With the grid, the image's positions rounded up to a 16-row block, and
+  // the padded input's zero tail that the last ones' kernel rows read; else
+  // one 16-pixel tile at a time.
+  const i64 positions = grid ? (g.Ho * Wp + 15) / 16 * 16 : 16;
   const i64 padded = Hp * row;
   const i64 tail = grid ? (positions - g.Ho * Wp) * g.C + kd : 0;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
