@@ -286,7 +286,10 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxKernel(
       if (!full) {
         JR_AMX_STEP(0, 4, 5) JR_AMX_STEP(1, 4, 5) JR_AMX_STEP(2, 4, 5)
         JR_AMX_STEP(3, 4, 5)
-      } else if (NB == 1) {  // Tile numbers must be constants.
+      } else if (NB == 1 && sets > 1) {  // Tile numbers must be constants.
+        JR_AMX_STEP(0, 4, 5) JR_AMX_STEP(1, 6, 7) JR_AMX_STEP(2, 4, 5)
+        JR_AMX_STEP(3, 6, 7)
+      } else if (NB == 1) {  // B shared by the row blocks.
         JR_AMX_STEP(0, 4, 5) JR_AMX_STEP(1, 6, 5) JR_AMX_STEP(2, 4, 5)
         JR_AMX_STEP(3, 6, 5)
       } else if (NB == 2) {
