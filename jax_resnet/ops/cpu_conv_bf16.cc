@@ -688,6 +688,26 @@ void PixelPairs(const bf16* src, i64 pixels, i64 K, i64 q0, bf16* pairs) {
   }
 }
 
+// dw = the sum over the batch's parts of part(begin, end, acc), which adds
+// the contributions of images [begin, end) into acc (zeroed first): the
+// parts are fixed by the shape, summed in order (deterministic results).
+template <typename Part>
+void KernelGradInParts(ffi::ThreadPool& pool, int threads, i64 isa, i64 N,
+                       i64 size, float* dw, Part&& part) {
+  const i64 parts = KernelGradParts(N, size);
+  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
+  ParallelFor(pool, threads, parts, [&](int, i64 p) {
+    float* acc = p == 0 ? dw : copies.data() + (p - 1) * size;
+    std::memset(acc, 0, sizeof(float) * size);
+    part(p * N / parts, (p + 1) * N / parts, acc);
+    EndWork(isa);
+  });
+  for (i64 p = 1; p < parts; ++p) {
+    const float* c = copies.data() + (p - 1) * size;
+    for (i64 i = 0; i < size; ++i) dw[i] += c[i];
+  }
+}
+
 // KernelGrad at stride 1. Output pixel (oh, ow) is position q = oh * Wp + ow
 // of the padded image's width; tap (kh, kw) reads padded input position
 // q + kh * Wp + kw, one shift for every pixel. So per image the padded input
@@ -703,40 +723,32 @@ void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
   const i64 kd = (g.Ho * Wp + 31) / 32 * 32;
   // The largest shift plus kd, rounded to a cache line of bf16.
   const i64 lx = ((g.KH - 1) * Wp + g.KW - 1 + kd + 31) / 32 * 32;
-  const i64 size = taps * C * K;
-  const i64 parts = KernelGradParts(g.N, size);
-  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
-  ParallelFor(pool, threads, parts, [&](int, i64 part) {
-    float* acc = part == 0 ? dw : copies.data() + (part - 1) * size;
-    std::memset(acc, 0, sizeof(float) * size);
-    bf16* xt = Scratch<bf16>(0, C * lx);
-    bf16* dyv = Scratch<bf16>(1, kd * K);  // dyv[q / 2][k][q % 2]
-    std::memset(xt, 0, sizeof(bf16) * C * lx);
-    std::memset(dyv, 0, sizeof(bf16) * kd * K);
-    for (i64 n = part * g.N / parts; n < (part + 1) * g.N / parts; ++n) {
-      const bf16* xn = x + n * g.H * g.W * C;
-      for (i64 h = 0; h < g.H; ++h) {
-        ChannelMajor(xn + h * g.W * C, g.W, C,
-                     xt + (h + g.pt) * Wp + g.pl, lx);
-      }
-      const bf16* dyn = dy + n * g.Ho * g.Wo * K;
-      for (i64 oh = 0; oh < g.Ho; ++oh) {
-        PixelPairs(dyn + oh * g.Wo * K, g.Wo, K, oh * Wp, dyv);
-      }
-      for (i64 kh = 0; kh < g.KH; ++kh)
-        for (i64 kw = 0; kw < g.KW; ++kw) {  // All C rows of a tap at once.
-          const i64 t = kh * g.KW + kw, shift = kh * Wp + kw;
-          const Segment seg{xt + shift, lx, dyv, 2 * K, kd};
-          Product(kernel, static_cast<int>(C), K, &seg, 1, acc + t * C * K, K,
-                  true);
+  KernelGradInParts(
+      pool, threads, isa, g.N, taps * C * K, dw,
+      [&](i64 begin, i64 end, float* acc) {
+        bf16* xt = Scratch<bf16>(0, C * lx);     // xt[c][q]
+        bf16* dyv = Scratch<bf16>(1, kd * K);    // dyv[q / 2][k][q % 2]
+        std::memset(xt, 0, sizeof(bf16) * C * lx);
+        std::memset(dyv, 0, sizeof(bf16) * kd * K);
+        for (i64 n = begin; n < end; ++n) {
+          const bf16* xn = x + n * g.H * g.W * C;
+          for (i64 h = 0; h < g.H; ++h) {
+            ChannelMajor(xn + h * g.W * C, g.W, C,
+                         xt + (h + g.pt) * Wp + g.pl, lx);
+          }
+          const bf16* dyn = dy + n * g.Ho * g.Wo * K;
+          for (i64 oh = 0; oh < g.Ho; ++oh) {
+            PixelPairs(dyn + oh * g.Wo * K, g.Wo, K, oh * Wp, dyv);
+          }
+          for (i64 kh = 0; kh < g.KH; ++kh)
+            for (i64 kw = 0; kw < g.KW; ++kw) {  // All C rows of a tap.
+              const i64 t = kh * g.KW + kw, shift = kh * Wp + kw;
+              const Segment seg{xt + shift, lx, dyv, 2 * K, kd};
+              Product(kernel, static_cast<int>(C), K, &seg, 1,
+                      acc + t * C * K, K, true);
+            }
         }
-    }
-    EndWork(isa);
-  });
-  for (i64 part = 1; part < parts; ++part) {
-    const float* p = copies.data() + (part - 1) * size;
-    for (i64 i = 0; i < size; ++i) dw[i] += p[i];
-  }
+      });
 }
 
 // dw = d conv / d w applied to dy; x [N,H,W,C], dy [N,Ho,Wo,K] bf16.
@@ -750,45 +762,39 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   const i64 C = g.C, K = g.K, taps = g.KH * g.KW;
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
   const i64 pixels = g.Ho * g.Wo, padded = (pixels + 15) / 16 * 16;
-  const i64 size = taps * C * K;
-  const i64 parts = KernelGradParts(g.N, size);
-  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
-  ParallelFor(pool, threads, parts, [&](int, i64 part) {
-    float* acc = part == 0 ? dw : copies.data() + (part - 1) * size;
-    std::memset(acc, 0, sizeof(float) * size);
-    bf16* xp = Scratch<bf16>(0, Hp * Wp * C);
-    // xt[tap][c][p]: the input pixel tap (kh, kw) of output pixel p sees.
-    bf16* xt = Scratch<bf16>(1, taps * C * padded);
-    // dyv[p / 2][k][p % 2].
-    bf16* dyv = Scratch<bf16>(2, padded * K);
-    std::memset(xt, 0, sizeof(bf16) * taps * C * padded);
-    std::memset(dyv, 0, sizeof(bf16) * padded * K);
-    for (i64 n = part * g.N / parts; n < (part + 1) * g.N / parts; ++n) {
-      PadImage(x + n * g.H * g.W * C, g, xp);
-      for (i64 kh = 0; kh < g.KH; ++kh)
-        for (i64 kw = 0; kw < g.KW; ++kw) {
-          bf16* dst = xt + (kh * g.KW + kw) * C * padded;
-          for (i64 oh = 0; oh < g.Ho; ++oh)
-            for (i64 ow = 0; ow < g.Wo; ++ow) {
-              const bf16* s = xp + ((oh * g.sh + kh) * Wp + ow * g.sw + kw) * C;
-              const i64 p = oh * g.Wo + ow;
-              for (i64 c = 0; c < C; ++c) dst[c * padded + p] = s[c];
+  KernelGradInParts(
+      pool, threads, isa, g.N, taps * C * K, dw,
+      [&](i64 begin, i64 end, float* acc) {
+        bf16* xp = Scratch<bf16>(0, Hp * Wp * C);
+        // xt[tap][c][p]: the input pixel tap (kh, kw) of output pixel p sees.
+        bf16* xt = Scratch<bf16>(1, taps * C * padded);
+        // dyv[p / 2][k][p % 2].
+        bf16* dyv = Scratch<bf16>(2, padded * K);
+        std::memset(xt, 0, sizeof(bf16) * taps * C * padded);
+        std::memset(dyv, 0, sizeof(bf16) * padded * K);
+        for (i64 n = begin; n < end; ++n) {
+          PadImage(x + n * g.H * g.W * C, g, xp);
+          for (i64 kh = 0; kh < g.KH; ++kh)
+            for (i64 kw = 0; kw < g.KW; ++kw) {
+              bf16* dst = xt + (kh * g.KW + kw) * C * padded;
+              for (i64 oh = 0; oh < g.Ho; ++oh)
+                for (i64 ow = 0; ow < g.Wo; ++ow) {
+                  const bf16* s =
+                      xp + ((oh * g.sh + kh) * Wp + ow * g.sw + kw) * C;
+                  const i64 p = oh * g.Wo + ow;
+                  for (i64 c = 0; c < C; ++c) dst[c * padded + p] = s[c];
+                }
+            }
+          PackPairs(dy + n * pixels * K, 1, pixels, K, dyv);
+          for (i64 t = 0; t < taps; ++t)
+            for (i64 c0 = 0; c0 < C; c0 += 16) {
+              const Segment seg{xt + (t * C + c0) * padded, padded, dyv,
+                                2 * K, padded};
+              Product(kernel, 16, K, &seg, 1, acc + (t * C + c0) * K, K,
+                      true);
             }
         }
-      PackPairs(dy + n * pixels * K, 1, pixels, K, dyv);
-      for (i64 t = 0; t < taps; ++t)
-        for (i64 c0 = 0; c0 < C; c0 += 16) {
-          const Segment seg{xt + (t * C + c0) * padded, padded, dyv, 2 * K,
-                            padded};
-          Product(kernel, 16, K, &seg, 1, acc + (t * C + c0) * K, K, true);
-        }
-    }
-    EndWork(isa);
-  });
-  for (i64 part = 1; part < parts; ++part) {
-    const float* p = copies.data() + (part - 1) * size;
-    for (i64 i = 0; i < size; ++i) dw[i] += p[i];
-  }
+      });
 }
 
 // ------------------------------------------------------------ handlers -----
