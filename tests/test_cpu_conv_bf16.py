@@ -137,6 +137,14 @@ def test_conv2d_values_and_gradients_in_bf16(monkeypatch):
                                rtol=2 ** -8, atol=1e-6)
 
 
+def test_rounding_to_bf16_is_to_nearest_even_on_every_path():
+  """The kernels' vector rounding of their float32 sums (AVX512-BF16's
+  VCVTNE2PS2BF16 or AVX-512 integer arithmetic, whichever this CPU has, else
+  scalar) gives the scalar round-to-nearest-even bits on ties, carries,
+  overflow to infinity, NaNs, signed zeros and float32 subnormals."""
+  assert cpu_conv_bf16._library().jax_resnet_bf16_round_check() == 1
+
+
 def test_results_are_deterministic():
   """The kernel gradient sums its batch parts in a fixed order."""
   x, _, g, strides, padding = _operands((9, 8, 8, 16, 3, 16, 1, 1))

@@ -436,17 +436,47 @@ __attribute__((target("avx512f,avx512bw"))) void RoundAvx512(
   for (; i < n; ++i) out[i] = ToBf16(in[i]);
 }
 
-void Round(const float* in, i64 n, bf16* out) {
-  static const bool avx512 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") &&
-           __builtin_cpu_supports("avx512bw");
-  }();
-  if (avx512) {
-    RoundAvx512(in, n, out);
-    return;
+// The same with VCVTNE2PS2BF16, 32 at a time: it rounds to nearest even and
+// quiets a NaN as ToBf16 does, but flushes float32 subnormals to zero, so a
+// block of 32 with a subnormal goes to RoundAvx512.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void RoundNative(
+    const float* in, i64 n, bf16* out) {
+  const __m512i exponent = _mm512_set1_epi32(0x7f800000);
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  i64 i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a = _mm512_loadu_ps(in + i), b = _mm512_loadu_ps(in + i + 16);
+    const __m512i ua = _mm512_castps_si512(a), ub = _mm512_castps_si512(b);
+    // Subnormal: a zero exponent under a nonzero magnitude.
+    const __mmask16 sa = _mm512_testn_epi32_mask(ua, exponent) &
+                         _mm512_test_epi32_mask(ua, magnitude);
+    const __mmask16 sb = _mm512_testn_epi32_mask(ub, exponent) &
+                         _mm512_test_epi32_mask(ub, magnitude);
+    if (sa | sb) {
+      RoundAvx512(in + i, 32, out + i);
+      continue;
+    }
+    _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(b, a));
   }
-  for (i64 i = 0; i < n; ++i) out[i] = ToBf16(in[i]);
+  RoundAvx512(in + i, n - i, out + i);
+}
+
+void Round(const float* in, i64 n, bf16* out) {
+  static const int path = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") ||
+        !__builtin_cpu_supports("avx512bw")) {
+      return 0;
+    }
+    return __builtin_cpu_supports("avx512bf16") ? 2 : 1;
+  }();
+  if (path == 2) {
+    RoundNative(in, n, out);
+  } else if (path == 1) {
+    RoundAvx512(in, n, out);
+  } else {
+    for (i64 i = 0; i < n; ++i) out[i] = ToBf16(in[i]);
+  }
 }
 
 // w [KH][KW*C][K] -> VNNI pairs wv[KH][KW*C/2][K][2].
@@ -892,6 +922,35 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_resnet_conv_bf16_kernel_grad, KernelGradImpl,
                               JR_BIND(ffi::F32));
 
 #undef JR_BIND
+
+// 1 when Round (the vector paths this CPU takes) gives ToBf16's bits for
+// values with every rounding case: ties to even either way, carries into
+// the exponent, the largest finite values (rounding to infinity),
+// infinities, NaNs, zeros of both signs and float32 subnormals.
+extern "C" int jax_resnet_bf16_round_check() {
+  std::vector<uint32_t> bits;
+  for (const uint32_t high : {0x3f80u, 0xbf80u, 0x3f81u, 0x4049u, 0x7f7fu,
+                              0xff7fu, 0x0000u, 0x8000u, 0x0001u, 0x807fu}) {
+    for (const uint32_t low : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u,
+                               0xffffu, 0x4000u, 0xc000u}) {
+      bits.push_back(high << 16 | low);
+    }
+  }
+  for (const uint32_t special : {0x7f800000u, 0xff800000u, 0x7fc00000u,
+                                 0x7f800001u, 0xffffffffu, 0x7fbfffffu}) {
+    bits.push_back(special);
+  }
+  // Blocks of 32 without a subnormal too, so the native path runs.
+  for (uint32_t i = 0; i < 64; ++i) bits.push_back(0x3f808000u + (i << 16));
+  std::vector<float> in(bits.size());
+  std::memcpy(in.data(), bits.data(), sizeof(float) * in.size());
+  std::vector<bf16> got(in.size());
+  Round(in.data(), static_cast<i64>(in.size()), got.data());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (got[i] != ToBf16(in[i])) return 0;
+  }
+  return 1;
+}
 
 // 1 when Linux lets this process use AMX tile data, 0 otherwise.
 extern "C" int jax_resnet_amx_permitted() { return AmxPermitted(); }
