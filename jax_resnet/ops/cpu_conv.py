@@ -8,9 +8,9 @@ with a ``custom_vjp``). A bfloat16 one with input and output channels in
 multiples of 16 runs the bf16 kernels (``cpu_conv_bf16``: AMX or AVX512-BF16)
 where the CPU has them; there, a bf16 convolution the float32 kernels run but
 the bf16 ones do not (the RGB stem) runs the float32 kernels on its widened
-operands, rounded to bf16 once. Any other convolution (grouped, dilated, 12 output
-channels, bf16 without the bf16 kernels, ...) is handed to the fallback (XLA)
-before tracing. The float32 input gradient also goes to XLA when the input
+operands, rounded to bf16 once. Any other convolution (grouped, dilated, 12
+output channels, bf16 without the bf16 kernels, ...) is handed to the
+fallback (XLA) before tracing. The float32 input gradient also goes to XLA when the input
 channels are not a multiple of 16 (the RGB stem, whose input needs no
 gradient, so XLA drops it).
 
