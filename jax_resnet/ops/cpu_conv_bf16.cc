@@ -43,8 +43,10 @@
 //      the two fast micro-kernels are checked against it when loaded
 //      (jax_resnet_bf16_self_check).
 // The library is compiled for baseline x86-64; only the two fast
-// micro-kernels carry the instructions they use (target attributes), so the
-// library loads on every x86-64 CPU.
+// micro-kernels and the vector helpers (AVX2 transposes, AVX-512 and
+// AVX512-BF16 rounding, each used after a check of the CPU's features) carry
+// the instructions they use (target attributes), so the library loads on
+// every x86-64 CPU.
 //
 // Shapes a kernel cannot run (C or K not a multiple of 16, padding beyond the
 // kernel) are refused with an error, never an abort; cpu_conv_bf16.py routes

@@ -24,7 +24,8 @@ for a micro-kernel asked for by name, and one warning line (then XLA) under
 'auto', as for the float32 kernels.
 
 The library is built at first use (``native_build``) for baseline x86-64;
-only the two fast micro-kernels carry their instructions.
+only the two fast micro-kernels and vector helpers used after a check of the
+CPU's features carry their instructions.
 """
 
 import ctypes
