@@ -481,12 +481,14 @@ void Round(const float* in, i64 n, bf16* out) {
   }
 }
 
-// w [KH][KW*C][K] -> VNNI pairs wv[KH][KW*C/2][K][2].
-void PackPairs(const bf16* w, i64 rows, i64 jn, i64 K, bf16* wv) {
+// w [KH][KW*C][K] -> VNNI pairs wv[KH][ld/2][K][2] (ld >= jn = KW*C, even;
+// the rows from jn to ld are left as they are in wv).
+void PackPairs(const bf16* w, i64 rows, i64 jn, i64 K, bf16* wv, i64 ld = 0) {
+  if (ld == 0) ld = jn;
   for (i64 r = 0; r < rows; ++r)
     for (i64 j = 0; j < jn; ++j)
       for (i64 k = 0; k < K; ++k)
-        wv[((r * jn + (j & ~i64{1})) * K + 2 * k) + (j & 1)] =
+        wv[((r * ld + (j & ~i64{1})) * K + 2 * k) + (j & 1)] =
             w[(r * jn + j) * K + k];
 }
 
@@ -510,12 +512,8 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   // 64 or 32 rows at once (Product).
   const i64 jn = g.KW * g.C;
   const i64 kd = grid ? (jn + 31) / 32 * 32 : jn;
-  std::vector<bf16> wk(g.KH * kd * g.K, 0), wv(g.KH * kd * g.K);
-  for (i64 kh = 0; kh < g.KH; ++kh) {
-    std::memcpy(wk.data() + kh * kd * g.K, w + kh * jn * g.K,
-                sizeof(bf16) * jn * g.K);
-  }
-  PackPairs(wk.data(), g.KH, kd, g.K, wv.data());
+  std::vector<bf16> wv(g.KH * kd * g.K, 0);
+  PackPairs(w, g.KH, jn, g.K, wv.data(), kd);
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
   // With the grid, the image's positions rounded up to a 16-row block, and
   // the padded input's zero tail that the last ones' kernel rows read; else
