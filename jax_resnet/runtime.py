@@ -84,30 +84,62 @@ def configure(conv_backend: str = 'auto', dtype: str = 'float32') -> None:
 # faults (README, Performance, has the measurement). glibc reads tunables
 # only at process start.
 MALLOC_TUNABLE = 'glibc.malloc.hugetlb=1'
+# Even in huge pages the kernel zeroes each step's fresh buffer again, a
+# tenth of a deep network's step. ``ops/large_block_cache.cc``, preloaded,
+# serves blocks of 32 MB or more from one reserved range and keeps a freed
+# block's pages for the next step. A user's own LD_PRELOAD (say, jemalloc)
+# is left alone.
+_CACHE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             'ops', 'large_block_cache.cc')
+
+
+def large_block_cache() -> str:
+  """The path of the built large-block cache library, building it at first
+  use (``native_build``; raises its ``BuildError``)."""
+  from jax_resnet.ops import native_build  # pylint: disable=g-import-not-at-top
+  return native_build.build(
+      _CACHE_SOURCE, ('-O2', '-std=c++17', '-Wall'),
+      key=f'{python_platform.machine()} {python_platform.libc_ver()}')
 
 
 def process_environment(env: Mapping[str, str]) -> dict[str, str]:
-  """``env`` with the malloc tunable added to GLIBC_TUNABLES (if not set)."""
+  """``env`` with the malloc tunable added to GLIBC_TUNABLES (if not set)
+  and, on Linux with glibc where LD_PRELOAD is unset, the large-block cache
+  preloaded. A failed build of the cache prints one warning line and leaves
+  LD_PRELOAD unset."""
   env = dict(env)
   tunables = env.get('GLIBC_TUNABLES', '')
   if MALLOC_TUNABLE.split('=')[0] not in tunables:
     env['GLIBC_TUNABLES'] = ':'.join(t for t in (tunables, MALLOC_TUNABLE)
                                      if t)
+  if not env.get('LD_PRELOAD') and _on_glibc():
+    from jax_resnet.ops import native_build  # pylint: disable=g-import-not-at-top
+    try:
+      env['LD_PRELOAD'] = large_block_cache()
+    except native_build.BuildError as e:
+      logging.warning('Large-block cache not built (%s); each step\'s '
+                      'temporaries are zeroed afresh.', e)
   return env
+
+
+def _on_glibc() -> bool:
+  return (sys.platform == 'linux' and
+          python_platform.libc_ver()[0] == 'glibc')
 
 
 def restart_with_process_settings() -> None:
   """Re-executes this command once with ``process_environment`` on glibc.
 
-  Call first thing in a command's ``__main__``; a no-op when GLIBC_TUNABLES
-  already chooses ``glibc.malloc.hugetlb``, off glibc, or with
+  Call first thing in a command's ``__main__``; a no-op when the
+  environment already has those settings (GLIBC_TUNABLES chooses
+  ``glibc.malloc.hugetlb`` and LD_PRELOAD is set), off glibc, or with
   JAX_RESNET_NO_RESTART set.
   """
-  if (sys.platform != 'linux' or python_platform.libc_ver()[0] != 'glibc' or
-      os.environ.get('JAX_RESNET_NO_RESTART')):
+  if not _on_glibc() or os.environ.get('JAX_RESNET_NO_RESTART'):
     return
   env = process_environment(os.environ)
-  if env.get('GLIBC_TUNABLES') == os.environ.get('GLIBC_TUNABLES'):
+  if all(env.get(k) == os.environ.get(k)
+         for k in ('GLIBC_TUNABLES', 'LD_PRELOAD')):
     return
   sys.stdout.flush()
   sys.stderr.flush()
