@@ -46,6 +46,7 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jax_resnet::AlignedVector;
 using jax_resnet::Geometry;
 using jax_resnet::i64;
 using jax_resnet::KernelGradParts;
@@ -267,7 +268,7 @@ void InputGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
   }
   // Strided: col2im. wt[kh][k][kw*C + c] = w[kh][kw][c][k].
   const i64 jn = KW * C;
-  std::vector<float> wt(KH * K * jn);
+  AlignedVector<float> wt(KH * K * jn);
   for (i64 kh = 0; kh < KH; ++kh)
     for (i64 j = 0; j < jn; ++j)
       for (i64 k = 0; k < K; ++k)
@@ -392,7 +393,7 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
   const i64 size = g.KH * g.KW * g.C * g.K;
   const i64 parts = KernelGradParts(g.N, size);
-  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
+  AlignedVector<float> copies(static_cast<size_t>(parts - 1) * size);
   ParallelFor(pool, threads, parts, [&](int, i64 part) {
     float* acc = part == 0 ? dw : copies.data() + (part - 1) * size;
     std::memset(acc, 0, sizeof(float) * size);

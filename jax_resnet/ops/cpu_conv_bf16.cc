@@ -67,6 +67,7 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jax_resnet::AlignedVector;
 using jax_resnet::Geometry;
 using jax_resnet::i64;
 using jax_resnet::KernelGradParts;
@@ -512,7 +513,7 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   // 64 or 32 rows at once (Product).
   const i64 jn = g.KW * g.C;
   const i64 kd = grid ? (jn + 31) / 32 * 32 : jn;
-  std::vector<bf16> wv(g.KH * kd * g.K, 0);
+  AlignedVector<bf16> wv(g.KH * kd * g.K, 0);
   PackPairs(w, g.KH, jn, g.K, wv.data(), kd);
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
   // With the grid, the image's positions rounded up to a 16-row block, and
@@ -570,7 +571,7 @@ void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   }
   // Strided: col2im. Tap (kh, kw)'s transposed kernel [K][C] in pairs.
   const MicroKernel kernel = Kernel(isa);
-  std::vector<bf16> wt(KH * KW * K * C), wv(KH * KW * K * C);
+  AlignedVector<bf16> wt(KH * KW * K * C), wv(KH * KW * K * C);
   for (i64 t = 0; t < KH * KW; ++t)
     for (i64 c = 0; c < C; ++c)
       for (i64 k = 0; k < K; ++k) {
@@ -725,7 +726,7 @@ template <typename Part>
 void KernelGradInParts(ffi::ThreadPool& pool, int threads, i64 isa, i64 N,
                        i64 size, float* dw, Part&& part) {
   const i64 parts = KernelGradParts(N, size);
-  std::vector<float> copies(static_cast<size_t>(parts - 1) * size);
+  AlignedVector<float> copies(static_cast<size_t>(parts - 1) * size);
   ParallelFor(pool, threads, parts, [&](int, i64 p) {
     float* acc = p == 0 ? dw : copies.data() + (p - 1) * size;
     std::memset(acc, 0, sizeof(float) * size);
