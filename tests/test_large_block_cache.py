@@ -4,6 +4,7 @@ for the next allocation, and the allocator stays a correct malloc."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -62,6 +63,7 @@ _PROBE = textwrap.dedent(r'''
                                              40 * MB)
     out['memalign_aligned'] = aligned.value % (1 << 16) == 0
     libc.free(aligned)
+    out['huge_fails'] = libc.malloc(ctypes.c_size_t(-1).value) is None
 
     # Live arrays of random large sizes, freed in random order and grown
     # with realloc (ndarray.resize), never overlap.
@@ -105,6 +107,14 @@ _PROBE = textwrap.dedent(r'''
       libc.free(b)
       os._exit(0 if ok else 1)
     out['fork_child_rc'] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    pid = os.fork()
+    if pid == 0:
+      os.close(2)  # the message goes nowhere
+      b = libc.malloc(64 * MB)
+      libc.free(b)
+      libc.free(b)
+      os._exit(0)
+    out['double_free_rc'] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     out['preloaded'] = any('large_block_cache' in line
                            for line in open('/proc/self/maps'))
     print(json.dumps(out))
@@ -132,11 +142,13 @@ def test_a_freed_block_keeps_its_pages_and_malloc_stays_correct():
   assert cached['second_touch'] <= 8, cached
   assert cached['first_touch'] >= 32, cached
   for check in ('usable', 'realloc_kept', 'realloc_shrink_same',
-                'small_usable', 'memalign_aligned', 'arrays_intact',
-                'threads_ok'):
+                'small_usable', 'memalign_aligned', 'huge_fails',
+                'arrays_intact', 'threads_ok'):
     assert cached[check] is True, (check, cached)
   assert cached['memalign_rc'] == 0
   assert cached['fork_child_rc'] == 0
+  # A double free aborts, as glibc's free does where it can tell.
+  assert cached['double_free_rc'] == -signal.SIGABRT
 
   plain = _probe(None)
   assert not plain['preloaded']

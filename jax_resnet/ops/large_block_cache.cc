@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -168,7 +169,12 @@ void* Take(size_t size) {
 
 void Give(void* ptr) {
   const int i = Find(static_cast<char*>(ptr) - base);
-  if (i < 0 || blocks[i].free) return;  // not a live block's start
+  if (i < 0 || blocks[i].free) {  // as glibc does
+    static const char msg[] =
+        "large_block_cache: free(): invalid pointer or double free\n";
+    (void)!write(2, msg, sizeof(msg) - 1);
+    abort();
+  }
   Block& b = blocks[i];
   b.free = true;
   if (resident_free + b.size <= resident_cap) {
@@ -189,6 +195,7 @@ size_t BlockSize(const void* ptr) {
 }
 
 void* Large(size_t size) {
+  if (size > (SIZE_MAX >> 1)) return nullptr;  // rounding up would wrap
   Lock();
   void* p = Take(RoundUp(size, kGranule));
   Unlock();
