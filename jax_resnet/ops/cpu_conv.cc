@@ -49,7 +49,7 @@ namespace ffi = xla::ffi;
 using jax_resnet::AlignedVector;
 using jax_resnet::Geometry;
 using jax_resnet::i64;
-using jax_resnet::KernelGradParts;
+using jax_resnet::KernelGradInParts;
 using jax_resnet::PadImage;
 using jax_resnet::ParallelFor;
 using jax_resnet::Scratch;
@@ -391,27 +391,20 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
   const KernelGradImageFn image = PickKernelGrad(g.K);
   const bool padded = g.pt || g.pb || g.pl || g.pr;
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
-  const i64 size = g.KH * g.KW * g.C * g.K;
-  const i64 parts = KernelGradParts(g.N, size);
-  AlignedVector<float> copies(static_cast<size_t>(parts - 1) * size);
-  ParallelFor(pool, threads, parts, [&](int, i64 part) {
-    float* acc = part == 0 ? dw : copies.data() + (part - 1) * size;
-    std::memset(acc, 0, sizeof(float) * size);
-    for (i64 n = part * g.N / parts; n < (part + 1) * g.N / parts; ++n) {
-      const float* src = x + n * g.H * g.W * g.C;
-      const float* a = src;
-      if (padded) {
-        float* buf = Scratch(0, Hp * row);
-        PadImage(src, g, buf);
-        a = buf;
-      }
-      image(g, a, row, dy + n * g.Ho * g.Wo * g.K, acc);
-    }
-  });
-  for (i64 part = 1; part < parts; ++part) {
-    const float* p = copies.data() + (part - 1) * size;
-    for (i64 i = 0; i < size; ++i) dw[i] += p[i];
-  }
+  KernelGradInParts(
+      pool, threads, g.N, g.KH * g.KW * g.C * g.K, dw,
+      [&](i64 begin, i64 end, float* acc) {
+        for (i64 n = begin; n < end; ++n) {
+          const float* src = x + n * g.H * g.W * g.C;
+          const float* a = src;
+          if (padded) {
+            float* buf = Scratch(0, Hp * row);
+            PadImage(src, g, buf);
+            a = buf;
+          }
+          image(g, a, row, dy + n * g.Ho * g.Wo * g.K, acc);
+        }
+      });
 }
 
 // ------------------------------------------------------------ handlers -----

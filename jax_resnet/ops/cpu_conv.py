@@ -10,9 +10,9 @@ where the CPU has them; there, a bf16 convolution the float32 kernels run but
 the bf16 ones do not (the RGB stem) runs the float32 kernels on its widened
 operands, rounded to bf16 once. Any other convolution (grouped, dilated, 12
 output channels, bf16 without the bf16 kernels, ...) is handed to the
-fallback (XLA) before tracing. The float32 input gradient also goes to XLA when the input
-channels are not a multiple of 16 (the RGB stem, whose input needs no
-gradient, so XLA drops it).
+fallback (XLA) before tracing. The float32 input gradient also goes to XLA
+when the input channels are not a multiple of 16 (the RGB stem, whose input
+needs no gradient, so XLA drops it).
 
 Networks use it where ``model.conv_backend`` resolves to 'cpu_kernels'
 (``cpu_kernels.resolve``; ``layers.conv_partial``).

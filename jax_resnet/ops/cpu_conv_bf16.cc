@@ -70,7 +70,7 @@ namespace ffi = xla::ffi;
 using jax_resnet::AlignedVector;
 using jax_resnet::Geometry;
 using jax_resnet::i64;
-using jax_resnet::KernelGradParts;
+using jax_resnet::KernelGradInParts;
 using jax_resnet::PadImage;
 using jax_resnet::ParallelFor;
 using jax_resnet::Scratch;
@@ -719,26 +719,6 @@ void PixelPairs(const bf16* src, i64 pixels, i64 K, i64 q0, bf16* pairs) {
   }
 }
 
-// dw = the sum over the batch's parts of part(begin, end, acc), which adds
-// the contributions of images [begin, end) into acc (zeroed first): the
-// parts are fixed by the shape, summed in order (deterministic results).
-template <typename Part>
-void KernelGradInParts(ffi::ThreadPool& pool, int threads, i64 isa, i64 N,
-                       i64 size, float* dw, Part&& part) {
-  const i64 parts = KernelGradParts(N, size);
-  AlignedVector<float> copies(static_cast<size_t>(parts - 1) * size);
-  ParallelFor(pool, threads, parts, [&](int, i64 p) {
-    float* acc = p == 0 ? dw : copies.data() + (p - 1) * size;
-    std::memset(acc, 0, sizeof(float) * size);
-    part(p * N / parts, (p + 1) * N / parts, acc);
-    EndWork(isa);
-  });
-  for (i64 p = 1; p < parts; ++p) {
-    const float* c = copies.data() + (p - 1) * size;
-    for (i64 i = 0; i < size; ++i) dw[i] += c[i];
-  }
-}
-
 // KernelGrad at stride 1. Output pixel (oh, ow) is position q = oh * Wp + ow
 // of the padded image's width; tap (kh, kw) reads padded input position
 // q + kh * Wp + kw, one shift for every pixel. So per image the padded input
@@ -755,7 +735,7 @@ void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
   // The largest shift plus kd, rounded to a cache line of bf16.
   const i64 lx = ((g.KH - 1) * Wp + g.KW - 1 + kd + 31) / 32 * 32;
   KernelGradInParts(
-      pool, threads, isa, g.N, taps * C * K, dw,
+      pool, threads, g.N, taps * C * K, dw,
       [&](i64 begin, i64 end, float* acc) {
         bf16* xt = Scratch<bf16>(0, C * lx);     // xt[c][q]
         bf16* dyv = Scratch<bf16>(1, kd * K);    // dyv[q / 2][k][q % 2]
@@ -779,6 +759,7 @@ void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
                       acc + t * C * K, K, true);
             }
         }
+        EndWork(isa);
       });
 }
 
@@ -794,7 +775,7 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr;
   const i64 pixels = g.Ho * g.Wo, padded = (pixels + 15) / 16 * 16;
   KernelGradInParts(
-      pool, threads, isa, g.N, taps * C * K, dw,
+      pool, threads, g.N, taps * C * K, dw,
       [&](i64 begin, i64 end, float* acc) {
         bf16* xp = Scratch<bf16>(0, Hp * Wp * C);
         // xt[tap][c][p]: the input pixel tap (kh, kw) of output pixel p sees.
@@ -825,6 +806,7 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
                       true);
             }
         }
+        EndWork(isa);
       });
 }
 

@@ -1,7 +1,7 @@
 // What the float32 (cpu_conv.cc) and bf16 (cpu_conv_bf16.cc) convolution
 // kernels share: the geometry of a convolution and its checks, the zero-padded
 // image copy, the stride-1 input gradient as a forward convolution, and the
-// fixed batch parts of the kernel gradient.
+// kernel gradient's fixed batch parts (KernelGradInParts).
 
 #ifndef JAX_RESNET_CPU_CONV_SHARED_H_
 #define JAX_RESNET_CPU_CONV_SHARED_H_
@@ -83,6 +83,25 @@ std::vector<T> FlippedKernel(const T* w, const Geometry& g) {
 inline i64 KernelGradParts(i64 N, i64 size) {
   const i64 budget = (32 << 20) / (sizeof(float) * size);  // 32 MB of copies
   return std::max<i64>(1, std::min<i64>(N, std::clamp<i64>(budget, 2, 8)));
+}
+
+// dw (`size` floats) = the sum over the KernelGradParts of a batch of N of
+// part(begin, end, acc), which adds the contributions of images [begin, end)
+// into acc (zeroed first), on up to `threads` threads.
+template <typename Part>
+void KernelGradInParts(xla::ffi::ThreadPool& pool, int threads, i64 N,
+                       i64 size, float* dw, Part&& part) {
+  const i64 parts = KernelGradParts(N, size);
+  AlignedVector<float> copies(static_cast<size_t>(parts - 1) * size);
+  ParallelFor(pool, threads, parts, [&](int, i64 p) {
+    float* acc = p == 0 ? dw : copies.data() + (p - 1) * size;
+    std::memset(acc, 0, sizeof(float) * size);
+    part(p * N / parts, (p + 1) * N / parts, acc);
+  });
+  for (i64 p = 1; p < parts; ++p) {
+    const float* c = copies.data() + (p - 1) * size;
+    for (i64 i = 0; i < size; ++i) dw[i] += c[i];
+  }
 }
 
 }  // namespace jax_resnet
