@@ -146,6 +146,17 @@ void ForwardImage(const Geometry& g, const float* a, i64 row, const float* w,
   }
 }
 
+// Image n of x as the kernels read it: zero-padded into this thread's
+// scratch buffer 0 (`size` floats) where the convolution pads, else x itself.
+const float* ImageRows(const Geometry& g, const float* x, i64 n, bool padded,
+                       i64 size) {
+  const float* src = x + n * g.H * g.W * g.C;
+  if (!padded) return src;
+  float* buf = Scratch(0, size);
+  PadImage(src, g, buf);
+  return buf;
+}
+
 using ForwardImageFn = void (*)(const Geometry&, const float*, i64,
                                 const float*, float*);
 
@@ -186,14 +197,8 @@ void Forward(ffi::ThreadPool& pool, int threads, const Geometry& g,
   const bool padded = g.pt || g.pb || g.pl || g.pr;
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
-    const float* src = x + n * g.H * g.W * g.C;
-    const float* a = src;
-    if (padded) {
-      float* buf = Scratch(0, Hp * row);
-      PadImage(src, g, buf);
-      a = buf;
-    }
-    image(g, a, row, w, y + n * g.Ho * g.Wo * g.K);
+    image(g, ImageRows(g, x, n, padded, Hp * row), row, w,
+          y + n * g.Ho * g.Wo * g.K);
   });
 }
 
@@ -395,14 +400,8 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
       pool, threads, g.N, g.KH * g.KW * g.C * g.K, dw,
       [&](i64 begin, i64 end, float* acc) {
         for (i64 n = begin; n < end; ++n) {
-          const float* src = x + n * g.H * g.W * g.C;
-          const float* a = src;
-          if (padded) {
-            float* buf = Scratch(0, Hp * row);
-            PadImage(src, g, buf);
-            a = buf;
-          }
-          image(g, a, row, dy + n * g.Ho * g.Wo * g.K, acc);
+          image(g, ImageRows(g, x, n, padded, Hp * row), row,
+                dy + n * g.Ho * g.Wo * g.K, acc);
         }
       });
 }
