@@ -15,6 +15,7 @@ from conftest import ROOT
 from configs import default
 from jax_resnet.bench import benchmark
 from jax_resnet.bench import op_profile
+from jax_resnet.bench import timing
 from jax_resnet.ops import cpu_kernels
 from jax_resnet.models import registry
 
@@ -85,6 +86,26 @@ def test_format_table_sums_and_remainder():
   assert '| measured step | 70.0 | 40.0 | 20.0 | 2.00 |' in table
 
 
+def test_time_windows_is_the_median_window(monkeypatch):
+  """One stalled call (the first touch of new memory, say) moves one window,
+  not the figure; every window ends with a sync of its last result."""
+  clock = [0.0]
+  calls, synced = [], []
+
+  def run():
+    calls.append(None)
+    clock[0] += 50.0 if len(calls) == 7 else 1.0  # call 7 stalls
+    return len(calls)
+
+  monkeypatch.setattr(timing.time, 'perf_counter', lambda: clock[0])
+  seconds = timing.time_windows(run, steps=4, repeats=5, sync=synced.append)
+  assert len(calls) == 20
+  assert synced == [4, 8, 12, 16, 20]
+  assert seconds == 1.0  # the stalled window took 53 / 4 per call
+  with pytest.raises(ValueError, match='at least one step'):
+    timing.time_windows(run, steps=0, repeats=5, sync=synced.append)
+
+
 def test_benchmark_with_ops_and_bf16():
   """The kernels against PyTorch in float32 and bf16 (autocast), per-op
   budgets included for both dtypes (the jax_xla framework is the same worker
@@ -96,7 +117,7 @@ def test_benchmark_with_ops_and_bf16():
   proc = subprocess.run(
       [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
        '--batch_size=4', '--eval_batch_size=4', '--steps=1', '--eval_steps=1',
-       '--warmup=1', '--ops', f'--frameworks={jax_framework},torch',
+       '--repeats=1', '--warmup=1', '--ops', f'--frameworks={jax_framework},torch',
        '--dtypes=float32,bfloat16'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
       # Its workers compile a dozen tiny programs each: faster without
@@ -137,6 +158,7 @@ def test_benchmark_with_ops_and_bf16():
     (['--frameworks=jax_kernels', '--ops'], '--frameworks must include torch'),
     (['--dtypes=float16'], "Unknown dtypes ['float16']"),
     (['--config.model.dtype=bfloat16'], 'Give the dtype as --dtypes'),
+    (['--repeats=0'], 'flag --repeats=0: 0 is not a positive integer'),
 ])
 def test_refused_arguments(args, message):
   proc = subprocess.run(
@@ -152,7 +174,7 @@ def test_config_overrides_reach_the_jax_runs():
   """--config.FIELD overrides, the same mechanism as main.py's."""
   args = [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',
           '--frameworks=jax_xla', '--batch_size=4', '--eval_batch_size=4',
-          '--steps=1', '--eval_steps=1', '--warmup=1',
+          '--steps=1', '--eval_steps=1', '--repeats=1', '--warmup=1',
           '--config.model.block=resnext']
   proc = subprocess.run(args + ['--config.model.block_kwargs.cardinality=0'],
                         cwd=ROOT, capture_output=True, text=True,
@@ -164,3 +186,29 @@ def test_config_overrides_reach_the_jax_runs():
                         check=False)
   assert proc.returncode == 2
   assert "unknown config field 'model.dept'" in proc.stderr
+
+
+def test_loop_benchmark_counts_dispatches(tmp_path):
+  """The training-loop benchmark (the accelerator check's tool) on the CPU:
+  one dispatch per step, or one per k steps, and its tables."""
+  pytest.importorskip('torch')
+  out = tmp_path / 'loop.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jax_resnet.bench.loop', '--depths=8',
+       '--batch_size=4', '--steps=3', '--epochs=3',
+       '--steps_per_dispatch=1,3', '--torch_dtypes=float32',
+       f'--json={out}', f'--markdown={tmp_path / "loop.md"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1'))
+  assert proc.returncode == 0, proc.stderr
+  rows = json.loads(out.read_text())
+  assert [(r['framework'], r['steps_per_dispatch']) for r in rows] == [
+      ('jax', 1), ('jax', 3), ('torch', 1)]
+  assert [r['dispatches_per_step'] for r in rows[:2]] == pytest.approx(
+      [1.0, 1 / 3])
+  for row in rows:
+    assert row['train_images_per_sec'] == pytest.approx(
+        1000 * 4 / row['step_ms'])
+  table = (tmp_path / 'loop.md').read_text()
+  assert table.count('| ResNet-8 |') == 3
+  assert '| ResNet-8 | jax (cpu) | float32 | 3 | 1 |' in table

@@ -25,7 +25,9 @@ jitted ``train.train_step`` (on-device crop + flip + normalisation, forward,
 backward, SGD update) with the project's platform settings; PyTorch times the
 same network (channels_last, forward, backward, SGD step) on an already
 normalised batch. Throughput is steady state: compile and warm-up steps are
-excluded and reported separately.
+excluded and reported separately, and each figure is the median of
+``--repeats`` timed windows of ``--steps`` steps (``--eval_steps`` batches),
+which keeps a one-off stall out of it (``timing``).
 """
 
 import json
@@ -38,6 +40,7 @@ from absl import app
 from absl import flags
 
 from jax_resnet.bench import op_profile
+from jax_resnet.bench import timing
 
 _DEPTHS = flags.DEFINE_list('depths', ['20', '56', '110'],
                             'CIFAR ResNet depths (6n+2).')
@@ -54,8 +57,14 @@ _DTYPES = flags.DEFINE_list('dtypes', ['float32'],
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
 _EVAL_BATCH_SIZE = flags.DEFINE_integer('eval_batch_size', 500,
                                         'Evaluation batch size.')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed training steps.')
-_EVAL_STEPS = flags.DEFINE_integer('eval_steps', 10, 'Timed eval batches.')
+_STEPS = flags.DEFINE_integer('steps', 8, 'Timed training steps per window.',
+                              lower_bound=1)
+_EVAL_STEPS = flags.DEFINE_integer('eval_steps', 4,
+                                   'Timed eval batches per window.',
+                                   lower_bound=1)
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 5, 'Timed windows; each figure is the median window\'s.',
+    lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compile.')
 _THREADS = flags.DEFINE_integer('torch_threads', 0,
                                 'PyTorch intra-op threads; 0 = all cores.')
@@ -94,15 +103,6 @@ def config_overrides_given() -> dict[str, object]:
   if 'config' not in flags.FLAGS:
     return {}
   return dict(config_flags.get_override_values(flags.FLAGS['config']))
-
-
-def _time_loop(run, steps: int, sync) -> float:
-  start = time.perf_counter()
-  out = None
-  for _ in range(steps):
-    out = run()
-  sync(out)
-  return time.perf_counter() - start
 
 
 def _setup_jax(framework: str, dtype: str = 'float32') -> None:
@@ -207,7 +207,8 @@ def jax_worker(framework: str, network: str, dtype: str
     state, m = compiled(state, batch)
     return m
 
-  train_seconds = _time_loop(train_once, _STEPS.value, jax.block_until_ready)
+  step_seconds = timing.time_windows(train_once, _STEPS.value,
+                                     _REPEATS.value, jax.block_until_ready)
 
   eval_batch = jax.device_put({
       'image': rng.integers(0, 256, (_EVAL_BATCH_SIZE.value, 32, 32, 3),
@@ -219,15 +220,15 @@ def jax_worker(framework: str, network: str, dtype: str
   evaluate_compiled = evaluate.lower(state, eval_batch).compile()
   eval_compile_seconds = time.perf_counter() - start
   jax.block_until_ready(evaluate_compiled(state, eval_batch))
-  eval_seconds = _time_loop(lambda: evaluate_compiled(state, eval_batch),
-                            _EVAL_STEPS.value, jax.block_until_ready)
+  batch_seconds = timing.time_windows(
+      lambda: evaluate_compiled(state, eval_batch), _EVAL_STEPS.value,
+      _REPEATS.value, jax.block_until_ready)
   return {
-      'train_images_per_sec': _STEPS.value * config.batch_size / train_seconds,
-      'eval_images_per_sec':
-          _EVAL_STEPS.value * _EVAL_BATCH_SIZE.value / eval_seconds,
+      'train_images_per_sec': config.batch_size / step_seconds,
+      'eval_images_per_sec': _EVAL_BATCH_SIZE.value / batch_seconds,
       'compile_seconds': compile_seconds,
       'eval_compile_seconds': eval_compile_seconds,
-      'step_ms': 1000 * train_seconds / _STEPS.value,
+      'step_ms': 1000 * step_seconds,
   }
 
 
@@ -259,20 +260,20 @@ def torch_worker(framework: str, network: str, dtype: str
   model.train()
   for _ in range(_WARMUP.value):
     train_once()
-  train_seconds = _time_loop(train_once, _STEPS.value, lambda loss: loss.item())
+  step_seconds = timing.time_windows(train_once, _STEPS.value,
+                                     _REPEATS.value, lambda loss: loss.item())
   model.eval()
   eval_images = torch.randn(_EVAL_BATCH_SIZE.value, 3, 32, 32).to(
       memory_format=torch.channels_last)
   with torch.no_grad(), autocast():
     model(eval_images)
-    eval_seconds = _time_loop(lambda: model(eval_images), _EVAL_STEPS.value,
-                              lambda out: out.float().sum().item())
+    batch_seconds = timing.time_windows(
+        lambda: model(eval_images), _EVAL_STEPS.value, _REPEATS.value,
+        lambda out: out.float().sum().item())
   return {
-      'train_images_per_sec':
-          _STEPS.value * _BATCH_SIZE.value / train_seconds,
-      'eval_images_per_sec':
-          _EVAL_STEPS.value * _EVAL_BATCH_SIZE.value / eval_seconds,
-      'step_ms': 1000 * train_seconds / _STEPS.value,
+      'train_images_per_sec': _BATCH_SIZE.value / step_seconds,
+      'eval_images_per_sec': _EVAL_BATCH_SIZE.value / batch_seconds,
+      'step_ms': 1000 * step_seconds,
       'threads': torch.get_num_threads(),
   }
 
