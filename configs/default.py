@@ -114,7 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
   # your own block. Unset fields keep the block's defaults; an unknown name is
   # an error that lists the block's fields. Zoo blocks: resnext (cardinality
   # 8, base_width 64), res2net (base_width 26, scale 4), split_attention
-  # (radix 2, cardinality 1, base_width 64), se / se_bottleneck
+  # (radix 2, cardinality 1, base_width 64, avd True: a strided block pools
+  # with a 3x3 average after the split-attention convolution, or before it
+  # with avd_first True, as ResNeSt does), se / se_bottleneck
   # (se_reduction 16).
   config.model.block_kwargs = ml_collections.ConfigDict()
   # Modules imported before the block is looked up, so that their

@@ -225,6 +225,28 @@ class TestResolution:
         model_config(block='resnext', block_kwargs=dict(cardinality=8)), 10)
     assert implicit.signature('cifar10') == explicit.signature('cifar10')
 
+  def test_split_attention_signature_before_avd(self):
+    """A split_attention run trained before avd (its signature without the
+    avd fields) resumes with avd=False, and only with it."""
+    def signature(**kwargs):
+      return registry.resolve(model_config(
+          block='split_attention', block_kwargs=kwargs), 10).signature(
+              'cifar10')
+    before = dict(signature(avd=False))
+    assert before['block_kwargs'] == {'base_width': 64, 'cardinality': 1,
+                                      'radix': 2}
+    assert signature()['block_kwargs'] == {**before['block_kwargs'],
+                                           'avd': True}
+    assert signature(avd_first=True)['block_kwargs'] == {
+        **before['block_kwargs'], 'avd': True, 'avd_first': True}
+    fit = checkpoints.Fit(signature=signature())
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match="block_kwargs: checkpoint .*'radix': 2}, command "
+                       ".*'avd': True"):
+      fit.check({'signature': before}, 'runs/old')
+    checkpoints.Fit(signature=signature(avd=False)).check(
+        {'signature': before}, 'runs/old')
+
   def test_legacy_signature_of_a_zoo_config(self):
     """The layout checkpoints had before signatures had a version."""
     config = zoo.load_config('resnext29_8x64d_cifar10')

@@ -324,21 +324,32 @@ class SplitAttentionBottleneck(nn.Module):
 
   def __init__(self, in_planes, planes, stride=1, option='B',
                survival_probability=1.0, radix=2, cardinality=1,
-               base_width=64):
+               base_width=64, avd=True, avd_first=False):
     super().__init__()
     del survival_probability
     out_planes = planes * self.expansion
     width = planes * base_width // 64 * cardinality
     self.conv1 = nn.Conv2d(in_planes, width, 1, bias=False)
     self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = SplitAttentionConv(width, stride, radix, cardinality)
+    # ResNeSt's avd: a strided block pools instead of striding conv2.
+    self.avd = avd and stride > 1
+    self.avd_first = avd_first
+    if self.avd:
+      self.avd_layer = nn.AvgPool2d(3, stride, padding=1)
+    self.conv2 = SplitAttentionConv(width, 1 if self.avd else stride, radix,
+                                    cardinality)
     self.conv3 = nn.Conv2d(width, out_planes, 1, bias=False)
     self.bn3 = nn.BatchNorm2d(out_planes)
     self.shortcut = make_shortcut(in_planes, out_planes, stride, option)
 
   def forward(self, x):
     out = F.relu(self.bn1(self.conv1(x)))
-    out = self.bn3(self.conv3(self.conv2(out)))
+    if self.avd and self.avd_first:
+      out = self.avd_layer(out)
+    out = self.conv2(out)
+    if self.avd and not self.avd_first:
+      out = self.avd_layer(out)
+    out = self.bn3(self.conv3(out))
     return F.relu(self.shortcut(x) + out)
 
 

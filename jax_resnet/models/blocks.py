@@ -535,13 +535,17 @@ class SplitAttentionConv(nn.Module):
 class SplitAttentionBlock(ResidualBlock):
   """ResNeSt bottleneck: 1x1, split-attention 3x3, 1x1 (Zhang et al. 2020).
 
-  The stride sits on the split-attention convolution (the paper's block
-  without its average-pool downsampling tweak).
+  A strided block downsamples as ResNeSt does (``avd``): the split-attention
+  convolution runs at stride 1 and a 3x3 average pool (padding 1, the zeros
+  counted) strides after it, or before it with ``avd_first``. With
+  ``avd=False`` the stride sits on the split-attention convolution.
   """
 
   radix: int = 2
   cardinality: int = 1
   base_width: int = 64
+  avd: bool = True
+  avd_first: bool = False
 
   expansion: ClassVar[int] = 4
   default_shortcut: ClassVar[str] = 'B'
@@ -554,11 +558,20 @@ class SplitAttentionBlock(ResidualBlock):
     width = group_width(self.planes, self.base_width, self.cardinality)
     y = self.conv(width, (1, 1), padding=0, name='conv1')(x)
     y = self.norm(name='bn1')(y, relu=True)
-    y = SplitAttentionConv(self.conv, self.norm, width, self.stride,
-                           self.radix, self.cardinality,
-                           name='split_attention')(y)
+    pool = self.avd and self.stride > 1
+    if pool and self.avd_first:
+      y = self._downsample(y)
+    y = SplitAttentionConv(self.conv, self.norm, width,
+                           1 if pool else self.stride, self.radix,
+                           self.cardinality, name='split_attention')(y)
+    if pool and not self.avd_first:
+      y = self._downsample(y)
     y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
     return self.finish(y, x, train, 'bn3')
+
+  def _downsample(self, y: jax.Array) -> jax.Array:
+    return nn.avg_pool(y, (3, 3), strides=(self.stride, self.stride),
+                       padding=((1, 1), (1, 1)), count_include_pad=True)
 
 
 class CustomBlock(ResidualBlock):

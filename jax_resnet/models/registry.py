@@ -108,7 +108,10 @@ class ResolvedModel:
         'block': self.settings.block,
         'depth': self.settings.depth,
         'scan_blocks': self.settings.scan_blocks,
-        'block_kwargs': _json_values(self.block_kwargs),
+        'block_kwargs': _json_values(
+            {k: v for k, v in self.block_kwargs.items()
+             if LATER_BLOCK_HYPERPARAMETERS.get(self.settings.block, {}).get(
+                 k, _NONE) != v}),
         'network_kwargs': _json_values(
             {k: v for k, v in self.hyperparameters.items()
              if LATER_HYPERPARAMETERS.get(k, _NONE) != v}),
@@ -123,6 +126,12 @@ class ResolvedModel:
 # before them still fit.
 LATER_HYPERPARAMETERS = {'stem': 'cifar', 'stage_blocks': None,
                          'stage_planes': None}
+# Block hyper-parameters added later, by block, at the values that compute
+# what the block computed before them: left out of the signature there, so
+# that a run trained before them resumes with those values (split_attention
+# gained ResNeSt's average-pool downsampling, on by default).
+LATER_BLOCK_HYPERPARAMETERS = {
+    'split_attention': {'avd': False, 'avd_first': False}}
 _NONE = object()
 
 
