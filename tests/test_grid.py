@@ -222,15 +222,30 @@ def test_dry_run_lists_every_state(tmp_path):
   with open(os.path.join(runs[5].workdir, metric_logging.METRICS_FILE),
             'w') as f:
     f.write(json.dumps({'epoch': 1}) + '\n')
-  text = grid.format_plan(runs, total=12, shard=(0, 2))
+  # A run is running while a process holds its workdir's lock, whatever
+  # its status names: here another process holds run 3's (status: another
+  # host), and no one run 1's (status: this process, alive) or run 2's.
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys; from jax_resnet import '
+       'workdir_lock; workdir_lock.WorkdirLock(sys.argv[1], "train")'
+       '.acquire(); print("held", flush=True); sys.stdin.read()',
+       runs[3].workdir], cwd=ROOT, stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == 'held\n'
+    text = grid.format_plan(runs, total=12, shard=(0, 2))
+  finally:
+    holder.communicate('')
   lines = text.splitlines()
   assert lines[0] == '12 runs in the grid; shard 0/2 has 6.'
   got = [line.split()[4] for line in lines[2:8]]
-  assert got == ['pending', 'running', 'interrupted', 'running', 'failed',
-                 'done']
+  assert got == ['pending', 'interrupted', 'interrupted', 'running',
+                 'failed', 'done']
+  assert f'status says running (host {host}, pid {dead_pid}), but no ' \
+      'process holds the workdir' in lines[4]
   assert 'host elsewhere' in lines[5] and 'Training loss is nan' in lines[6]
   assert '1/1 epochs, best 12.50%' in lines[7]
-  assert lines[-1].startswith('Would run 2 (pending 1, interrupted 1); '
+  assert lines[-1].startswith('Would run 3 (pending 1, interrupted 2); '
                               'done 1; failed 1')
 
 

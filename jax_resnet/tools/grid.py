@@ -251,18 +251,6 @@ def write_status(workdir: str, status: dict[str, Any]) -> None:
   os.replace(path + '.tmp', path)
 
 
-def _process_alive(pid: Any) -> bool:
-  if not isinstance(pid, int) or pid <= 0:
-    return False
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _flat_config(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   flat = {}
   for key, value in config.items():
@@ -321,10 +309,11 @@ def run_state(run: Run) -> RunState:
                     epochs)
   if state == 'running':
     where = f'host {status.get("host")}, pid {status.get("pid")}'
-    if (status.get('host') == socket.gethostname() and
-        not _process_alive(status.get('pid'))):
-      return RunState('interrupted', f'{progress}; its process ({where}) '
-                      'is gone', epochs)
+    # The workdir's lock says whether that process still trains it (on any
+    # host that shares the file system); status.json cannot.
+    if workdir_lock.holder(run.workdir) is None:
+      return RunState('interrupted', f'{progress}; status says running '
+                      f'({where}), but no process holds the workdir', epochs)
     return RunState('running', f'{progress} ({where}, since '
                     f'{status.get("started")})', epochs)
   return RunState('interrupted', progress, epochs)
