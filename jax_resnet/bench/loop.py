@@ -13,11 +13,12 @@ runs where they are absent).
 
 For each (network, dtype, steps per dispatch, packed seeds) it reports
 train images/sec in the median of ``--epochs`` timed epochs of ``--steps``
-steps (after one untimed epoch that compiles; ``timing``), the compile time of that first epoch, the
-dispatches per step and the host milliseconds per step: the time the Python
-loop spends inside the dispatch calls, which return before the device
-finishes. With ``--packs=P`` the P seeds train as one vmapped program
-(``config.pack_seeds``) and images/sec counts the images of all of them.
+steps (after one untimed epoch that compiles; ``timing``), the compile time
+of that first epoch, the dispatches per step and the host milliseconds per
+step: the time the Python loop spends inside the dispatch calls, which
+return before the device finishes. With ``--packs=P`` the P seeds train as
+one vmapped program (``config.pack_seeds``) and images/sec counts the
+images of all of them.
 ``--torch_dtypes`` adds the same networks in PyTorch on its best device
 (CUDA when there is one; channels_last, SGD, bfloat16 under autocast) on an
 already normalised batch.
