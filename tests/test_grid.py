@@ -200,6 +200,29 @@ def test_failing_runs_are_recorded_and_the_grid_goes_on(tmp_path):
   assert attempted == [0, 1, 2]
 
 
+def test_a_stale_running_status_is_taken_over(tmp_path, capsys):
+  """A status that says running, of a process that died without a word
+  (here on another host), with the workdir's lock free: the grid says so
+  and trains the run."""
+  (run,) = tiny_runs(tmp_path, seeds=(0,))
+  grid.write_status(run.workdir, {'state': 'running', 'host': 'elsewhere',
+                                  'pid': 1})
+  assert grid.run_state(run).state == 'interrupted'
+  attempted = []
+
+  def fail(config, workdir, model):
+    del workdir, model
+    attempted.append(config.seed)
+    raise OSError('No space left on device')
+
+  grid.run_grid([run], train_fn=fail)
+  assert attempted == [0]
+  out = capsys.readouterr().out
+  assert ('status says running (host elsewhere, pid 1), but no process held '
+          'the workdir; taking it over.') in out
+  assert f'{run.name} ({run.workdir}): starting.' in out
+
+
 def test_dry_run_lists_every_state(tmp_path):
   runs = tiny_runs(tmp_path, seeds=range(6), num_epochs=1)
   host = socket.gethostname()

@@ -516,11 +516,13 @@ def _decide(run: Run, position: str, retry_failed: bool, pack_seeds: bool,
     return ('elsewhere', f'{header}: in use by '
             f'{workdir_lock.describe(e.holder)}, skipped.', '')
   line = f'{header}: {"resuming" if state.epochs else "starting"}'
-  if state.state == 'running':
-    # No process holds the workdir: its status is from a run that died
-    # (on another host, or before this machine restarted).
-    line = (f'{header}: status says running ({state.detail}), but no '
-            'process holds the workdir; taking it over.\n' + line)
+  status = read_status(run.workdir)
+  if status is not None and status.get('state') == 'running':
+    # Its status is from a run that died without a word (killed, or on a
+    # machine that went down): the lock was free.
+    line = (f'{header}: status says running (host {status.get("host")}, '
+            f'pid {status.get("pid")}), but no process held the workdir; '
+            'taking it over.\n' + line)
   line += ' (packed with its other seeds).' if pack_seeds else '.'
   return 'train', line, ''
 
