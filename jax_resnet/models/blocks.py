@@ -42,6 +42,14 @@ def shortcut_option_a(x: jax.Array, out_channels: int, stride: int) -> jax.Array
   return x
 
 
+def average_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+  """3x3 average pool, padding 1 with the zeros counted (PyTorch's
+  ``nn.AvgPool2d(3, stride, padding=1)``): Res2Net's last split and
+  ResNeSt's downsampling."""
+  return nn.avg_pool(x, (3, 3), strides=(stride, stride),
+                     padding=((1, 1), (1, 1)), count_include_pad=True)
+
+
 def survival_probabilities(num_blocks: int,
                            final_survival_probability: float) -> list[float]:
   """Linear decay rule p_l = 1 - (l / L) (1 - p_L) for blocks l = 1..L."""
@@ -469,8 +477,7 @@ class Res2NetBlock(ResidualBlock):
     if self.scale > 1:
       last = splits[-1]
       if first_of_stage:
-        last = nn.avg_pool(last, (3, 3), strides=(self.stride, self.stride),
-                           padding=((1, 1), (1, 1)))
+        last = average_pool_3x3(last, self.stride)
       outputs.append(last)
     y = jnp.concatenate(outputs, axis=-1)
     y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
@@ -560,18 +567,15 @@ class SplitAttentionBlock(ResidualBlock):
     y = self.norm(name='bn1')(y, relu=True)
     pool = self.avd and self.stride > 1
     if pool and self.avd_first:
-      y = self._downsample(y)
+      y = average_pool_3x3(y, self.stride)
     y = SplitAttentionConv(self.conv, self.norm, width,
                            1 if pool else self.stride, self.radix,
                            self.cardinality, name='split_attention')(y)
     if pool and not self.avd_first:
-      y = self._downsample(y)
+      y = average_pool_3x3(y, self.stride)
     y = self.conv(self.out_planes, (1, 1), padding=0, name='conv3')(y)
     return self.finish(y, x, train, 'bn3')
 
-  def _downsample(self, y: jax.Array) -> jax.Array:
-    return nn.avg_pool(y, (3, 3), strides=(self.stride, self.stride),
-                       padding=((1, 1), (1, 1)), count_include_pad=True)
 
 
 class CustomBlock(ResidualBlock):

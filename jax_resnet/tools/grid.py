@@ -127,6 +127,8 @@ class RunState:
   state: str  # pending, running, interrupted, done, failed or conflict.
   detail: str = ''
   epochs: int = 0
+  # Interrupted with a status that still says running: whom it names.
+  stale_claim: str = ''
 
 
 def setting_config_path(setting: str) -> str:
@@ -313,7 +315,8 @@ def run_state(run: Run) -> RunState:
     # host that shares the file system); status.json cannot.
     if workdir_lock.holder(run.workdir) is None:
       return RunState('interrupted', f'{progress}; status says running '
-                      f'({where}), but no process holds the workdir', epochs)
+                      f'({where}), but no process holds the workdir', epochs,
+                      stale_claim=where)
     return RunState('running', f'{progress} ({where}, since '
                     f'{status.get("started")})', epochs)
   return RunState('interrupted', progress, epochs)
@@ -516,13 +519,11 @@ def _decide(run: Run, position: str, retry_failed: bool, pack_seeds: bool,
     return ('elsewhere', f'{header}: in use by '
             f'{workdir_lock.describe(e.holder)}, skipped.', '')
   line = f'{header}: {"resuming" if state.epochs else "starting"}'
-  status = read_status(run.workdir)
-  if status is not None and status.get('state') == 'running':
+  if state.stale_claim:
     # Its status is from a run that died without a word (killed, or on a
     # machine that went down): the lock was free.
-    line = (f'{header}: status says running (host {status.get("host")}, '
-            f'pid {status.get("pid")}), but no process held the workdir; '
-            'taking it over.\n' + line)
+    line = (f'{header}: status says running ({state.stale_claim}), but no '
+            'process held the workdir; taking it over.\n' + line)
   line += ' (packed with its other seeds).' if pack_seeds else '.'
   return 'train', line, ''
 
