@@ -75,10 +75,12 @@ def get_config() -> ml_collections.ConfigDict:
   # densenet.
   config.model.depth = 20
   # Shortcut when shape changes: 'A' (subsample + zero channels, no
-  # parameters), 'B' (1x1 conv + BN), 'conv' (1x1 conv, no BN) or 'auto' (the
-  # network's or block's default: A for basic blocks in cifar_resnet, B for
-  # bottlenecks and in resnet / resnext, conv for pre-activation blocks in
-  # resnet and in wide_resnet). pyramidnet and densenet need 'auto'.
+  # parameters), 'B' (1x1 conv + BN), 'conv' (1x1 conv, no BN), 'D' (ResNet-D,
+  # ResNeSt's avg_down: 2x2 average pool when strided, then 1x1 conv + BN) or
+  # 'auto' (the network's or block's default: A for basic blocks in
+  # cifar_resnet, B for bottlenecks and in resnet / resnext, conv for
+  # pre-activation blocks in resnet and in wide_resnet). pyramidnet and
+  # densenet need 'auto'.
   config.model.shortcut = 'auto'
   # Stochastic depth: survival probability of the last block, p_L; block l of
   # L keeps its branch with p_l = 1 - (l/L)(1 - p_L). None = the block's

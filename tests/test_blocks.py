@@ -72,6 +72,38 @@ def test_option_a_shortcut_subsamples_and_pads_zero_channels():
   assert float(jnp.abs(y[..., :2]).sum() + jnp.abs(y[..., 4:]).sum()) == 0
 
 
+def test_average_pool_ceil_averages_only_the_pixels_of_a_partial_window():
+  x = jnp.arange(9, dtype=jnp.float32).reshape(1, 3, 3, 1)
+  y = blocks.average_pool_ceil(x, 2)
+  np.testing.assert_allclose(y[0, ..., 0], [[(0 + 1 + 3 + 4) / 4, (2 + 5) / 2],
+                                            [(6 + 7) / 2, 8]])
+
+
+class _ShortcutOnly(blocks.BasicBlock):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return self.shortcut(x)
+
+
+def test_option_d_shortcut_pools_then_projects_at_stride_1():
+  block = make_block(_ShortcutOnly, 16, 32, 2, False, shortcut_type='D')
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 16))
+  variables = block.init(jax.random.PRNGKey(0), x)
+  assert variables['params']['shortcut_conv']['kernel'].shape == (1, 1, 16, 32)
+  variables['batch_stats']['shortcut_bn'] = {
+      'mean': jnp.linspace(-1, 1, 32), 'var': jnp.linspace(0.5, 2, 32)}
+  shortcut = block.apply(variables, x)
+  kernel = variables['params']['shortcut_conv']['kernel'][0, 0]
+  stats = variables['batch_stats']['shortcut_bn']
+  scale = variables['params']['shortcut_bn']
+  expected = blocks.average_pool_ceil(x, 2) @ kernel
+  expected = ((expected - stats['mean']) / jnp.sqrt(stats['var'] + 1e-5)
+              * scale['scale'] + scale['bias'])
+  assert shortcut.shape == (2, 4, 4, 32)
+  np.testing.assert_allclose(shortcut, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('name', sorted(blocks.BLOCKS))
 def test_gradients_reach_the_stem(name):
   config = default.get_config().model

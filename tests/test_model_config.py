@@ -156,7 +156,7 @@ class TestOwnHyperParameters:
     (dict(block='se', block_kwargs=dict(in_planes=4)),
      'its hyper-parameters are se_reduction'),
     (dict(block='plain', final_survival_probability=0.5), 'has no shortcut'),
-    (dict(shortcut='C'), 'valid: auto, A, B, conv.'),
+    (dict(shortcut='C'), 'valid: auto, A, B, conv, D.'),
     (dict(stage_blocks=(2, 2), stage_planes=(64, 128)),
      'model.stage_blocks [2, 2] of 2-convolution blocks make depth 10; set '
      'model.depth=10 (got 20)'),

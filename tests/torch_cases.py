@@ -39,7 +39,7 @@ class Case:
   image_size: int = 32
 
 
-def _cifar(block, shortcut='auto', **block_kwargs) -> Case:
+def _cifar(block, shortcut='auto', image_size=32, **block_kwargs) -> Case:
   # Depth 14: one scanned block per stage behind the first.
   return Case(
       dict(block=block, depth=14, shortcut=shortcut,
@@ -47,12 +47,15 @@ def _cifar(block, shortcut='auto', **block_kwargs) -> Case:
       lambda model_config, model: torch_reference.cifar_resnet(
           block, model_config.depth, option=model.shortcut_type,
           final_survival_probability=model.final_survival_probability,
-          **block_kwargs))
+          **block_kwargs), image_size)
 
 
 CASES = {
     'basic': _cifar('basic', 'A'),
     'basic_shortcut_b': _cifar('basic', 'B'),
+    # 30x30 images: the last stage's 15x15 input leaves the option-D pool a
+    # partial last window (ceil_mode, only its pixels averaged).
+    'basic_shortcut_d': _cifar('basic', 'D', image_size=30),
     'preact': _cifar('preact', 'A'),
     'gated': _cifar('gated'),
     'stochastic_depth': _cifar('stochastic_depth'),
@@ -66,6 +69,9 @@ CASES = {
                               base_width=32),
     'split_attention_avd_first': _cifar('split_attention', radix=2,
                                         base_width=32, avd_first=True),
+    # ResNeSt's CIFAR layout: avd and avg_down together.
+    'split_attention_avg_down': _cifar('split_attention', 'D', radix=2,
+                                       cardinality=2, base_width=32),
     'split_attention_no_avd': _cifar('split_attention', radix=1,
                                      cardinality=2, base_width=32,
                                      avd=False),

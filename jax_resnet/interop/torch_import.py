@@ -11,7 +11,8 @@ code gives the configured network:
 
 - CIFAR ResNets, ResNet-18..152, PreAct-ResNets, ResNeXt-29 and PyramidNet:
   ``conv1``, ``bn1``, ``layer{s}.{k}.conv1`` ..., ``shortcut.0`` /
-  ``shortcut.1`` (or ``downsample.0/1``) for projections, ``bn`` (or
+  ``shortcut.1`` (or ``downsample.0/1``) for projections (``shortcut.1/2``
+  after the average pool ``shortcut.0`` of option D), ``bn`` (or
   ``bn_final``) for the final BN of pre-activation networks, ``linear`` or
   ``fc`` for the head; option-A shortcuts have no keys. Res2Net splits are
   ``convs.{i}`` / ``bns.{i}``, a ResNeSt split-attention convolution is
@@ -73,6 +74,12 @@ _RESIDUAL_MODULES = {
     # ResNeSt: the split-attention convolution is the bottleneck's conv2.
     'split_attention': ('conv2', 'split_attention'),
 }
+# Option-D shortcuts (ResNeSt's avg_down): the average pool is shortcut.0.
+_AVG_DOWN_MODULES = {
+    **_RESIDUAL_MODULES,
+    'shortcut_conv': ('shortcut.1', 'downsample.1'),
+    'shortcut_bn': ('shortcut.2', 'downsample.2'),
+}
 # Wide ResNets: conv1, block{s}.layer.{k} with convShortcut, bn1 before fc.
 _WIDE_MODULES = {
     'stem_conv': ('conv1',),
@@ -100,7 +107,9 @@ _STAGE_LAYER = re.compile(r'stage(\d+)_layer(\d+)')
 _STAGE_TRANSITION = re.compile(r'stage(\d+)_transition')
 
 
-def _residual_module(name: str, parent: str) -> tuple[str, ...]:
+def _residual_module(name: str, parent: str,
+                     modules: Mapping[str, tuple[str, ...]] = _RESIDUAL_MODULES
+                     ) -> tuple[str, ...]:
   del parent
   match = _STAGE_BLOCK.fullmatch(name)
   if match:
@@ -108,7 +117,11 @@ def _residual_module(name: str, parent: str) -> tuple[str, ...]:
   match = _RES2NET_SPLIT.fullmatch(name)
   if match:
     return (f'{match[1]}s.{int(match[2]) - 1}',)
-  return _RESIDUAL_MODULES.get(name, (name,))
+  return modules.get(name, (name,))
+
+
+def _avg_down_module(name: str, parent: str) -> tuple[str, ...]:
+  return _residual_module(name, parent, _AVG_DOWN_MODULES)
 
 
 def _wide_module(name: str, parent: str) -> tuple[str, ...]:
@@ -136,6 +149,9 @@ LAYOUTS = {
     'residual': (_residual_module,
                  'conv1, bn1, layer{s}.{k}.conv1, ..., shortcut.0/1, '
                  'bn (pre-activation), linear or fc'),
+    'residual_avg_down': (_avg_down_module,
+                          'conv1, bn1, layer{s}.{k}.conv1, ..., shortcut.1/2 '
+                          '(after the shortcut.0 average pool), linear or fc'),
     'wide_resnet': (_wide_module,
                     'conv1, block{s}.layer.{k}.bn1, ..., convShortcut, bn1, '
                     'fc'),
@@ -151,6 +167,8 @@ def torch_layout(model: Any) -> str:
     return 'densenet'
   if getattr(model, 'block_cls', None) is wide_resnet.WideBlock:
     return 'wide_resnet'
+  if getattr(model, 'shortcut_type', None) == 'D':
+    return 'residual_avg_down'
   return 'residual'
 
 

@@ -10,8 +10,9 @@ training scripts have:
 - CIFAR ResNet: ``conv1``, ``bn1``, ``layer1.0.conv1``, ..., ``linear``;
   option-A shortcuts are a ``LambdaLayer`` that subsamples and pads
   ``planes // 4`` zero channels on each side, option B is ``shortcut.0`` (1x1
-  conv) + ``shortcut.1`` (BN); kaiming_normal_ (fan_in) convolution and linear
-  weights. The same module with 64..512 planes is ResNet-18 / PreAct-ResNet-18
+  conv) + ``shortcut.1`` (BN), option D ``shortcut.1`` (1x1 conv after
+  ``shortcut.0``, an average pool) + ``shortcut.2`` (BN); kaiming_normal_
+  (fan_in) convolution and linear weights. The same module with 64..512 planes is ResNet-18 / PreAct-ResNet-18
   (whose projection is a bare 1x1 ``shortcut.0``).
 - Wide ResNet: ``conv1``, ``block{s}.layer.{k}`` with ``convShortcut``, a
   final ``bn1`` and ``fc``; kaiming_normal_ (fan_out) convolutions, zero
@@ -42,7 +43,9 @@ class LambdaLayer(nn.Module):
 
 def make_shortcut(in_planes: int, out_planes: int, stride: int,
                   option: str) -> nn.Module:
-  """Identity, option A, B (1x1 conv + BN) or 'conv' (1x1 conv alone)."""
+  """Identity, option A, B (1x1 conv + BN), 'conv' (1x1 conv alone) or 'D'
+  (ResNeSt's avg_down: ``shortcut.0`` average pool, ``shortcut.1`` 1x1 conv at
+  stride 1, ``shortcut.2`` BN)."""
   if stride == 1 and in_planes == out_planes:
     return nn.Sequential()
   if option == 'A':
@@ -50,6 +53,13 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int,
     return LambdaLayer(lambda x: F.pad(
         x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4), 'constant',
         0))
+  if option == 'D':
+    pool = (nn.AvgPool2d(stride, stride, ceil_mode=True,
+                         count_include_pad=False) if stride > 1
+            else nn.Identity())
+    return nn.Sequential(
+        pool, nn.Conv2d(in_planes, out_planes, 1, bias=False),
+        nn.BatchNorm2d(out_planes))
   projection = [nn.Conv2d(in_planes, out_planes, 1, stride=stride,
                           bias=False)]
   if option == 'B':

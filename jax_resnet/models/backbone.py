@@ -106,7 +106,7 @@ class CifarResNet(nn.Module):
     stem_planes: stem output channels; None uses ``stage_planes[0]``.
     stem: 'cifar' or 'imagenet' (``STEMS``).
     block_kwargs: the block's hyper-parameters, e.g. ``{'cardinality': 8}``.
-    shortcut_type: 'A', 'B' or 'conv' (see blocks.ResidualBlock).
+    shortcut_type: 'A', 'B', 'conv' or 'D' (see blocks.ResidualBlock).
     final_survival_probability: stochastic depth p_L; 1.0 disables it.
     stochastic_depth_mode: 'batch' or 'example'.
     bn_momentum: BatchNorm momentum in PyTorch terms (weight of the new batch).

@@ -23,7 +23,7 @@ from jax_resnet.models import layers
 
 ModuleDef = Any
 
-SHORTCUT_TYPES = ('A', 'B', 'conv')
+SHORTCUT_TYPES = ('A', 'B', 'conv', 'D')
 STOCHASTIC_DEPTH_MODES = ('batch', 'example')
 
 
@@ -50,6 +50,15 @@ def average_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
                      padding=((1, 1), (1, 1)), count_include_pad=True)
 
 
+def average_pool_ceil(x: jax.Array, size: int) -> jax.Array:
+  """``size`` x ``size`` average pool at stride ``size`` that keeps a partial
+  last window and averages only its pixels (PyTorch's ``nn.AvgPool2d(size,
+  size, ceil_mode=True, count_include_pad=False)``): ResNet-D's shortcut."""
+  padding = tuple((0, -n % size) for n in x.shape[1:3])
+  return nn.avg_pool(x, (size, size), strides=(size, size), padding=padding,
+                     count_include_pad=False)
+
+
 def survival_probabilities(num_blocks: int,
                            final_survival_probability: float) -> list[float]:
   """Linear decay rule p_l = 1 - (l / L) (1 - p_L) for blocks l = 1..L."""
@@ -73,8 +82,10 @@ class ResidualBlock(nn.Module):
       dtype); ``norm(name=...)(x, relu=True)`` is BN-ReLU in one pass,
       ``norm(name=...)(x, relu=True, residual=r)`` ReLU(BN(x) + r).
     shortcut_type: when the shape changes, 'A' (parameter-free), 'B' (1x1
-      conv + BN) or 'conv' (1x1 conv alone, the projection of pre-activation
-      networks); identity otherwise.
+      conv + BN), 'conv' (1x1 conv alone, the projection of pre-activation
+      networks) or 'D' (ResNet-D, He et al. 2019, ResNeSt's ``avg_down``: a
+      strided block averages ``stride`` x ``stride`` windows, then a 1x1 conv
+      at stride 1 + BN); identity otherwise.
     survival_probability: probability that the residual branch is kept in
       training (stochastic depth); 1.0 disables it. A scalar array when the
       backbone scans over the block.
@@ -119,7 +130,7 @@ class ResidualBlock(nn.Module):
     return self.stride != 1 or self.in_planes != self.out_planes
 
   def shortcut(self, x: jax.Array) -> jax.Array:
-    """Identity, or option A / B when stride or channels change."""
+    """Identity, or option A / B / conv / D when stride or channels change."""
     if not self.needs_projection:
       return x
     if self.shortcut_type == 'A':
@@ -131,6 +142,12 @@ class ResidualBlock(nn.Module):
     if self.shortcut_type == 'conv':
       return self.conv(self.out_planes, (1, 1), strides=self.stride, padding=0,
                        name='shortcut_conv')(x)
+    if self.shortcut_type == 'D':
+      if self.stride > 1:
+        x = average_pool_ceil(x, self.stride)
+      x = self.conv(self.out_planes, (1, 1), padding=0,
+                    name='shortcut_conv')(x)
+      return self.norm(name='shortcut_bn')(x)
     raise errors.ConfigError(f'Unknown shortcut {self.shortcut_type!r}; '
                              f'valid: {", ".join(SHORTCUT_TYPES)}.')
 

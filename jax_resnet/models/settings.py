@@ -19,7 +19,7 @@ class Settings:
     depth: ``model.depth``.
     block_kwargs: ``model.block_kwargs`` as given (the block's defaults fill
       the rest).
-    shortcut: 'A', 'B', 'conv' or 'auto'.
+    shortcut: 'A', 'B', 'conv', 'D' or 'auto'.
     final_survival_probability: stochastic depth p_L; None = the block's.
     stochastic_depth_mode: 'batch' or 'example'.
     bn_momentum: BatchNorm momentum in PyTorch terms.
