@@ -102,6 +102,9 @@ def test_time_windows_is_the_median_window(monkeypatch):
   assert len(calls) == 20
   assert synced == [4, 8, 12, 16, 20]
   assert seconds == 1.0  # the stalled window took 53 / 4 per call
+  calls.clear()
+  assert timing.window_seconds(run, steps=4, repeats=3,
+                               sync=synced.append) == [1.0, 53 / 4, 1.0]
   with pytest.raises(ValueError, match='at least one step'):
     timing.time_windows(run, steps=0, repeats=5, sync=synced.append)
 
@@ -129,6 +132,10 @@ def test_benchmark_with_ops_and_bf16():
       ('8', 'ResNet-8', 'float32'), ('8', 'ResNet-8', 'bfloat16')]
   for framework in (jax_framework, 'torch'):
     assert all(r[framework]['train_images_per_sec'] > 0 for r in rows)
+    # --repeats=1: one window, whose time is the figure.
+    assert all(r[framework]['step_window_ms'] ==
+               [pytest.approx(r[framework]['step_ms'], abs=1e-3)]
+               for r in rows)
     for row in rows:
       assert set(row[framework + '_ops']) == set(op_profile.CATEGORIES)
       budget = dict(row[framework + '_ops'])

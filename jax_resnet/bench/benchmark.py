@@ -27,11 +27,14 @@ same network (channels_last, forward, backward, SGD step) on an already
 normalised batch. Throughput is steady state: compile and warm-up steps are
 excluded and reported separately, and each figure is the median of
 ``--repeats`` timed windows of ``--steps`` steps (``--eval_steps`` batches),
-which keeps a one-off stall out of it (``timing``).
+which keeps a one-off stall out of it (``timing``); a worker's JSON also
+lists every training window (``step_window_ms``), to tell a stall from a
+process that is slower throughout.
 """
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -207,8 +210,9 @@ def jax_worker(framework: str, network: str, dtype: str
     state, m = compiled(state, batch)
     return m
 
-  step_seconds = timing.time_windows(train_once, _STEPS.value,
-                                     _REPEATS.value, jax.block_until_ready)
+  step_windows = timing.window_seconds(train_once, _STEPS.value,
+                                       _REPEATS.value, jax.block_until_ready)
+  step_seconds = statistics.median(step_windows)
 
   eval_batch = jax.device_put({
       'image': rng.integers(0, 256, (_EVAL_BATCH_SIZE.value, 32, 32, 3),
@@ -229,6 +233,7 @@ def jax_worker(framework: str, network: str, dtype: str
       'compile_seconds': compile_seconds,
       'eval_compile_seconds': eval_compile_seconds,
       'step_ms': 1000 * step_seconds,
+      'step_window_ms': [round(1000 * w, 3) for w in step_windows],
   }
 
 
@@ -260,8 +265,9 @@ def torch_worker(framework: str, network: str, dtype: str
   model.train()
   for _ in range(_WARMUP.value):
     train_once()
-  step_seconds = timing.time_windows(train_once, _STEPS.value,
-                                     _REPEATS.value, lambda loss: loss.item())
+  step_windows = timing.window_seconds(train_once, _STEPS.value,
+                                       _REPEATS.value, lambda loss: loss.item())
+  step_seconds = statistics.median(step_windows)
   model.eval()
   eval_images = torch.randn(_EVAL_BATCH_SIZE.value, 3, 32, 32).to(
       memory_format=torch.channels_last)
@@ -274,6 +280,7 @@ def torch_worker(framework: str, network: str, dtype: str
       'train_images_per_sec': _BATCH_SIZE.value / step_seconds,
       'eval_images_per_sec': _EVAL_BATCH_SIZE.value / batch_seconds,
       'step_ms': 1000 * step_seconds,
+      'step_window_ms': [round(1000 * w, 3) for w in step_windows],
       'threads': torch.get_num_threads(),
   }
 

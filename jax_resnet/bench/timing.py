@@ -13,10 +13,9 @@ import statistics
 import time
 
 
-def time_windows(run, steps: int, repeats: int, sync) -> float:
-  """Seconds per call of ``run``: the median over ``repeats`` windows of
-  ``steps`` calls each, every window ending with ``sync`` of its last
-  result."""
+def window_seconds(run, steps: int, repeats: int, sync) -> list[float]:
+  """Seconds per call of ``run`` in each of ``repeats`` windows of ``steps``
+  calls, every window ending with ``sync`` of its last result."""
   if steps < 1 or repeats < 1:
     raise ValueError(f'Need at least one step and one window; got {steps} '
                      f'steps x {repeats} windows.')
@@ -27,4 +26,9 @@ def time_windows(run, steps: int, repeats: int, sync) -> float:
       out = run()
     sync(out)
     windows.append((time.perf_counter() - start) / steps)
-  return statistics.median(windows)
+  return windows
+
+
+def time_windows(run, steps: int, repeats: int, sync) -> float:
+  """Seconds per call of ``run``: the median of ``window_seconds``."""
+  return statistics.median(window_seconds(run, steps, repeats, sync))
