@@ -12,8 +12,9 @@ training scripts have:
   ``planes // 4`` zero channels on each side, option B is ``shortcut.0`` (1x1
   conv) + ``shortcut.1`` (BN), option D ``shortcut.1`` (1x1 conv after
   ``shortcut.0``, an average pool) + ``shortcut.2`` (BN); kaiming_normal_
-  (fan_in) convolution and linear weights. The same module with 64..512 planes is ResNet-18 / PreAct-ResNet-18
-  (whose projection is a bare 1x1 ``shortcut.0``).
+  (fan_in) convolution and linear weights. The same module with 64..512
+  planes is ResNet-18 / PreAct-ResNet-18 (whose projection is a bare 1x1
+  ``shortcut.0``).
 - Wide ResNet: ``conv1``, ``block{s}.layer.{k}`` with ``convShortcut``, a
   final ``bn1`` and ``fc``; kaiming_normal_ (fan_out) convolutions, zero
   linear bias.

@@ -61,10 +61,11 @@ inline Geometry InputGradGeometry(const Geometry& g) {
                   g.KW - 1 - g.pr};
 }
 
-// ... and its kernel w', cache-line aligned like XLA's operands: the kernels read it with
-// full-vector loads, and a heap block (a 147 KB float kernel is mmap'ed 16
-// bytes past a page) would split every load over two lines, making the
-// input gradient up to a quarter slower than the forward pass.
+// ... and its kernel w', cache-line aligned like XLA's operands: the kernels
+// read it with full-vector loads, and a plain heap block (glibc mmaps a 147 KB
+// float kernel and returns 16 bytes past the page) would split every load
+// over two lines, making the input gradient up to a quarter slower than the
+// forward pass.
 template <typename T>
 AlignedVector<T> FlippedKernel(const T* w, const Geometry& g) {
   const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
