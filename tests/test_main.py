@@ -143,9 +143,16 @@ def test_kill_9_mid_run_then_restart_equals_uninterrupted(tmp_path):
   assert 'Final test accuracy' in out.stdout
 
 
-def test_two_devices_equal_one(tmp_path):
+@pytest.mark.parametrize('mix', [
+    [],
+    # Mixup and CutMix pair each image with its neighbour in the global
+    # batch (a roll across the devices' halves): the same pairs on two
+    # devices as on one.
+    ['--config.data.mixup_alpha=0.2', '--config.data.cutmix_alpha=1.0',
+     '--config.data.mix_switch_prob=0.5']], ids=['plain', 'mixup_cutmix'])
+def test_two_devices_equal_one(tmp_path, mix):
   one, two = tmp_path / 'one', tmp_path / 'two'
-  args = TINY + ['--config.num_epochs=2']
+  args = TINY + ['--config.num_epochs=2'] + mix
   run_main(args + [f'--workdir={one}'], examples=64)
   out = run_main(args + [f'--workdir={two}'], devices=2, examples=64)
   assert '2 device(s)' in out.stdout
