@@ -29,6 +29,7 @@ missing, unexpected and mis-shaped keys. Set ``--config.data.normalization``
 to the normalisation the PyTorch model was trained with (e.g. 'imagenet').
 """
 
+import functools
 import itertools
 import json
 import os
@@ -120,8 +121,8 @@ def _residual_module(name: str, parent: str,
   return modules.get(name, (name,))
 
 
-def _avg_down_module(name: str, parent: str) -> tuple[str, ...]:
-  return _residual_module(name, parent, _AVG_DOWN_MODULES)
+_avg_down_module = functools.partial(_residual_module,
+                                     modules=_AVG_DOWN_MODULES)
 
 
 def _wide_module(name: str, parent: str) -> tuple[str, ...]:
