@@ -208,10 +208,10 @@ def test_self_check(micro_kernel):
 
 
 def test_routing(monkeypatch):
-  """``cpu_conv`` hands canonical bf16 convolutions with channels in 16s to
-  the bf16 kernels, those with other input channels (the stem) to the
-  float32 kernels, and the rest (or everything, without bf16 kernels) to
-  XLA."""
+  """``cpu_conv`` hands canonical bf16 convolutions with 16 or more input
+  channels to the bf16 kernels (channels padded to multiples of 16), those
+  with fewer (the stem) to the float32 kernels, and the rest (or everything,
+  without bf16 kernels) to XLA."""
   calls = []
 
   def fallback(*args):
@@ -221,32 +221,62 @@ def test_routing(monkeypatch):
   conv = lambda x, w, s=(1, 1), p=((1, 1), (1, 1)): (
       cpu_conv.conv_general_dilated(x, w, s, p, dimension_numbers=DN,
                                     fallback=fallback))
+  same = ((1, 1), (1, 1))
+  bits = lambda a: np.asarray(a, np.float32)
+  pad = lambda a, c, k: jnp.pad(a, ((0, 0), (0, 0), (0, c), (0, k)))
   x, kernel, _, _, _ = _operands(SHAPES[2])
   monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'reference')
   y = conv(x, kernel)
   assert not calls
   assert y.dtype == jnp.bfloat16
   np.testing.assert_array_equal(
-      np.asarray(y, np.float32),
-      np.asarray(cpu_conv_bf16.conv2d(x, kernel, (1, 1), ((1, 1), (1, 1))),
-                 np.float32))
-  # 12 input channels, 64 output channels (like the RGB stem): the float32
-  # kernels on the widened operands, rounded to bf16 once.
-  y12 = conv(x[..., :12], kernel[:, :, :12])
-  assert y12.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(
-      np.asarray(y12, np.float32),
-      np.asarray(cpu_conv.conv2d(
-          x[..., :12].astype(jnp.float32),
-          kernel[:, :, :12].astype(jnp.float32), (1, 1), ((1, 1), (1, 1))
-      ).astype(jnp.bfloat16), np.float32))
-  conv(x[..., :12], kernel[:, :, :12, :12])  # 12 output channels: XLA.
+      bits(y), bits(cpu_conv_bf16.conv2d(x, kernel, (1, 1), same)))
+  # 36 input and 12 output channels (DenseNet): the bf16 kernels on zero
+  # channels padded to 48 and 16, the padding sliced off.
+  y36 = conv(x[..., :36], kernel[:, :, :36, :12])
+  assert y36.dtype == jnp.bfloat16 and y36.shape == (1, 8, 8, 12)
+  np.testing.assert_array_equal(bits(y36), bits(cpu_conv_bf16.conv2d(
+      jnp.pad(x[..., :36], ((0, 0),) * 3 + ((0, 12),)),
+      pad(kernel[:, :, :36, :12], 12, 4), (1, 1), same)[..., :12]))
+  # 12 input channels, 64 or 12 output channels (like the RGB stem): the
+  # float32 kernels on the widened operands, rounded to bf16 once.
+  for k in (64, 12):
+    y12 = conv(x[..., :12], kernel[:, :, :12, :k])
+    assert y12.dtype == jnp.bfloat16 and y12.shape == (1, 8, 8, k)
+    np.testing.assert_array_equal(bits(y12), bits(cpu_conv.conv2d(
+        x[..., :12].astype(jnp.float32),
+        pad(kernel[:, :, :12, :k], 0, -k % 16).astype(jnp.float32), (1, 1),
+        same)[..., :k].astype(jnp.bfloat16)))
   cpu_conv.conv_general_dilated(          # Dilated: not canonical.
       x, kernel, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
       dimension_numbers=DN, fallback=fallback)
   monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'none')
   conv(x, kernel)
-  assert calls == [(1, 8, 8, 12), (1, 8, 8, 64), (1, 8, 8, 64)]
+  assert calls == [(1, 8, 8, 64), (1, 8, 8, 64)]
+
+
+@pytest.mark.parametrize('shape', [
+    (2, 8, 8, 36, 3, 12, 1, 1),    # DenseNet-BC 3x3 layer (growth 12)
+    (2, 8, 8, 40, 1, 20, 2, 0),    # odd both ways, strided 1x1
+    (1, 9, 7, 3, 3, 24, 1, 1),     # DenseNet-BC stem: widened, padded K
+], ids=str)
+def test_padded_channels_values_and_gradients(shape, monkeypatch):
+  """Channel counts off the lanes: values and both gradients of the padded
+  kernels are bf16 and within one bf16 rounding of float32, under jit."""
+  monkeypatch.setattr(cpu_conv_bf16, 'isa', lambda: 'reference')
+  x, kernel, g, strides, padding = _operands(shape, seed=2)
+  y32, dx32, dw32 = _float32_reference(x, kernel, g, strides, padding)
+  conv = lambda a, b: cpu_conv.conv_general_dilated(
+      a, b, strides, padding, dimension_numbers=DN)
+  y, vjp = jax.jit(lambda a, b: jax.vjp(conv, a, b))(x, kernel)
+  dx, dw = jax.jit(vjp)(g)
+  hlo = jax.jit(lambda a, b: jax.vjp(conv, a, b)[1](g)).lower(
+      x, kernel).as_text()
+  assert 'jax_resnet_' in hlo and 'convolution(' not in hlo
+  for got, want in ((y, y32), (dx, dx32), (dw, dw32)):
+    assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float32), want,
+                               rtol=2 ** -7, atol=2e-3 * np.abs(want).max())
 
 
 def test_bf16_network_on_the_kernels(monkeypatch):

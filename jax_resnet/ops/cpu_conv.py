@@ -1,18 +1,22 @@
 """The project's CPU convolution kernels (``cpu_conv.cc``) as a JAX convolution.
 
 ``conv_general_dilated`` here is ``lax.conv_general_dilated`` for
-``nn.Conv(conv_general_dilated=...)``: a float32 NHWC/HWIO convolution whose
-output channels are a multiple of 16 runs the AVX-512/AVX2 kernels (forward, input
-gradient and kernel gradient, as XLA FFI custom calls inside the jitted step,
-with a ``custom_vjp``). A bfloat16 one with input and output channels in
-multiples of 16 runs the bf16 kernels (``cpu_conv_bf16``: AMX or AVX512-BF16)
-where the CPU has them; there, a bf16 convolution the float32 kernels run but
-the bf16 ones do not (the RGB stem) runs the float32 kernels on its widened
-operands, rounded to bf16 once. Any other convolution (grouped, dilated, 12
-output channels, bf16 without the bf16 kernels, ...) is handed to the
-fallback (XLA) before tracing. The float32 input gradient also goes to XLA
-when the input channels are not a multiple of 16 (the RGB stem, whose input
-needs no gradient, so XLA drops it).
+``nn.Conv(conv_general_dilated=...)``: a float32 NHWC/HWIO convolution runs
+the AVX-512/AVX2 kernels (forward, input gradient and kernel gradient, as XLA
+FFI custom calls inside the jitted step, with a ``custom_vjp``). A bfloat16
+one runs the bf16 kernels (``cpu_conv_bf16``: AMX or AVX512-BF16) where the
+CPU has them; there, a bf16 convolution with fewer than 16 input channels
+(the RGB stem) runs the float32 kernels on its widened operands, rounded to
+bf16 once.
+
+The kernels work on channels in groups of 16 (``cpu_kernels.LANES``). Other
+channel counts (DenseNet's growth of 12 and its concatenations, PyramidNet's
+widths) are padded with zero channels to the next multiple of 16, and the
+padding is sliced off the result: the output channels always, and the
+input channels of the bf16 kernels and of the float32 input gradient. The zeros add nothing to a sum, so the values are the
+unpadded convolution's. Any other convolution (grouped, dilated, bf16
+without the bf16 kernels, ...) is handed to the fallback (XLA) before
+tracing.
 
 Networks use it where ``model.conv_backend`` resolves to 'cpu_kernels'
 (``cpu_kernels.resolve``; ``layers.conv_partial``).
@@ -53,11 +57,27 @@ def supported(x_shape, w_shape, strides, padding) -> bool:
 
 
 def input_grad_supported(x_shape, w_shape, strides, padding) -> bool:
-  """Whether the input-gradient kernel runs it (else XLA's gradient)."""
-  kh, kw, c, _ = w_shape
+  """Whether the input-gradient kernel runs it, its input channels padded
+  to the lanes (else XLA's gradient)."""
+  del x_shape  # Any input size the forward takes.
+  kh, kw, _, _ = w_shape
   (pt, pb), (pl, pr) = padding
   small_padding = max(pt, pb) < kh and max(pl, pr) < kw
-  return c % cpu_kernels.LANES == 0 and (small_padding or max(strides) > 1)
+  return small_padding or max(strides) > 1
+
+
+def lanes(n: int) -> int:
+  """``n`` rounded up to a multiple of ``cpu_kernels.LANES``."""
+  return -(-n // cpu_kernels.LANES) * cpu_kernels.LANES
+
+
+def _pad_channels(a: jax.Array, axis: int, size: int) -> jax.Array:
+  """``a`` with zeros appended along ``axis`` up to ``size``."""
+  if a.shape[axis] == size:
+    return a
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, size - a.shape[axis])
+  return jnp.pad(a, widths)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -75,7 +95,11 @@ def _conv2d_fwd(x, w, strides, padding):
 def _conv2d_bwd(strides, padding, residuals, g):
   x, w = residuals
   if input_grad_supported(x.shape, w.shape, strides, padding):
-    dx = _call(_INPUT_GRAD, x.shape, g, w, strides, padding)
+    # Zero kernel rows for the padded input channels: their gradient is
+    # zero, and sliced off.
+    c = x.shape[-1]
+    dx = _call(_INPUT_GRAD, x.shape[:-1] + (lanes(c),), g,
+               _pad_channels(w, 2, lanes(c)), strides, padding)[..., :c]
   else:
     _, vjp = jax.vjp(
         lambda x_: lax.conv_general_dilated(
@@ -112,18 +136,39 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
           dimension_numbers, feature_group_count, batch_group_count, precision,
           preferred_element_type)
   canonical = canonical_conv.canonical_arguments(*args)
-  if cpu_conv_bf16.takes(lhs, rhs, canonical):
-    return cpu_conv_bf16.conv2d(lhs, rhs, *canonical)
-  if (canonical is not None and lhs.dtype == jnp.bfloat16 and
-      rhs.dtype == jnp.bfloat16 and cpu_conv_bf16.available() and
-      supported(lhs.shape, rhs.shape, *canonical)):
-    # What the bf16 kernels do not take (the RGB stem's 3 input channels):
-    # the float32 kernels on the exactly widened operands, the output
-    # rounded to bf16 once, which is the bf16 kernels' arithmetic.
-    return conv2d(lhs.astype(jnp.float32), rhs.astype(jnp.float32),
-                  *canonical).astype(jnp.bfloat16)
-  if (canonical is not None and lhs.dtype == jnp.float32 and
-      rhs.dtype == jnp.float32 and supported(lhs.shape, rhs.shape,
-                                             *canonical)):
-    return conv2d(lhs, rhs, *canonical)
-  return (fallback or lax.conv_general_dilated)(*args)
+  route = _route(lhs, rhs, canonical)
+  if route is None:
+    return (fallback or lax.conv_general_dilated)(*args)
+  kernels, c, k = route
+  x = _pad_channels(lhs, 3, c)
+  w = _pad_channels(_pad_channels(rhs, 2, c), 3, k)
+  out = kernels(x, w, *canonical)
+  return out[..., :rhs.shape[3]] if k != rhs.shape[3] else out
+
+
+def _widened(x, w, strides, padding):
+  """The float32 kernels on exactly widened bf16 operands, the output
+  rounded to bf16 once: the bf16 kernels' arithmetic."""
+  return conv2d(x.astype(jnp.float32), w.astype(jnp.float32), strides,
+                padding).astype(jnp.bfloat16)
+
+
+def _route(lhs, rhs, canonical):
+  """``(kernels, input channels, output channels)``: which kernels run this
+  convolution (canonical arguments, or None), on operands padded to that
+  many channels; None where the kernels do not run it."""
+  if canonical is None or lhs.dtype != rhs.dtype:
+    return None
+  c, k = rhs.shape[2], lanes(rhs.shape[3])
+  def padded(channels):
+    return lhs.shape[:3] + (channels,), rhs.shape[:2] + (channels, k)
+  if lhs.dtype == jnp.bfloat16 and cpu_conv_bf16.available():
+    if (c >= cpu_kernels.LANES and
+        cpu_conv_bf16.supported(*padded(lanes(c)), *canonical)):
+      return cpu_conv_bf16.conv2d, lanes(c), k
+    # The RGB stem (too few channels to fill the bf16 kernels' lanes), or a
+    # shape only the float32 kernels take.
+    return (_widened, c, k) if supported(*padded(c), *canonical) else None
+  if lhs.dtype == jnp.float32 and supported(*padded(c), *canonical):
+    return conv2d, c, k
+  return None

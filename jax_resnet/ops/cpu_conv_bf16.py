@@ -218,12 +218,3 @@ def _conv2d_bwd(strides, padding, residuals, g):
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def takes(lhs: jax.Array, rhs: jax.Array, canonical) -> bool:
-  """Whether ``cpu_conv`` hands this convolution (canonical arguments, or
-  None) to the bf16 kernels."""
-  return (canonical is not None and lhs.dtype == jnp.bfloat16 and
-          rhs.dtype == jnp.bfloat16 and available() and
-          supported(lhs.shape, rhs.shape, *canonical))
-
