@@ -177,6 +177,36 @@ def test_refused_arguments(args, message):
 
 
 
+@pytest.mark.parametrize('network', [
+    '20', 'plain20_cifar10', 'tutorial_resnet_cifar10', 'wrn16_8_cifar10',
+    'densenet_bc100_k12_cifar10', 'pyramidnet110_a48_cifar10'])
+def test_torch_reference_is_the_network(network):
+  """The PyTorch network the benchmark times has the JAX network's
+  parameter count (the zoo's)."""
+  from jax_resnet.tools import zoo  # pylint: disable=g-import-not-at-top
+  config = benchmark.network_config(network).model
+  torch_params = sum(p.numel() for p in benchmark.torch_model(
+      network).parameters())
+  assert torch_params == zoo.measure(config)[0]
+
+
+def test_overrides_reach_the_torch_reference(monkeypatch):
+  """``--config.model.*`` changes the network PyTorch times as well."""
+  from jax_resnet.tools import zoo  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(benchmark, 'config_overrides_given',
+                      lambda: {'model.block': 'se', 'model.shortcut': 'B'})
+  model = benchmark.torch_model('20')
+  assert type(model.layer1[0]).__name__ == 'SEBasicBlock'
+  assert sum(p.numel() for p in model.parameters()) == zoo.measure(
+      benchmark.network_config('20').model)[0] != zoo.measure_config(
+          'resnet20_cifar10')[0]
+
+
+def test_network_without_a_torch_reference_is_refused():
+  with pytest.raises(Exception, match='No PyTorch reference for'):
+    benchmark.torch_model('resnet18_cifar10')
+
+
 def test_config_overrides_reach_the_jax_runs():
   """--config.FIELD overrides, the same mechanism as main.py's."""
   args = [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=8',

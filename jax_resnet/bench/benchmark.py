@@ -12,7 +12,8 @@ Frameworks: ``jax_xla`` (``model.conv_backend=xla``, with the project's XLA
 CPU flags), ``jax_kernels`` (``model.conv_backend=cpu_kernels``, the
 ``cpu_conv`` kernels) and ``torch``. Networks: CIFAR ResNets by depth
 (``--depths``, option A) and any config under ``configs/`` with a PyTorch
-reference (``--networks``: cifar_resnet, wide_resnet and densenet configs).
+reference (``--networks``: cifar_resnet, wide_resnet, pyramidnet
+and densenet configs).
 Dtypes (``--dtypes``): ``float32``, and ``bfloat16``, which is
 ``model.dtype=bfloat16`` for JAX (mixed precision: bf16 activations and
 convolution operands, float32 parameters) and ``torch.autocast`` to bf16 for
@@ -96,7 +97,8 @@ def define_config_flag() -> None:
   from jax_resnet import config_overrides  # pylint: disable=g-import-not-at-top
   config_overrides.define_config_dict(
       config_overrides.default_config(),
-      'Overrides of the JAX runs, e.g. --config.model.scan_blocks=True '
+      'Overrides of the network (both frameworks) and of the JAX step, '
+      'e.g. --config.model.block=gated, --config.model.scan_blocks=True '
       '(the dtype is --dtypes).')
 
 
@@ -125,14 +127,18 @@ def _setup_torch():
 
 
 def network_config(network: str):
-  """The config of a network key: a CIFAR ResNet depth or a config name."""
+  """The config of a network key (a CIFAR ResNet depth or a config name),
+  with the command line's ``--config.FIELD`` overrides: the JAX step's
+  settings, and the network both frameworks build."""
   import importlib  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
+  from jax_resnet import config_overrides  # pylint: disable=g-import-not-at-top
   if network.isdigit():
     config = default.get_config()
     config.model.depth = int(network)
-    return config
-  return importlib.import_module(f'configs.{network}').get_config()
+  else:
+    config = importlib.import_module(f'configs.{network}').get_config()
+  return config_overrides.apply(config, config_overrides_given())
 
 
 def resolve_network(network: str):
@@ -157,8 +163,15 @@ def torch_model(network: str, num_classes: int = 10):
   resolved = resolve_network(network)
   block, depth = resolved.settings.block, resolved.settings.depth
   kwargs = resolved.hyperparameters
-  if resolved.name == 'cifar_resnet':
-    return torch_reference.cifar_resnet(block, depth, num_classes)
+  if (resolved.name == 'cifar_resnet' and block in torch_reference.BLOCKS and
+      resolved.module.stem == 'cifar'):
+    # The config's layout: stages, widths, shortcut and block settings.
+    module = resolved.module
+    return torch_reference.ResNet(
+        torch_reference.BLOCKS[block], module.stage_sizes, num_classes,
+        module.shortcut_type, module.final_survival_probability,
+        stage_planes=module.stage_planes, stem_planes=module.stem_planes,
+        **dict(module.block_kwargs))
   if resolved.name == 'wide_resnet':
     return torch_reference.WideResNet(depth, kwargs['widen_factor'],
                                       num_classes, kwargs['dropout_rate'])
@@ -166,9 +179,14 @@ def torch_model(network: str, num_classes: int = 10):
     return torch_reference.DenseNetBC(depth, kwargs['growth_rate'],
                                       kwargs['compression'], num_classes,
                                       kwargs['dropout_rate'])
+  if resolved.name == 'pyramidnet':
+    return torch_reference.PyramidNet(depth, kwargs['pyramid_alpha'],
+                                      num_classes,
+                                      bottleneck=block == 'bottleneck')
   raise app.UsageError(f'No PyTorch reference for {network!r} in the '
-                       'benchmark: use cifar_resnet, wide_resnet or densenet '
-                       '(bottleneck) configs.')
+                       'benchmark: use cifar_resnet (with a built-in block '
+                       'and the CIFAR stem), wide_resnet, pyramidnet or '
+                       'densenet (bottleneck) configs.')
 
 
 def jax_worker(framework: str, network: str, dtype: str
