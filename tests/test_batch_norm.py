@@ -164,7 +164,8 @@ def _kernel_bn_outputs(use_kernels, relu, train, x, g, params, stats):
                     reason='this CPU cannot run the kernels')
 @pytest.mark.parametrize('train', [True, False])
 @pytest.mark.parametrize('relu', [False, True])
-@pytest.mark.parametrize('shape', [(8, 5, 5, 16), (3, 7, 9, 48), (64, 4, 4, 64)])
+@pytest.mark.parametrize('shape', [(8, 5, 5, 16), (3, 7, 9, 48), (64, 4, 4, 64),
+                                   (5, 3, 3, 6), (3, 7, 9, 36)])
 def test_kernels_match_the_xla_passes(shape, relu, train):
   """The CPU kernel passes give XLA's values and gradients (rel. 1e-5)."""
   inputs = _inputs(seed=1, shape=shape)
@@ -181,13 +182,11 @@ def test_kernels_match_the_xla_passes(shape, relu, train):
 @pytest.mark.skipif(not cpu_kernels.cpu_can_run()[0],
                     reason='this CPU cannot run the kernels')
 def test_kernels_skip_what_they_do_not_run():
-  """6 channels (not a multiple of 16) and float16 stay on XLA."""
-  for shape, dtype in (((4, 3, 3, 6), jnp.float32),
-                       ((4, 3, 3, 16), jnp.float16)):
-    x, g, params, stats = _inputs(shape=shape)
-    hlo, _ = _kernel_bn_outputs(True, True, True, x.astype(dtype),
-                                g.astype(dtype), params, stats)
-    assert 'jax_resnet_bn' not in hlo
+  """float16 stays on XLA."""
+  x, g, params, stats = _inputs(shape=(4, 3, 3, 16))
+  hlo, _ = _kernel_bn_outputs(True, True, True, x.astype(jnp.float16),
+                              g.astype(jnp.float16), params, stats)
+  assert 'jax_resnet_bn' not in hlo
 
 
 def _residual_outputs(fused, use_kernels, relu, train, x, g, r, params,
@@ -218,15 +217,16 @@ def _residual_outputs(fused, use_kernels, relu, train, x, g, r, params,
   return hlo, (y, new['mean'], new['var'], dx, dr, dp['scale'], dp['bias'])
 
 
+@pytest.mark.parametrize('channels', [32, 20])  # 20: a channel tail.
 @pytest.mark.parametrize('use_kernels', KERNELS_AND_XLA)
 @pytest.mark.parametrize('train', [True, False])
 @pytest.mark.parametrize('relu', [True, False])
 def test_residual_fused_equals_separate_operations_bitwise(use_kernels, train,
-                                                          relu):
+                                                          relu, channels):
   """``BatchNorm(x, relu, residual=r)``, a block's end, is bitwise ReLU(BN(x)
   + r) computed separately: values, statistics and every gradient, r's
   included. On the kernels it is the residual passes."""
-  x, g, params, stats = _inputs(seed=5, shape=(4, 6, 6, 32))
+  x, g, params, stats = _inputs(seed=5, shape=(4, 6, 6, channels))
   r = jnp.asarray(np.random.default_rng(6).standard_normal(x.shape),
                   jnp.float32)
   hlo, fused = _residual_outputs(True, use_kernels, relu, train, x, g, r,
@@ -249,13 +249,14 @@ def test_residual_fused_equals_separate_operations_bitwise(use_kernels, train,
 @pytest.mark.parametrize('train', [True, False])
 @pytest.mark.parametrize('relu', [True, False])
 @pytest.mark.parametrize('with_residual', [True, False])
+@pytest.mark.parametrize('channels', [32, 20])  # 20: a channel tail.
 def test_bf16_kernels_round_the_float32_passes_once(train, relu,
-                                                     with_residual):
+                                                     with_residual, channels):
   """On bfloat16 tensors the kernels compute what they compute on the same
   values in float32 and round each output element once, to nearest even:
   y, dx and dr are the float32 kernels' results rounded to bf16, bit for
   bit; statistics and parameter gradients (float32) are the same bits."""
-  x, g, params, stats = _inputs(seed=8, shape=(4, 6, 6, 32))
+  x, g, params, stats = _inputs(seed=8, shape=(4, 6, 6, channels))
   r = jnp.asarray(np.random.default_rng(9).standard_normal(x.shape),
                   jnp.float32)
   bf16 = lambda a: a.astype(jnp.bfloat16)

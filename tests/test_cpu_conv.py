@@ -250,9 +250,15 @@ from jax_resnet.ops import cpu_kernels
 from configs import default
 assert cpu_kernels.load() == (True, ''), cpu_kernels.load()
 results = []
-for dtype in ('float32', 'bfloat16'):  # bf16: the bf16 BatchNorm passes too
+# bf16: the bf16 BatchNorm passes too; PyramidNet: widths 18-21, the
+# channel tails of the BatchNorm passes and the padded convolutions.
+for name, dtype in [(n, d) for n in ('cifar_resnet', 'pyramidnet')
+                    for d in ('float32', 'bfloat16')]:
   config = default.get_config().model
+  config.name = name
   config.depth = 8
+  if name == 'pyramidnet':
+    config.pyramid_alpha = 5
   config.conv_backend = 'cpu_kernels'
   config.dtype = dtype
   model = registry.create_model(config, 10)

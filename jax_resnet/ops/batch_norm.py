@@ -23,9 +23,8 @@ Statistics and the normalisation are computed in float32 whatever the input
 dtype; the output is cast to ``dtype``.
 
 With ``use_kernels`` (``model.conv_backend`` resolving to 'cpu_kernels'), a
-float32 (or bfloat16, with bfloat16 output) BatchNorm whose channels are a
-multiple of 16 runs the same passes as the project's multi-threaded
-AVX-512/AVX2 kernels (``cpu_batch_norm.cc``): the statistics in one pass with
+float32 (or bfloat16, with bfloat16 output) BatchNorm of any width runs the
+same passes as the project's multi-threaded AVX-512/AVX2 kernels (``cpu_batch_norm.cc``): the statistics in one pass with
 double-precision sums, the normalisation (+ ReLU) in one, and the backward
 pass as one reduction and one element-wise pass. XLA:CPU runs these fusions
 on one thread. In bfloat16 the kernels compute in float32 and round each
@@ -72,10 +71,10 @@ def _affine(x: jax.Array, mean: jax.Array, a: jax.Array, bias: jax.Array,
 
 def kernels_run(x: jax.Array, dtype: Any) -> bool:
   """Whether the CPU kernels take a BatchNorm of ``x`` with output
-  ``dtype``: float32 to float32, or bfloat16 to bfloat16."""
+  ``dtype``: float32 to float32, or bfloat16 to bfloat16, any number of
+  channels."""
   return (x.dtype in (jnp.float32, jnp.bfloat16) and
-          jnp.dtype(dtype) == x.dtype and x.ndim >= 2 and
-          x.shape[-1] % cpu_kernels.LANES == 0)
+          jnp.dtype(dtype) == x.dtype and x.ndim >= 2)
 
 
 def _vector(c: int) -> jax.ShapeDtypeStruct:

@@ -2,8 +2,11 @@
 // AVX2, called from jitted JAX code as XLA FFI custom calls (see
 // batch_norm.py), written on 16-lane vectors (cpu_simd.h).
 //
-// x is viewed as [M, C] (all axes but the channel axis flattened), C a
-// multiple of 16. Four passes, each over the rows split between threads:
+// x is viewed as [M, C] (all axes but the channel axis flattened), any C:
+// channels are taken 16 at a time, and a last group of fewer (a channel
+// tail: DenseNet's and PyramidNet's widths) is loaded with zeros in the
+// missing lanes, which are never stored. Four passes, each over the rows
+// split between threads:
 //   jax_resnet_bn_stats           x -> mean, var (biased)
 //   jax_resnet_bn_apply           x, mean, a, b -> (x - mean) * a + b, ReLU
 //   jax_resnet_bn_grad_sums       g, x, y, mean -> sum g, sum g (x - mean)
@@ -57,49 +60,96 @@ inline void PartRows(i64 rows, i64 parts, i64 p, i64* begin, i64* end) {
   *end = (p + 1) * rows / parts;
 }
 
-// Sixteen lanes of a float32 or bfloat16 tensor, as float32.
-inline F32x16 LoadAs(const float* p) { return simd::Load(p); }
-inline F32x16 LoadAs(const uint16_t* p) { return simd::LoadBf16(p); }
-inline void StoreAs(float* p, F32x16 v) { simd::Store(p, v); }
-inline void StoreAs(uint16_t* p, F32x16 v) { simd::StoreBf16(p, v); }
-
-template <typename T>
-inline F32x16 ReluMasked(const T* g, const T* y, bool relu) {
-  const F32x16 gv = LoadAs(g);
-  if (!relu) return gv;
-  return simd::WherePositive(LoadAs(y), gv);
+// Channels [c, c + n) of a float32 or bfloat16 array, as float32: n = 16,
+// or a channel tail (n < 16) with zeros in the other lanes.
+inline F32x16 LoadAs(const float* p, int n) {
+  return n == 16 ? simd::Load(p) : simd::LoadFirst(p, n);
+}
+inline F32x16 LoadAs(const uint16_t* p, int n) {
+  return n == 16 ? simd::LoadBf16(p) : simd::LoadBf16First(p, n);
+}
+inline void StoreAs(float* p, F32x16 v, int n) {
+  if (n == 16) {
+    simd::Store(p, v);
+  } else {
+    simd::StoreFirst(p, v, n);
+  }
+}
+inline void StoreAs(uint16_t* p, F32x16 v, int n) {
+  if (n == 16) {
+    simd::StoreBf16(p, v);
+  } else {
+    simd::StoreBf16First(p, v, n);
+  }
 }
 
-// Per-channel sums over all rows of the two vectors pair(m, c) yields for
-// row m, channels [c, c + 16), in double precision.
+// The channels of the group starting at c: 16, or fewer in a tail.
+inline int GroupLanes(i64 C, i64 c) {
+  return static_cast<int>(std::min<i64>(16, C - c));
+}
+
+template <typename T>
+inline F32x16 ReluMasked(const T* g, const T* y, bool relu, int n) {
+  const F32x16 gv = LoadAs(g, n);
+  if (!relu) return gv;
+  return simd::WherePositive(LoadAs(y, n), gv);
+}
+
+// Calls group(c, n, first, last) for every channel group [c, c + n) of
+// rows [begin, end), a chunk of rows at a time: the groups of a chunk (about
+// 32 KB of float32) read it from cache, and the chunks stream through memory
+// in order. Group by group over all the rows instead, each group's pass
+// strides over the whole tensor, and wide layers (DenseNet's hundreds of
+// channels) ran slower than XLA's row-major passes.
+template <typename F>
+inline void ChunkedGroups(i64 C, i64 begin, i64 end, F&& group) {
+  if (C <= 16) {  // One group: the rows in order already.
+    group(0, GroupLanes(C, 0), begin, end);
+    return;
+  }
+  const i64 rows = std::max<i64>(1, 8192 / C);
+  for (i64 first = begin; first < end; first += rows) {
+    const i64 last = std::min(end, first + rows);
+    for (i64 c = 0; c < C; c += 16) group(c, GroupLanes(C, c), first, last);
+  }
+}
+
+// Per-channel sums over all rows of the two vectors pair(m, c, n) yields
+// for row m, channels [c, c + n), in double precision. Each channel's sum
+// in a part adds its rows in order.
 template <typename F>
 void DoubleSums(ffi::ThreadPool& pool, int threads, i64 M, i64 C, F&& pair,
                 std::vector<double>* out0, std::vector<double>* out1) {
   const i64 parts = Parts(M);
-  std::vector<double> sums(parts * 2 * C, 0.0);
+  const i64 groups = (C + 15) / 16;
+  std::vector<simd::F64x16> sums(parts * 2 * groups, simd::ZeroF64());
   ParallelFor(pool, threads, parts, [&](int, i64 p) {
     i64 begin, end;
     PartRows(M, parts, p, &begin, &end);
-    double* s0 = sums.data() + p * 2 * C;
-    double* s1 = s0 + C;
-    for (i64 c = 0; c < C; c += 16) {
-      simd::F64x16 a = simd::ZeroF64(), b = simd::ZeroF64();
-      for (i64 m = begin; m < end; ++m) {
+    simd::F64x16* s0 = sums.data() + p * 2 * groups;
+    simd::F64x16* s1 = s0 + groups;
+    ChunkedGroups(C, begin, end, [&](i64 c, int n, i64 first, i64 last) {
+      simd::F64x16 a = s0[c / 16], b = s1[c / 16];
+      for (i64 m = first; m < last; ++m) {
         F32x16 v0, v1;
-        pair(m, c, &v0, &v1);
+        pair(m, c, n, &v0, &v1);
         a = simd::AddWidened(a, v0);
         b = simd::AddWidened(b, v1);
       }
-      simd::StoreF64(s0 + c, a);
-      simd::StoreF64(s1 + c, b);
-    }
+      s0[c / 16] = a;
+      s1[c / 16] = b;
+    });
   });
   out0->assign(C, 0.0);
   out1->assign(C, 0.0);
+  std::vector<double> lanes(2 * groups * 16);
   for (i64 p = 0; p < parts; ++p) {
+    for (i64 g = 0; g < 2 * groups; ++g) {
+      simd::StoreF64(lanes.data() + 16 * g, sums[p * 2 * groups + g]);
+    }
     for (i64 c = 0; c < C; ++c) {
-      (*out0)[c] += sums[p * 2 * C + c];
-      (*out1)[c] += sums[p * 2 * C + C + c];
+      (*out0)[c] += lanes[c];
+      (*out1)[c] += lanes[groups * 16 + c];
     }
   }
 }
@@ -121,9 +171,6 @@ ffi::Error CheckRows(const Dims& d, i64* M, i64* C) {
   *C = d[d.size() - 1];
   *M = 1;
   for (size_t i = 0; i + 1 < d.size(); ++i) *M *= d[i];
-  if (*C % 16) {
-    return ffi::Error::InvalidArgument("bn: channels must be a multiple of 16");
-  }
   return ffi::Error::Success();
 }
 
@@ -143,8 +190,8 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, Tensor<DT> x, VectorResult mean,
   std::vector<double> sum, sumsq;
   DoubleSums(
       pool, static_cast<int>(threads), M, C,
-      [xp, C](i64 m, i64 c, F32x16* v0, F32x16* v1) {
-        *v0 = LoadAs(xp + m * C + c);
+      [xp, C](i64 m, i64 c, int n, F32x16* v0, F32x16* v1) {
+        *v0 = LoadAs(xp + m * C + c, n);
         *v1 = simd::Mul(*v0, *v0);
       },
       &sum, &sumsq);
@@ -168,19 +215,19 @@ ffi::Error ApplyRows(ffi::ThreadPool& pool, Tensor<DT>& x, const float* mp,
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
   const auto* xp = x.typed_data();
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
-    for (i64 c = 0; c < C; c += 16) {
-      const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
-                   bv = simd::Load(bp + c), zero = simd::Zero();
-      for (i64 m = begin; m < end; ++m) {
+    ChunkedGroups(C, begin, end, [&](i64 c, int n, i64 first, i64 last) {
+      const F32x16 mv = LoadAs(mp + c, n), av = LoadAs(ap + c, n),
+                   bv = LoadAs(bp + c, n), zero = simd::Zero();
+      for (i64 m = first; m < last; ++m) {
         const i64 i = m * C + c;
-        F32x16 v = simd::Fmadd(simd::Sub(LoadAs(xp + i), mv), av, bv);
-        if (rp) v = simd::Add(v, LoadAs(rp + i));
+        F32x16 v = simd::Fmadd(simd::Sub(LoadAs(xp + i, n), mv), av, bv);
+        if (rp) v = simd::Add(v, LoadAs(rp + i, n));
         // max(0, v) returns its second operand for a NaN: a NaN reaches
         // the loss, as through XLA's ReLU, and the NaN check stops the run.
         if (relu) v = simd::Max(zero, v);
-        StoreAs(yp + i, v);
+        StoreAs(yp + i, v, n);
       }
-    }
+    });
   });
   return ffi::Error::Success();
 }
@@ -218,11 +265,11 @@ ffi::Error GradSumsImpl(ffi::ThreadPool pool, Tensor<DT> g, Tensor<DT> x,
   std::vector<double> s0, s1;
   DoubleSums(
       pool, static_cast<int>(threads), M, C,
-      [=](i64 m, i64 c, F32x16* v0, F32x16* v1) {
+      [=](i64 m, i64 c, int n, F32x16* v0, F32x16* v1) {
         const i64 i = m * C + c;
-        const F32x16 gv = ReluMasked(gp + i, yp + i, r);
+        const F32x16 gv = ReluMasked(gp + i, yp + i, r, n);
         *v0 = gv;
-        *v1 = simd::Mul(gv, simd::Sub(LoadAs(xp + i), simd::Load(mp + c)));
+        *v1 = simd::Mul(gv, simd::Sub(LoadAs(xp + i, n), LoadAs(mp + c, n)));
       },
       &s0, &s1);
   for (i64 c = 0; c < C; ++c) {
@@ -244,18 +291,18 @@ ffi::Error GradApplyRows(ffi::ThreadPool& pool, Tensor<DT>& g, Tensor<DT>& x,
   JR_TRY(CheckRows(x.dimensions(), &M, &C));
   const auto *gp = g.typed_data(), *xp = x.typed_data(), *yp = y.typed_data();
   RowsInParallel(pool, static_cast<int>(threads), M, [&](i64 begin, i64 end) {
-    for (i64 c = 0; c < C; c += 16) {
-      const F32x16 mv = simd::Load(mp + c), av = simd::Load(ap + c),
-                   k1v = simd::Load(k1p + c), k0v = simd::Load(k0p + c);
-      for (i64 m = begin; m < end; ++m) {
+    ChunkedGroups(C, begin, end, [&](i64 c, int n, i64 first, i64 last) {
+      const F32x16 mv = LoadAs(mp + c, n), av = LoadAs(ap + c, n),
+                   k1v = LoadAs(k1p + c, n), k0v = LoadAs(k0p + c, n);
+      for (i64 m = first; m < last; ++m) {
         const i64 i = m * C + c;
-        const F32x16 gv = ReluMasked(gp + i, yp + i, relu);
-        const F32x16 xc = simd::Sub(LoadAs(xp + i), mv);
+        const F32x16 gv = ReluMasked(gp + i, yp + i, relu, n);
+        const F32x16 xc = simd::Sub(LoadAs(xp + i, n), mv);
         StoreAs(dp + i,
-                simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)), k0v));
-        if (drp) StoreAs(drp + i, gv);
+                simd::Add(simd::Fmadd(gv, av, simd::Mul(xc, k1v)), k0v), n);
+        if (drp) StoreAs(drp + i, gv, n);
       }
-    }
+    });
   });
   return ffi::Error::Success();
 }

@@ -19,6 +19,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace jax_resnet::simd {
 
@@ -59,7 +60,8 @@ inline F32x16 LoadBf16(const uint16_t* p) {
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
-inline void StoreBf16(uint16_t* p, F32x16 a) {
+namespace internal {
+inline __m256i RoundBf16x16(F32x16 a) {
   const __m512i u = _mm512_castps_si512(a);
   const __m512i high = _mm512_srli_epi32(u, 16);
   const __m512i rounded = _mm512_srli_epi32(
@@ -69,10 +71,35 @@ inline void StoreBf16(uint16_t* p, F32x16 a) {
   const __mmask16 nan = _mm512_cmpgt_epu32_mask(
       _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
       _mm512_set1_epi32(0x7f800000));
-  const __m512i out = _mm512_mask_mov_epi32(
-      rounded, nan, _mm512_or_si512(high, _mm512_set1_epi32(0x40)));
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(
+      rounded, nan, _mm512_or_si512(high, _mm512_set1_epi32(0x40))));
+}
+inline __mmask16 FirstLanes(int n) {
+  return static_cast<__mmask16>((1u << n) - 1);
+}
+}  // namespace internal
+
+inline void StoreBf16(uint16_t* p, F32x16 a) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                      _mm512_cvtepi32_epi16(out));
+                      internal::RoundBf16x16(a));
+}
+
+// The first n lanes (0 < n < 16: a channel tail), the others zero on load
+// and left untouched in memory on store.
+inline F32x16 LoadFirst(const float* p, int n) {
+  return _mm512_maskz_loadu_ps(internal::FirstLanes(n), p);
+}
+inline void StoreFirst(float* p, F32x16 a, int n) {
+  _mm512_mask_storeu_ps(p, internal::FirstLanes(n), a);
+}
+inline F32x16 LoadBf16First(const uint16_t* p, int n) {
+  const __m512i v = _mm512_cvtepu16_epi32(
+      _mm256_maskz_loadu_epi16(internal::FirstLanes(n), p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+inline void StoreBf16First(uint16_t* p, F32x16 a, int n) {
+  _mm256_mask_storeu_epi16(p, internal::FirstLanes(n),
+                           internal::RoundBf16x16(a));
 }
 
 inline F64x16 ZeroF64() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
@@ -167,6 +194,29 @@ inline void StoreBf16(uint16_t* p, F32x16 a) {
                                              internal::RoundBf16x8(a.hi));
   const __m256i ordered = _mm256_permute4x64_epi64(packed, 0xd8);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), ordered);
+}
+
+// The first n lanes (0 < n < 16: a channel tail), the others zero on load
+// and left untouched in memory on store; through a 16-lane buffer.
+inline F32x16 LoadFirst(const float* p, int n) {
+  float lanes[16] = {};
+  std::memcpy(lanes, p, sizeof(float) * n);
+  return Load(lanes);
+}
+inline void StoreFirst(float* p, F32x16 a, int n) {
+  float lanes[16];
+  Store(lanes, a);
+  std::memcpy(p, lanes, sizeof(float) * n);
+}
+inline F32x16 LoadBf16First(const uint16_t* p, int n) {
+  uint16_t lanes[16] = {};
+  std::memcpy(lanes, p, sizeof(uint16_t) * n);
+  return LoadBf16(lanes);
+}
+inline void StoreBf16First(uint16_t* p, F32x16 a, int n) {
+  uint16_t lanes[16];
+  StoreBf16(lanes, a);
+  std::memcpy(p, lanes, sizeof(uint16_t) * n);
 }
 
 inline F64x16 ZeroF64() {
