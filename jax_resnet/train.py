@@ -663,8 +663,8 @@ class Trainer:
           raise NonFiniteLossError(
               f'Training loss is {losses[member, j]}{where} at epoch '
               f'{epoch + 1}, step {epoch * self.steps_per_epoch + first + j + 1}'
-              f' (step {first + j + 1} of the epoch). Stopped; the last '
-              'checkpoint is from before this epoch.')
+              f' (step {first + j + 1} of the epoch). Stopped without '
+              'saving: the last checkpoint is from before this step.')
         for member in range(members):
           # Summed in step order, as one step at a time would.
           for loss, accuracy in zip(losses[member].tolist(),
