@@ -13,10 +13,10 @@ The kernels work on channels in groups of 16 (``cpu_kernels.LANES``). Other
 channel counts (DenseNet's growth of 12 and its concatenations, PyramidNet's
 widths) are padded with zero channels to the next multiple of 16, and the
 padding is sliced off the result: the output channels always, and the
-input channels of the bf16 kernels and of the float32 input gradient. The zeros add nothing to a sum, so the values are the
-unpadded convolution's. Any other convolution (grouped, dilated, bf16
-without the bf16 kernels, ...) is handed to the fallback (XLA) before
-tracing.
+input channels of the bf16 kernels and of the float32 input gradient. The
+zeros add nothing to a sum, so the values are the unpadded convolution's.
+Any other convolution (grouped, dilated, bf16 without the bf16 kernels, ...)
+is handed to the fallback (XLA) before tracing.
 
 Networks use it where ``model.conv_backend`` resolves to 'cpu_kernels'
 (``cpu_kernels.resolve``; ``layers.conv_partial``).
@@ -160,6 +160,7 @@ def _route(lhs, rhs, canonical):
   if canonical is None or lhs.dtype != rhs.dtype:
     return None
   c, k = rhs.shape[2], lanes(rhs.shape[3])
+
   def padded(channels):
     return lhs.shape[:3] + (channels,), rhs.shape[:2] + (channels, k)
   if lhs.dtype == jnp.bfloat16 and cpu_conv_bf16.available():

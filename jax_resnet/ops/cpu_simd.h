@@ -196,27 +196,35 @@ inline void StoreBf16(uint16_t* p, F32x16 a) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), ordered);
 }
 
+namespace internal {
+// load / store of the first n lanes through a zero-filled 16-lane buffer.
+template <typename T, typename Load16>
+inline F32x16 LoadFirstVia(const T* p, int n, Load16 load) {
+  T lanes[16] = {};
+  std::memcpy(lanes, p, sizeof(T) * n);
+  return load(lanes);
+}
+template <typename T, typename Store16>
+inline void StoreFirstVia(T* p, F32x16 a, int n, Store16 store) {
+  T lanes[16];
+  store(lanes, a);
+  std::memcpy(p, lanes, sizeof(T) * n);
+}
+}  // namespace internal
+
 // The first n lanes (0 < n < 16: a channel tail), the others zero on load
-// and left untouched in memory on store; through a 16-lane buffer.
+// and left untouched in memory on store.
 inline F32x16 LoadFirst(const float* p, int n) {
-  float lanes[16] = {};
-  std::memcpy(lanes, p, sizeof(float) * n);
-  return Load(lanes);
+  return internal::LoadFirstVia(p, n, Load);
 }
 inline void StoreFirst(float* p, F32x16 a, int n) {
-  float lanes[16];
-  Store(lanes, a);
-  std::memcpy(p, lanes, sizeof(float) * n);
+  internal::StoreFirstVia(p, a, n, Store);
 }
 inline F32x16 LoadBf16First(const uint16_t* p, int n) {
-  uint16_t lanes[16] = {};
-  std::memcpy(lanes, p, sizeof(uint16_t) * n);
-  return LoadBf16(lanes);
+  return internal::LoadFirstVia(p, n, LoadBf16);
 }
 inline void StoreBf16First(uint16_t* p, F32x16 a, int n) {
-  uint16_t lanes[16];
-  StoreBf16(lanes, a);
-  std::memcpy(p, lanes, sizeof(uint16_t) * n);
+  internal::StoreFirstVia(p, a, n, StoreBf16);
 }
 
 inline F64x16 ZeroF64() {
