@@ -121,26 +121,29 @@ inline void ForwardTail(int r, const float* a, i64 st, i64 row, i64 kh_n, i64 jn
   }
 }
 
-// One image: padded input `a` [Hp, Wp, C] (row stride `row`), kernel `w`
-// [KH, KW*C, K], output `y` [Ho, Wo, K].
+// One image: padded input `a` [Hp, Wp, C] (row stride `row`), kernel
+// panels `w` [K / 16V][KH, KW*C, 16V] (Panels), output `y` [Ho, Wo, K].
 template <int V, int ST>
 void ForwardImage(const Geometry& g, const float* a, i64 row, const float* w,
                   float* y) {
   constexpr int P = ForwardPixels<V>();
-  const i64 st = g.sw * g.C, jn = g.KW * g.C, bkh = jn * g.K;
-  for (i64 c0 = 0; c0 < g.K; c0 += 16 * V) {
+  constexpr i64 width = 16 * V;
+  const i64 st = g.sw * g.C, jn = g.KW * g.C, bkh = jn * width;
+  for (i64 c0 = 0; c0 < g.K; c0 += width) {
+    const float* panel = w + (c0 / width) * g.KH * bkh;
     for (i64 oh = 0; oh < g.Ho; ++oh) {
       const float* ar = a + oh * g.sh * row;
       float* yr = y + oh * g.Wo * g.K + c0;
       i64 ow = 0;
       for (; ow + P <= g.Wo; ow += P) {
-        ForwardTile<P, V, ST>(ar + ow * st, st, row, g.KH, jn, w + c0, g.K, bkh,
-                              yr + ow * g.K, g.K);
+        ForwardTile<P, V, ST>(ar + ow * st, st, row, g.KH, jn, panel, width,
+                              bkh, yr + ow * g.K, g.K);
       }
       if (ow < g.Wo) {
         ForwardTail<V, ST, false, P - 1>(static_cast<int>(g.Wo - ow),
                                          ar + ow * st, st, row, g.KH, jn,
-                                         w + c0, g.K, bkh, yr + ow * g.K, g.K);
+                                         panel, width, bkh, yr + ow * g.K,
+                                         g.K);
       }
     }
   }
@@ -190,10 +193,30 @@ ForwardImageFn PickForward(i64 K, i64 st) {
   }
 }
 
+// The kernel w [KH*KW*C, K] as panels of `width` output channels,
+// [K / width][KH*KW*C][width]: a tile reads its panel front to back. In
+// w's own layout a tile's consecutive kernel rows lie K floats apart, which
+// at 256 and 512 channels (4 KB and 8 KB: WRN, ResNet-18) mapped them onto a
+// few L1 sets; those convolutions ran 3-4 times slower per FLOP than at 128.
+AlignedVector<float> Panels(const float* w, i64 rows, i64 K, i64 width) {
+  AlignedVector<float> panels(rows * K);
+  for (i64 b = 0; b < K / width; ++b)
+    for (i64 r = 0; r < rows; ++r)
+      std::memcpy(panels.data() + (b * rows + r) * width,
+                  w + r * K + b * width, sizeof(float) * width);
+  return panels;
+}
+
 // y = conv(x, w) over the batch; w is [KH, KW, C, K].
 void Forward(ffi::ThreadPool& pool, int threads, const Geometry& g,
              const float* x, const float* w, float* y) {
   const ForwardImageFn image = PickForward(g.K, g.sw * g.C);
+  const i64 width = 16 * Vectors(g.K);
+  AlignedVector<float> panels;
+  if (g.K > width) {  // One panel is w itself.
+    panels = Panels(w, g.KH * g.KW * g.C, g.K, width);
+    w = panels.data();
+  }
   const bool padded = g.pt || g.pb || g.pl || g.pr;
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
@@ -349,14 +372,19 @@ inline void KernelGradTail(int r, const float* a, i64 arow, i64 st,
 
 // One image into dw [KH, KW*C, K]: padded input a [Hp, Wp, C] (row stride
 // `row`), dy [Ho, Wo, K]. Output rows are taken in chunks whose input and dy
-// rows fit in L1, and every tile is reduced over a whole chunk.
+// rows fit in L1 (or 8 rows, below), and every tile is reduced over a whole
+// chunk.
 template <int V>
 void KernelGradImage(const Geometry& g, const float* a, i64 row,
                      const float* dy, float* dw) {
   constexpr int R = KernelGradRows<V>();
   const i64 jn = g.KW * g.C, st = g.sw * g.C, dyrow = g.Wo * g.K;
   const i64 bytes_per_row = sizeof(float) * (g.sh * row + dyrow);
-  const i64 chunk = std::max<i64>(1, (24 * 1024) / bytes_per_row);
+  // Where not even two rows fit (256 channels and more), eight rows from
+  // L2: each dw tile's load and store then closes 8 rows of sums, not one
+  // (8x8 at 512 channels: 115 -> 52 ms at batch 32).
+  const i64 fit = (24 * 1024) / bytes_per_row;
+  const i64 chunk = fit >= 2 ? fit : std::min<i64>(g.Ho, 8);
   for (i64 r0 = 0; r0 < g.Ho; r0 += chunk) {
     const i64 rows = std::min(chunk, g.Ho - r0);
     const float* gr = dy + r0 * dyrow;
