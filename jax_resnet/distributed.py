@@ -36,6 +36,7 @@ from absl import flags
 import numpy as np
 
 from jax_resnet import errors
+from jax_resnet import preemption
 
 # --distributed values.
 MODES = ('off', 'auto')
@@ -101,6 +102,10 @@ def initialize(mode: str = 'off', coordinator_address: Optional[str] = None,
       coordinator_address=coordinator_address, num_processes=num_processes,
       process_id=process_id,
       heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
+  # Connecting installs a SIGTERM handler of JAX's own (its preemption
+  # notifier, in C: Python's signal.getsignal still names the old one), and
+  # a SIGTERM would no longer ask the run to save and stop.
+  preemption.reclaim()
   return True
 
 

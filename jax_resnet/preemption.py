@@ -85,6 +85,15 @@ def install() -> None:
     signal.signal(signum, _handle)
 
 
+def reclaim() -> None:
+  """Puts ``install``'s handlers back in force where a library replaced
+  them below Python (``jax.distributed.initialize`` does for SIGTERM); a
+  signal already noted stays noted."""
+  if installed():
+    for signum in SIGNALS:
+      signal.signal(signum, _handle)
+
+
 @contextlib.contextmanager
 def training() -> Iterator[None]:
   """While inside, a signal asks the loop to stop instead of ending the

@@ -624,8 +624,13 @@ class Trainer:
     devices (a transfer guard says so), and the metrics come back every
     ``log_every_steps`` steps (at the first dispatch boundary from there),
     and whenever it stops, for the NaN check and the progress bar.
+
+    On a run of several processes ``should_stop`` is a collective that
+    waits for the step before it, so it is asked only where the metrics
+    come back anyway: between those points the dispatches queue up.
     """
     log_every = max(1, self.config.log_every_steps)
+    ask_every_dispatch = not distributed.is_multi_process()
     members = self.num_members
     until = self.steps_per_epoch if until is None else until
     loss_sums, acc_sums = list(progress.loss_sums), list(progress.acc_sums)
@@ -645,8 +650,10 @@ class Trainer:
         pending.append(metrics)
         pending_steps += count
         done += count
-        stop = should_stop is not None and should_stop()
-        if pending_steps < log_every and done < until and not stop:
+        fetch = pending_steps >= log_every or done >= until
+        if should_stop is not None and (fetch or ask_every_dispatch):
+          stop = should_stop()
+        if not (fetch or stop):
           continue
         fetched = jax.device_get(pending)
         # [members, steps] each.

@@ -59,6 +59,30 @@ def test_a_host_array_in_the_loop_fails(mock_cifar):
     trainer.train_epoch(state, 0)
 
 
+@pytest.mark.parametrize('processes, asked_at', [
+    (1, [1, 2, 3, 4, 5]),  # After each dispatch: a signal stops at once.
+    (2, [2, 4, 5]),  # A collective: only where the metrics come back.
+])
+def test_where_the_loop_asks_whether_to_stop(mock_cifar, monkeypatch,
+                                             processes, asked_at):
+  del mock_cifar
+  monkeypatch.setattr(train.distributed, 'is_multi_process',
+                      lambda: processes > 1)
+  trainer = _trainer(tiny_config(batch_size=8, log_every_steps=2))  # 5 steps.
+  steps, asked = [], []
+  dispatch = trainer.dispatch
+  trainer.dispatch = lambda s, o, n: steps.append(n) or dispatch(s, o, n)
+  _, progress = trainer.run_steps(
+      trainer.init_state(), 0, train.EpochProgress.start(1),
+      should_stop=lambda: asked.append(sum(steps)) or False)
+  assert progress.done == 5 and asked == asked_at
+  # Told to stop the first time it asks: it stops there.
+  _, progress = trainer.run_steps(trainer.init_state(), 0,
+                                  train.EpochProgress.start(1),
+                                  should_stop=lambda: True)
+  assert progress.done == asked_at[0]
+
+
 def _final(config, workdir):
   train.train_and_evaluate(config, str(workdir))
   ckpt = checkpoints.Checkpointer(str(workdir), read_only=True)

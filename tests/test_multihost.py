@@ -28,9 +28,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_pair(workdir, extra_env=None, command=None):
+def _start_pair(workdir, extra_env=None, command=None, second_env=None):
   """Two processes of ``command`` (main.py's arguments on mock data by
-  default) forming one run on localhost."""
+  default) forming one run on localhost; ``second_env`` is added to process
+  1's environment only."""
   port = _free_port()
   env = {**command_env(1, EXAMPLES, pythonpath=os.path.join(ROOT, 'tests')),
          **(extra_env or {})}
@@ -39,7 +40,8 @@ def _start_pair(workdir, extra_env=None, command=None):
       [sys.executable] + command +
       [f'--coordinator_address=localhost:{port}', '--num_processes=2',
        f'--process_id={i}'],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      cwd=ROOT, env={**env, **((second_env or {}) if i else {})},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
 
 
@@ -94,6 +96,25 @@ def test_two_processes_equal_two_devices_lost_process_and_resume(tmp_path):
       np.testing.assert_allclose(ra[key], rb[key], rtol=1e-4)
     for key in ('train_accuracy', 'test_accuracy', 'best_test_accuracy'):
       assert ra[key] == pytest.approx(rb[key], abs=1e-6)
+
+
+def test_a_signal_to_one_process_stops_both_and_the_rerun_resumes(tmp_path):
+  """SIGTERM to process 1 alone, 2 steps into epoch 2 (steps 1-4 are epoch
+  1): the processes agree to stop where the metrics come back (each
+  dispatch, with log_every_steps=1), save the step on both and exit with
+  status 0; the same command continues."""
+  workdir = tmp_path / 'run'
+  pair = _start_pair(workdir, second_env={'SIGNAL_AFTER_STEPS': '6:TERM'})
+  (out0, err0), (out1, _) = _finish(pair)
+  assert out0.strip().splitlines()[-1] == (
+      'Stopped by SIGTERM at epoch 2, step 6 (2 of 4 steps into the epoch), '
+      f'saved in mid_epoch/ in {workdir}. Rerun the same command to '
+      'continue.'), out0 + err0
+  assert 'Stopped' not in out1
+  assert [r['step'] for r in records(workdir)] == [4]
+  (out0, _), _ = _finish(_start_pair(workdir))
+  assert 'Resumed from epoch 1, 2 steps into epoch 2 (step 6)' in out0
+  assert [r['step'] for r in records(workdir)] == [4, 8, 12]
 
 
 def test_a_two_process_grid_runs_each_run_on_both(tmp_path):
