@@ -55,7 +55,7 @@ def main(argv):
     distributed.initialize_from_flags()
     model = train.validated_model(config)
     if _MODE.value == 'summary':
-      print(summary.summarize(config, model))
+      distributed.say(summary.summarize(config, model))
     elif _MODE.value == 'eval':
       trainer = workdir_lock.holder(workdir)
       if trainer is not None and distributed.is_primary():
@@ -64,12 +64,14 @@ def main(argv):
               f'host {trainer.get("host")}; evaluating its checkpoints as '
               'they are now.')
       result = train.evaluate(config, workdir, model)
-      print(f'test loss {result["test_loss"]:.4f}, test accuracy '
-            f'{result["test_accuracy"]:.2f}% ({config.eval_checkpoint} '
-            f'checkpoint, {result["weights"]} weights, epoch {result["checkpoint_epoch"]}, step '
-            f'{result["checkpoint_step"]})')
-      print(json.dumps({k: result[k] for k in
-                        ('test_accuracy', 'test_loss', 'checkpoint_step')}))
+      distributed.say(
+          f'test loss {result["test_loss"]:.4f}, test accuracy '
+          f'{result["test_accuracy"]:.2f}% ({config.eval_checkpoint} '
+          f'checkpoint, {result["weights"]} weights, epoch '
+          f'{result["checkpoint_epoch"]}, step {result["checkpoint_step"]})')
+      distributed.say(json.dumps(
+          {k: result[k] for k in
+           ('test_accuracy', 'test_loss', 'checkpoint_step')}))
     else:
       with contextlib.ExitStack() as locks:
         # Process 0 holds the locks of a multi-host run.

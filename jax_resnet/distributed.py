@@ -115,6 +115,13 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def say(line: str) -> None:
+  """Prints a line of the command's output, on process 0 only (every
+  process of a multi-host run runs the same code)."""
+  if is_primary():
+    print(line, flush=True)
+
+
 def is_multi_process() -> bool:
   """Whether this run spans several processes."""
   import jax  # pylint: disable=g-import-not-at-top

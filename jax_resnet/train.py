@@ -857,10 +857,8 @@ def seed_config(config: ml_collections.ConfigDict, seed: int
   return config
 
 
-def _say(message: str) -> None:
-  """Prints a line of the run's output, on process 0 only."""
-  if distributed.is_primary():
-    print(message, flush=True)
+# Prints on process 0 only.
+_say = distributed.say
 
 
 class _Member:

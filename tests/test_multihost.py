@@ -1,5 +1,6 @@
 """Two processes on localhost, one CPU device each, train one run."""
 
+import json
 import os
 import signal
 import socket
@@ -96,6 +97,16 @@ def test_two_processes_equal_two_devices_lost_process_and_resume(tmp_path):
       np.testing.assert_allclose(ra[key], rb[key], rtol=1e-4)
     for key in ('train_accuracy', 'test_accuracy', 'best_test_accuracy'):
       assert ra[key] == pytest.approx(rb[key], abs=1e-6)
+
+  # Both processes evaluate the best checkpoint; process 0 alone prints.
+  (out0, _), (out1, _) = _finish(_start_pair(
+      workdir, command=[MOCK_MAIN] + ARGS + [f'--workdir={workdir}',
+                                             '--mode=eval']))
+  result = json.loads(out0.strip().splitlines()[-1])
+  best = max(b, key=lambda r: r['test_accuracy'])
+  assert result['checkpoint_step'] == best['step']
+  assert result['test_accuracy'] == pytest.approx(best['test_accuracy'])
+  assert 'test accuracy' not in out1 and 'checkpoint_step' not in out1
 
 
 def test_a_signal_to_one_process_stops_both_and_the_rerun_resumes(tmp_path):

@@ -528,11 +528,8 @@ def _decide(run: Run, position: str, retry_failed: bool, pack_seeds: bool,
   return 'train', line, ''
 
 
-def _say(line: str) -> None:
-  """Prints on process 0 only (every process of a multi-host grid runs the
-  same loop)."""
-  if distributed.is_primary():
-    print(line, flush=True)
+# Prints on process 0 only.
+_say = distributed.say
 
 
 def _failed(run: Run, outcome: Outcome) -> None:
