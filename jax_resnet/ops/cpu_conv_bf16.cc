@@ -103,6 +103,9 @@ struct Segment {
   const bf16* b;  // B[k][n] = b[(k / 2) * ldb + 2 * n + k % 2]
   i64 ldb;
   i64 kd;         // a multiple of 16
+  // Nonzero: B is cut into panels of ldb / 2 columns, each panel elements
+  // after the one before (PackPanels); B[k][n] with n < ldb / 2 as above.
+  i64 panel = 0;
 };
 
 enum Isa { kReference = 0, kAvx512Bf16 = 1, kAmx = 2 };
@@ -385,11 +388,19 @@ void EndWork(i64 isa) {
   if (isa == kAmx) AmxRelease();
 }
 
+// Product's column blocks: 32 columns where M > 16 and every kd is a
+// multiple of 32, else 64. A B in panels (Segment::panel) needs panels of a
+// multiple of this width.
+i64 ProductWidth(int M, bool whole_chunks) {
+  return M > 16 && whole_chunks ? 32 : 64;
+}
+
 // C[M x N] (+)= sum_s A_s . B_s for any N (a multiple of 16) and M <= 16 or
 // M a multiple of 16: blocks of 64 columns and 16 rows; where every kd is a
 // multiple of 32 and M > 16, blocks of 32 columns (16 for the last, if N is
 // odd in 16s) and 32 (64) rows at once, which the AMX micro-kernel computes
-// in its four C tiles. Segment pointers are at row 0 and column 0.
+// in its four C tiles. Segment pointers are at row 0 and column 0;
+// a B in panels (Segment::panel) is read panel by panel.
 void Product(MicroKernel kernel, int M, i64 N, const Segment* segs, int ns,
              float* c, i64 ldc, bool add) {
   Segment shifted[16];
@@ -397,16 +408,20 @@ void Product(MicroKernel kernel, int M, i64 N, const Segment* segs, int ns,
   for (int s = 0; s < ns; ++s) whole_chunks &= segs[s].kd % 32 == 0;
   // Several row blocks at once: columns in blocks of 32, so that the B of a
   // column block (up to two tiles) serves all of M before the next.
-  const bool wide = M > 16 && whole_chunks;
-  const i64 width = wide ? 32 : 64;
+  const i64 width = ProductWidth(M, whole_chunks);
+  const bool wide = width == 32;
   for (i64 n0 = 0; n0 < N; n0 += width) {
     const int nb = static_cast<int>(std::min<i64>(width, N - n0) / 16);
     const int rows = M <= 16 ? M : wide ? 64 / nb : 16;
     for (int m0 = 0; m0 < M; m0 += rows) {
       for (int s = 0; s < ns; ++s) {
-        shifted[s] = segs[s];
-        shifted[s].a += m0 * segs[s].lda;
-        shifted[s].b += 2 * n0;
+        const Segment& g = segs[s];
+        shifted[s] = g;
+        shifted[s].a += m0 * g.lda;
+        // A panel holds whole column blocks of this width (PanelWidth).
+        shifted[s].b += g.panel ? n0 / (g.ldb / 2) * g.panel +
+                                      2 * (n0 % (g.ldb / 2))
+                                : 2 * n0;
       }
       kernel(std::min(rows, M - m0), nb, shifted, ns, c + m0 * ldc + n0, ldc,
              add);
@@ -493,6 +508,32 @@ void PackPairs(const bf16* w, i64 rows, i64 jn, i64 K, bf16* wv, i64 ld = 0) {
             w[(r * jn + j) * K + k];
 }
 
+// w [rows][jn][K] -> panels of pw columns in VNNI pairs,
+// wp[K / pw][rows][kd / 2][pw][2] (kd >= jn, even), so that a column block's
+// B is one contiguous stream: read across the whole kernel row, the pairs of
+// the interleaved layout lie 2K elements apart, which at 256 and more
+// channels maps them onto a few L1 sets and defeats the prefetchers. The
+// pair rows from jn to kd and the columns from K to the last panel's end
+// are left as they are (zero in a zeroed wp). Split over the threads by
+// kernel rows and pairs.
+void PackPanels(ffi::ThreadPool& pool, int threads, const bf16* w, i64 rows,
+                i64 jn, i64 K, i64 kd, i64 pw, bf16* wp) {
+  const i64 half = kd / 2, pairs = (jn + 1) / 2;
+  ParallelFor(pool, threads, rows * pairs, [&](int, i64 i) {
+    const i64 r = i / pairs, j0 = 2 * (i % pairs);
+    for (i64 j = j0; j < std::min(j0 + 2, jn); ++j) {
+      const bf16* src = w + (r * jn + j) * K;
+      for (i64 p0 = 0; p0 < K; p0 += pw) {
+        bf16* dst = wp + ((p0 / pw * rows + r) * half + j / 2) * 2 * pw +
+                    (j & 1);
+        for (i64 k = 0; k < std::min(pw, K - p0); ++k) {
+          dst[2 * k] = src[p0 + k];
+        }
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------- forward -----
 
 // y = conv(x, w); x [N,H,W,C] bf16 (C % 16 == 0), w [KH,KW,C,K] bf16; y bf16,
@@ -513,13 +554,15 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   // 64 or 32 rows at once (Product).
   const i64 jn = g.KW * g.C;
   const i64 kd = grid ? (jn + 31) / 32 * 32 : jn;
-  AlignedVector<bf16> wv(g.KH * kd * g.K, 0);
-  PackPairs(w, g.KH, jn, g.K, wv.data(), kd);
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
   // With the grid, the image's positions rounded up to a 16-row block, and
   // the padded input's zero tail that the last ones' kernel rows read; else
   // one 16-pixel tile at a time.
   const i64 positions = grid ? (g.Ho * Wp + 15) / 16 * 16 : 16;
+  const i64 pw = ProductWidth(static_cast<int>(positions), kd % 32 == 0);
+  const i64 panel = g.KH * kd * pw;
+  AlignedVector<bf16> wv((g.K + pw - 1) / pw * panel, 0);
+  PackPanels(pool, threads, w, g.KH, jn, g.K, kd, pw, wv.data());
   const i64 padded = Hp * row;
   const i64 tail = grid ? (positions - g.Ho * Wp) * g.C + kd : 0;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
@@ -531,8 +574,8 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
     Segment segs[16];
     if (grid) {
       for (i64 kh = 0; kh < g.KH; ++kh) {
-        segs[kh] = Segment{a + kh * Wp * g.C, g.C, wv.data() + kh * kd * g.K,
-                           2 * g.K, kd};
+        segs[kh] = Segment{a + kh * Wp * g.C, g.C, wv.data() + kh * kd * pw,
+                           2 * pw, kd, panel};
       }
       Product(kernel, static_cast<int>(positions), g.K, segs,
               static_cast<int>(g.KH), sums, g.K, false);
@@ -545,8 +588,8 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
           const int M = static_cast<int>(std::min<i64>(16, g.Wo - ow));
           for (i64 kh = 0; kh < g.KH; ++kh) {
             segs[kh] = Segment{a + (oh * g.sh + kh) * row + ow * g.sw * g.C,
-                               g.sw * g.C, wv.data() + kh * kd * g.K, 2 * g.K,
-                               kd};
+                               g.sw * g.C, wv.data() + kh * kd * pw, 2 * pw,
+                               kd, panel};
           }
           Product(kernel, M, g.K, segs, static_cast<int>(g.KH), sums, g.K,
                   false);
