@@ -45,6 +45,7 @@ SHAPES = [
     (1, 20, 20, 16, 3, 16, 1, 1),   # a 16-pixel tile and a 4-pixel tail
     (1, 8, 8, 32, 3, 112, 2, 1),    # kernel panels of 64 columns: 64 + 48
     (1, 2, 2, 16, 3, 80, 1, 1),     # one 16-row product, panels 64 + 16
+    (20, 6, 6, 16, 3, 32, 1, 1),    # kernel gradient: 8 parts, 2-3 images
 ]
 
 

@@ -768,6 +768,10 @@ void PixelPairs(const bf16* src, i64 pixels, i64 K, i64 q0, bf16* pairs) {
 // is made channel-major once (xt[c][q]) and dy paired over q with zeros at
 // the Wp - Wo columns no output has, and each tap's A operand is xt shifted
 // by the tap's offset; the zero columns cancel the positions past a row.
+// A product takes a group of images, one segment each, so that their sum
+// stays in the C tiles: where the accumulator (9 C K floats) is larger than
+// the caches, reading and writing it once per image cost more than the
+// multiplications.
 void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
                        const Geometry& g, const bf16* x, const bf16* dy,
                        float* dw) {
@@ -777,29 +781,42 @@ void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
   const i64 kd = (g.Ho * Wp + 31) / 32 * 32;
   // The largest shift plus kd, rounded to a cache line of bf16.
   const i64 lx = ((g.KH - 1) * Wp + g.KW - 1 + kd + 31) / 32 * 32;
+  // Images per group: up to 16 (Product's segments), their operands in
+  // about 1 MB.
+  const i64 image_bytes = sizeof(bf16) * (C * lx + kd * K);
+  const i64 group = std::clamp<i64>((1 << 20) / image_bytes, 1, 16);
   KernelGradInParts(
       pool, threads, g.N, taps * C * K, dw,
       [&](i64 begin, i64 end, float* acc) {
-        bf16* xt = Scratch<bf16>(0, C * lx);     // xt[c][q]
-        bf16* dyv = Scratch<bf16>(1, kd * K);    // dyv[q / 2][k][q % 2]
-        std::memset(xt, 0, sizeof(bf16) * C * lx);
-        std::memset(dyv, 0, sizeof(bf16) * kd * K);
-        for (i64 n = begin; n < end; ++n) {
-          const bf16* xn = x + n * g.H * g.W * C;
-          for (i64 h = 0; h < g.H; ++h) {
-            ChannelMajor(xn + h * g.W * C, g.W, C,
-                         xt + (h + g.pt) * Wp + g.pl, lx);
-          }
-          const bf16* dyn = dy + n * g.Ho * g.Wo * K;
-          for (i64 oh = 0; oh < g.Ho; ++oh) {
-            PixelPairs(dyn + oh * g.Wo * K, g.Wo, K, oh * Wp, dyv);
+        // Image i of a group: xt[i][c][q] and dyv[i][q / 2][k][q % 2].
+        bf16* xt = Scratch<bf16>(0, group * C * lx);
+        bf16* dyv = Scratch<bf16>(1, group * kd * K);
+        std::memset(xt, 0, sizeof(bf16) * group * C * lx);
+        std::memset(dyv, 0, sizeof(bf16) * group * kd * K);
+        Segment segs[16];
+        for (i64 n0 = begin; n0 < end; n0 += group) {
+          const i64 images = std::min(group, end - n0);
+          for (i64 i = 0; i < images; ++i) {
+            const bf16* xn = x + (n0 + i) * g.H * g.W * C;
+            for (i64 h = 0; h < g.H; ++h) {
+              ChannelMajor(xn + h * g.W * C, g.W, C,
+                           xt + i * C * lx + (h + g.pt) * Wp + g.pl, lx);
+            }
+            const bf16* dyn = dy + (n0 + i) * g.Ho * g.Wo * K;
+            for (i64 oh = 0; oh < g.Ho; ++oh) {
+              PixelPairs(dyn + oh * g.Wo * K, g.Wo, K, oh * Wp,
+                         dyv + i * kd * K);
+            }
           }
           for (i64 kh = 0; kh < g.KH; ++kh)
             for (i64 kw = 0; kw < g.KW; ++kw) {  // All C rows of a tap.
               const i64 t = kh * g.KW + kw, shift = kh * Wp + kw;
-              const Segment seg{xt + shift, lx, dyv, 2 * K, kd};
-              Product(kernel, static_cast<int>(C), K, &seg, 1,
-                      acc + t * C * K, K, true);
+              for (i64 i = 0; i < images; ++i) {
+                segs[i] = Segment{xt + i * C * lx + shift, lx,
+                                  dyv + i * kd * K, 2 * K, kd};
+              }
+              Product(kernel, static_cast<int>(C), K, segs,
+                      static_cast<int>(images), acc + t * C * K, K, true);
             }
         }
         EndWork(isa);

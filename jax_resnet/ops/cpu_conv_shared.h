@@ -85,7 +85,8 @@ AlignedVector<T> FlippedKernel(const T* w, const Geometry& g) {
 // bitwise the same on every run and every machine, whichever thread ran which
 // part.
 inline i64 KernelGradParts(i64 N, i64 size) {
-  const i64 budget = (32 << 20) / (sizeof(float) * size);  // 32 MB of copies
+  // The first part sums into dw itself: the others' copies take 32 MB.
+  const i64 budget = (32 << 20) / (sizeof(float) * size) + 1;
   return std::max<i64>(1, std::min<i64>(N, std::clamp<i64>(budget, 2, 8)));
 }
 
@@ -102,10 +103,17 @@ void KernelGradInParts(xla::ffi::ThreadPool& pool, int threads, i64 N,
     std::memset(acc, 0, sizeof(float) * size);
     part(p * N / parts, (p + 1) * N / parts, acc);
   });
-  for (i64 p = 1; p < parts; ++p) {
-    const float* c = copies.data() + (p - 1) * size;
-    for (i64 i = 0; i < size; ++i) dw[i] += c[i];
-  }
+  // Each element sums the parts in order, in chunks on all threads.
+  constexpr i64 kChunk = 1 << 14;
+  ParallelFor(pool, threads, parts > 1 ? (size + kChunk - 1) / kChunk : 0,
+              [&](int, i64 chunk) {
+                const i64 begin = chunk * kChunk;
+                const i64 end = std::min(size, begin + kChunk);
+                for (i64 p = 1; p < parts; ++p) {
+                  const float* c = copies.data() + (p - 1) * size;
+                  for (i64 i = begin; i < end; ++i) dw[i] += c[i];
+                }
+              });
 }
 
 }  // namespace jax_resnet
