@@ -291,7 +291,7 @@ void InputGrad(ffi::ThreadPool& pool, int threads, const Geometry& g,
   const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
   if (g.sh == 1 && g.sw == 1) {
     Forward(pool, threads, jax_resnet::InputGradGeometry(g), dy,
-            jax_resnet::FlippedKernel(w, g).data(), dx);
+            jax_resnet::FlippedKernel(pool, threads, w, g).data(), dx);
     return;
   }
   // Strided: col2im. wt[kh][k][kw*C + c] = w[kh][kw][c][k].

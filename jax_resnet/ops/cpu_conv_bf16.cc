@@ -609,7 +609,7 @@ void InputGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
   if (g.sh == 1 && g.sw == 1) {
     Forward(pool, threads, isa, jax_resnet::InputGradGeometry(g), dy,
-            jax_resnet::FlippedKernel(w, g).data(), dx);
+            jax_resnet::FlippedKernel(pool, threads, w, g).data(), dx);
     return;
   }
   // Strided: col2im. Tap (kh, kw)'s transposed kernel [K][C] in pairs.

@@ -66,16 +66,24 @@ inline Geometry InputGradGeometry(const Geometry& g) {
 // float kernel and returns 16 bytes past the page) would split every load
 // over two lines, making the input gradient up to a quarter slower than the
 // forward pass.
+// Each tap's [C][K] matrix is transposed in 16 x 16 blocks, the taps and
+// input-channel blocks split over the threads.
 template <typename T>
-AlignedVector<T> FlippedKernel(const T* w, const Geometry& g) {
-  const i64 C = g.C, K = g.K, KH = g.KH, KW = g.KW;
-  AlignedVector<T> wf(KH * KW * C * K);
-  for (i64 kh = 0; kh < KH; ++kh)
-    for (i64 kw = 0; kw < KW; ++kw)
-      for (i64 c = 0; c < C; ++c)
-        for (i64 k = 0; k < K; ++k)
-          wf[((kh * KW + kw) * K + k) * C + c] =
-              w[(((KH - 1 - kh) * KW + (KW - 1 - kw)) * C + c) * K + k];
+AlignedVector<T> FlippedKernel(xla::ffi::ThreadPool& pool, int threads,
+                               const T* w, const Geometry& g) {
+  const i64 C = g.C, K = g.K, taps = g.KH * g.KW, blocks = (C + 15) / 16;
+  AlignedVector<T> wf(taps * C * K);
+  ParallelFor(pool, threads, taps * blocks, [&](int, i64 item) {
+    const i64 t = item / blocks, c0 = item % blocks * 16;
+    const i64 c1 = std::min(C, c0 + 16);
+    const T* src = w + (taps - 1 - t) * C * K;  // Tap t of the flipped.
+    T* dst = wf.data() + t * K * C;
+    for (i64 k0 = 0; k0 < K; k0 += 16) {
+      const i64 k1 = std::min(K, k0 + 16);
+      for (i64 c = c0; c < c1; ++c)
+        for (i64 k = k0; k < k1; ++k) dst[k * C + c] = src[c * K + k];
+    }
+  });
   return wf;
 }
 
