@@ -390,7 +390,7 @@ void EndWork(i64 isa) {
 
 // Product's column blocks: 32 columns where M > 16 and every kd is a
 // multiple of 32, else 64. A B in panels (Segment::panel) needs panels of a
-// multiple of this width.
+// multiple of this width, or one panel of all N columns.
 i64 ProductWidth(int M, bool whole_chunks) {
   return M > 16 && whole_chunks ? 32 : 64;
 }
@@ -559,7 +559,8 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   // the padded input's zero tail that the last ones' kernel rows read; else
   // one 16-pixel tile at a time.
   const i64 positions = grid ? (g.Ho * Wp + 15) / 16 * 16 : 16;
-  const i64 pw = ProductWidth(static_cast<int>(positions), kd % 32 == 0);
+  const i64 pw = std::min(
+      g.K, ProductWidth(static_cast<int>(positions), kd % 32 == 0));
   const i64 panel = g.KH * kd * pw;
   AlignedVector<bf16> wv((g.K + pw - 1) / pw * panel, 0);
   PackPanels(pool, threads, w, g.KH, jn, g.K, kd, pw, wv.data());
