@@ -122,6 +122,29 @@ def test_kernels_match_float32_on_bf16_values(shape, micro_kernel):
   _close(call(cpu_conv_bf16._KERNEL_GRAD, dw, x, g), dw)
 
 
+@pytest.mark.parametrize('micro_kernel', MICRO_KERNELS)
+@pytest.mark.parametrize('shape', [
+    (2, 8, 8, 36, 1, 48, 1, 0),    # DenseNet-BC bottleneck 1x1 (any width)
+    (1, 9, 7, 20, 3, 32, 1, 1),    # 3x3: kernel rows of 60 values
+    (1, 8, 8, 40, 1, 16, 2, 0),    # strided: tiles read into the zero tail
+    (1, 7, 9, 27, 3, 16, 2, 1),    # strided 3x3, odd width
+], ids=str)
+def test_forward_takes_any_input_width(shape, micro_kernel):
+  """The forward reads input channels off the lanes as they are (rows run on
+  into the next position's values or a zero tail, against zero weights):
+  the float32 sums of the bf16 products, rounded once. The gradients refuse
+  them (the Python side pads their channels)."""
+  x, kernel, g, strides, padding = _operands(shape)
+  y, _, _ = _float32_reference(x, kernel, g, strides, padding)
+  _rounded_once(cpu_conv_bf16.call(cpu_conv_bf16._FORWARD, y.shape, x, kernel,
+                                   strides, padding, micro_kernel=micro_kernel),
+                y)
+  with pytest.raises(Exception, match='multiple of 16'):
+    jax.block_until_ready(cpu_conv_bf16.call(
+        cpu_conv_bf16._KERNEL_GRAD, kernel.shape, x, g, strides, padding,
+        micro_kernel=micro_kernel))
+
+
 def test_conv2d_values_and_gradients_in_bf16(monkeypatch):
   """``conv2d`` returns bf16 results within one bf16 rounding of float32, and
   its gradients are bf16, under jit."""
@@ -212,9 +235,10 @@ def test_self_check(micro_kernel):
 
 def test_routing(monkeypatch):
   """``cpu_conv`` hands canonical bf16 convolutions with 16 or more input
-  channels to the bf16 kernels (channels padded to multiples of 16), those
-  with fewer (the stem) to the float32 kernels, and the rest (or everything,
-  without bf16 kernels) to XLA."""
+  channels to the bf16 kernels (output channels padded to multiples of 16;
+  the input's only in the gradients), those with fewer (the stem) to the
+  float32 kernels, and the rest (or everything, without bf16 kernels) to
+  XLA."""
   calls = []
 
   def fallback(*args):
@@ -234,10 +258,19 @@ def test_routing(monkeypatch):
   assert y.dtype == jnp.bfloat16
   np.testing.assert_array_equal(
       bits(y), bits(cpu_conv_bf16.conv2d(x, kernel, (1, 1), same)))
-  # 36 input and 12 output channels (DenseNet): the bf16 kernels on zero
-  # channels padded to 48 and 16, the padding sliced off.
+  # 36 input and 12 output channels (DenseNet): the bf16 kernels on the 36
+  # channels as they are and 4 zero output channels, sliced off; the same
+  # bits as on 12 zero input channels more (the reference's sums in order).
   y36 = conv(x[..., :36], kernel[:, :, :36, :12])
   assert y36.dtype == jnp.bfloat16 and y36.shape == (1, 8, 8, 12)
+  # The forward makes no padded copy of the input; the gradients do.
+  padded = 'tensor<1x8x8x48xbf16>'
+  assert padded not in jax.jit(conv).lower(
+      x[..., :36], kernel[:, :, :36, :12]).as_text()
+  assert padded in jax.jit(lambda a, b: jax.vjp(conv, a, b)[1](y36)).lower(
+      x[..., :36], kernel[:, :, :36, :12]).as_text()
+  np.testing.assert_array_equal(bits(y36), bits(cpu_conv_bf16.conv2d(
+      x[..., :36], pad(kernel[:, :, :36, :12], 0, 4), (1, 1), same)[..., :12]))
   np.testing.assert_array_equal(bits(y36), bits(cpu_conv_bf16.conv2d(
       jnp.pad(x[..., :36], ((0, 0),) * 3 + ((0, 12),)),
       pad(kernel[:, :, :36, :12], 12, 4), (1, 1), same)[..., :12]))

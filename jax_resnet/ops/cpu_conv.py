@@ -66,20 +66,6 @@ def input_grad_supported(x_shape, w_shape, strides, padding) -> bool:
   return small_padding or max(strides) > 1
 
 
-def lanes(n: int) -> int:
-  """``n`` rounded up to a multiple of ``cpu_kernels.LANES``."""
-  return -(-n // cpu_kernels.LANES) * cpu_kernels.LANES
-
-
-def _pad_channels(a: jax.Array, axis: int, size: int) -> jax.Array:
-  """``a`` with zeros appended along ``axis`` up to ``size``."""
-  if a.shape[axis] == size:
-    return a
-  widths = [(0, 0)] * a.ndim
-  widths[axis] = (0, size - a.shape[axis])
-  return jnp.pad(a, widths)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
            padding: tuple[tuple[int, int], ...]) -> jax.Array:
@@ -97,9 +83,10 @@ def _conv2d_bwd(strides, padding, residuals, g):
   if input_grad_supported(x.shape, w.shape, strides, padding):
     # Zero kernel rows for the padded input channels: their gradient is
     # zero, and sliced off.
-    c = x.shape[-1]
-    dx = _call(_INPUT_GRAD, x.shape[:-1] + (lanes(c),), g,
-               _pad_channels(w, 2, lanes(c)), strides, padding)[..., :c]
+    c = cpu_kernels.lanes(x.shape[-1])
+    dx = _call(_INPUT_GRAD, x.shape[:-1] + (c,), g,
+               cpu_kernels.pad_channels(w, 2, c), strides,
+               padding)[..., :x.shape[-1]]
   else:
     _, vjp = jax.vjp(
         lambda x_: lax.conv_general_dilated(
@@ -140,8 +127,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   if route is None:
     return (fallback or lax.conv_general_dilated)(*args)
   kernels, c, k = route
-  x = _pad_channels(lhs, 3, c)
-  w = _pad_channels(_pad_channels(rhs, 2, c), 3, k)
+  x = cpu_kernels.pad_channels(lhs, 3, c)
+  w = cpu_kernels.pad_channels(cpu_kernels.pad_channels(rhs, 2, c), 3, k)
   out = kernels(x, w, *canonical)
   return out[..., :rhs.shape[3]] if k != rhs.shape[3] else out
 
@@ -159,14 +146,15 @@ def _route(lhs, rhs, canonical):
   many channels; None where the kernels do not run it."""
   if canonical is None or lhs.dtype != rhs.dtype:
     return None
-  c, k = rhs.shape[2], lanes(rhs.shape[3])
+  c, k = rhs.shape[2], cpu_kernels.lanes(rhs.shape[3])
 
   def padded(channels):
     return lhs.shape[:3] + (channels,), rhs.shape[:2] + (channels, k)
   if lhs.dtype == jnp.bfloat16 and cpu_conv_bf16.available():
+    # Any input width: the bf16 gradients pad it themselves.
     if (c >= cpu_kernels.LANES and
-        cpu_conv_bf16.supported(*padded(lanes(c)), *canonical)):
-      return cpu_conv_bf16.conv2d, lanes(c), k
+        cpu_conv_bf16.supported(*padded(cpu_kernels.lanes(c)), *canonical)):
+      return cpu_conv_bf16.conv2d, c, k
     # The RGB stem (too few channels to fill the bf16 kernels' lanes), or a
     # shape only the float32 kernels take.
     return (_widened, c, k) if supported(*padded(c), *canonical) else None

@@ -48,9 +48,12 @@
 // the instructions they use (target attributes), so the library loads on
 // every x86-64 CPU.
 //
-// Shapes a kernel cannot run (C or K not a multiple of 16, padding beyond the
-// kernel) are refused with an error, never an abort; cpu_conv_bf16.py routes
-// them to XLA before tracing.
+// The forward takes any C: A's rows run on past a kernel row's KW * C values
+// into the next position's (or a zero tail), which meet zero weights. Shapes
+// a kernel cannot run (K, or C for the gradients, not a multiple of 16;
+// padding beyond the kernel) are refused with an error, never an abort;
+// cpu_conv_bf16.py pads the gradients' channels and routes the rest to XLA
+// before tracing.
 
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -536,7 +539,7 @@ void PackPanels(ffi::ThreadPool& pool, int threads, const bf16* w, i64 rows,
 
 // ------------------------------------------------------------- forward -----
 
-// y = conv(x, w); x [N,H,W,C] bf16 (C % 16 == 0), w [KH,KW,C,K] bf16; y bf16,
+// y = conv(x, w); x [N,H,W,C] bf16 (any C), w [KH,KW,C,K] bf16; y bf16,
 // rounded once from the float32 sums.
 //
 // At stride 1 output pixel (oh, ow) is position q = oh * Wp + ow of the padded
@@ -550,14 +553,14 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   const MicroKernel kernel = Kernel(isa);
   const bool grid = g.sh == 1 && g.sw == 1;
   // A kernel row's KW * C values, padded with zero weights to a multiple of
-  // 32 on the grid, where products of 16 or 32 output channels then take
-  // 64 or 32 rows at once (Product).
+  // 16, or of 32 on the grid, where products of 16 or 32 output channels
+  // then take 64 or 32 rows at once (Product).
   const i64 jn = g.KW * g.C;
-  const i64 kd = grid ? (jn + 31) / 32 * 32 : jn;
+  const i64 kd = grid ? (jn + 31) / 32 * 32 : (jn + 15) / 16 * 16;
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
-  // With the grid, the image's positions rounded up to a 16-row block, and
-  // the padded input's zero tail that the last ones' kernel rows read; else
-  // one 16-pixel tile at a time.
+  // With the grid, the image's positions rounded up to a 16-row block; else
+  // one 16-pixel tile at a time. After the padded input, the zero tail that
+  // the last rows of A read.
   const i64 positions = grid ? (g.Ho * Wp + 15) / 16 * 16 : 16;
   const i64 pw = std::min(
       g.K, ProductWidth(static_cast<int>(positions), kd % 32 == 0));
@@ -565,7 +568,7 @@ void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
   AlignedVector<bf16> wv((g.K + pw - 1) / pw * panel, 0);
   PackPanels(pool, threads, w, g.KH, jn, g.K, kd, pw, wv.data());
   const i64 padded = Hp * row;
-  const i64 tail = grid ? (positions - g.Ho * Wp) * g.C + kd : 0;
+  const i64 tail = grid ? (positions - g.Ho * Wp) * g.C + kd : kd - jn;
   ParallelFor(pool, threads, g.N, [&](int, i64 n) {
     bf16* a = Scratch<bf16>(0, padded + tail);
     float* sums = Scratch<float>(1, positions * g.K);
@@ -877,9 +880,10 @@ struct Attrs {
   i64 sh, sw, pt, pb, pl, pr;
 };
 
+// `any_c`: any input channel count (the forward).
 template <typename Dims>
 ffi::Error MakeGeometry(const Dims& x, const Dims& w, const Dims& y,
-                        const Attrs& at, Geometry* g) {
+                        const Attrs& at, Geometry* g, bool any_c = false) {
   if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
     return ffi::Error::InvalidArgument(
         "cpu_conv_bf16: operands must be rank 4");
@@ -890,9 +894,14 @@ ffi::Error MakeGeometry(const Dims& x, const Dims& w, const Dims& y,
     return ffi::Error::InvalidArgument(
         "cpu_conv_bf16: channel counts disagree");
   }
-  if (g->K % 16 || g->C % 16) {
+  if (g->K % 16) {
     return ffi::Error::InvalidArgument(
-        "cpu_conv_bf16: input and output channels must be multiples of 16");
+        "cpu_conv_bf16: output channels must be a multiple of 16");
+  }
+  if (g->C % 16 && !any_c) {
+    return ffi::Error::InvalidArgument(
+        "cpu_conv_bf16: the gradients' input channels must be a multiple of "
+        "16");
   }
   if (g->KH > 16) {
     return ffi::Error::InvalidArgument(
@@ -916,7 +925,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
   Geometry g;
   JR_TRY(CheckIsa(isa));
   JR_TRY(MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(),
-                      {sh, sw, pt, pb, pl, pr}, &g));
+                      {sh, sw, pt, pb, pl, pr}, &g, /*any_c=*/true));
   Forward(pool, static_cast<int>(threads), isa, g, Data(x), Data(w),
           Output(*y));
   return ffi::Error::Success();

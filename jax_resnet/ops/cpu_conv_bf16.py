@@ -168,7 +168,8 @@ def available() -> bool:
 def supported(x_shape, w_shape, strides, padding) -> bool:
   """Whether the kernels run this canonical convolution (forward and both
   gradients): input and output channels multiples of 16, padding smaller
-  than the kernel, at most 16 kernel rows."""
+  than the kernel, at most 16 kernel rows. ``conv2d`` also takes the input
+  channels of such a shape unpadded."""
   _, h, w, c = x_shape
   kh, kw, _, k = w_shape
   (pt, pb), (pl, pr) = padding
@@ -201,7 +202,10 @@ def call(target: str, shape, a: jax.Array, b: jax.Array, strides, padding,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
            padding: tuple[tuple[int, int], ...]) -> jax.Array:
-  """NHWC x HWIO bf16 convolution on the kernels (``supported`` shapes)."""
+  """NHWC x HWIO bf16 convolution on the kernels (``supported`` shapes, with
+  any number of input channels: the forward reads them as they are, and
+  the gradients pad them with zeros to a multiple of 16 and slice the
+  padding off; an evaluation copies nothing)."""
   out = canonical_conv.output_shape(x.shape, w.shape, strides, padding)
   return call(_FORWARD, out, x, w, strides, padding)
 
@@ -212,9 +216,13 @@ def _conv2d_fwd(x, w, strides, padding):
 
 def _conv2d_bwd(strides, padding, residuals, g):
   x, w = residuals
-  dx = call(_INPUT_GRAD, x.shape, g, w, strides, padding)
-  dw = call(_KERNEL_GRAD, w.shape, x, g, strides, padding)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
+  c = cpu_kernels.lanes(x.shape[-1])
+  x_padded = cpu_kernels.pad_channels(x, 3, c)
+  w_padded = cpu_kernels.pad_channels(w, 2, c)
+  dx = call(_INPUT_GRAD, x_padded.shape, g, w_padded, strides, padding)
+  dw = call(_KERNEL_GRAD, w_padded.shape, x_padded, g, strides, padding)
+  return (dx[..., :x.shape[-1]].astype(x.dtype),
+          dw[:, :, :x.shape[-1]].astype(w.dtype))
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

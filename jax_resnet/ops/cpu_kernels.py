@@ -34,6 +34,7 @@ from typing import Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jax_resnet import errors
@@ -66,6 +67,20 @@ _FLAGS = ('-O3', '-std=c++17', '-fno-math-errno')
 # float32 lanes of a kernel vector (a zmm register, or two ymm); the kernels'
 # channel counts are multiples.
 LANES = 16
+
+
+def lanes(n: int) -> int:
+  """``n`` rounded up to a multiple of ``LANES``."""
+  return -(-n // LANES) * LANES
+
+
+def pad_channels(a: jax.Array, axis: int, size: int) -> jax.Array:
+  """``a`` with zeros appended along ``axis`` up to ``size``."""
+  if a.shape[axis] == size:
+    return a
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, size - a.shape[axis])
+  return jnp.pad(a, widths)
 
 
 def cpu_features() -> frozenset[str]:
