@@ -161,11 +161,43 @@ def test_benchmark_with_ops_and_bf16():
   assert '| measured step |' in proc.stdout
 
 
+def test_convolution_shapes_against_pytorch():
+  """--convs: the three ops of a 3x3 convolution at HxC shapes, in JAX and
+  PyTorch, with the sums' ratio; no network is measured."""
+  pytest.importorskip('torch')
+  jax_framework = ('jax_kernels' if cpu_kernels.cpu_can_run()[0] else
+                   'jax_xla')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jax_resnet.bench.benchmark', '--depths=',
+       '--convs=4x16,2x40', '--batch_size=2',
+       f'--frameworks={jax_framework},torch', '--dtypes=bfloat16'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1'))
+  assert proc.returncode == 0, proc.stderr
+  rows = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert [(sorted(r['convs']), r['dtype']) for r in rows] == [
+      (sorted([jax_framework, 'torch']), 'bfloat16')]
+  for framework, by_shape in rows[0]['convs'].items():
+    assert list(by_shape) == ['4x16', '2x40']
+    assert all(len(ops) == 3 and min(ops) > 0 for ops in by_shape.values())
+  assert '3x3 convolutions, stride 1, C to C channels, batch 2, bfloat16' in (
+      proc.stdout)
+  for shape in ('4x16', '2x40'):
+    ours = rows[0]['convs'][jax_framework][shape]
+    theirs = rows[0]['convs']['torch'][shape]
+    assert f'| {shape} | torch |' in proc.stdout
+    assert (f'| {shape} | {jax_framework} | ' in proc.stdout and
+            f' | {sum(ours) / sum(theirs):.2f} |' in proc.stdout)
+  assert '| network |' not in proc.stdout
+
+
 @pytest.mark.parametrize('args,message', [
     (['--frameworks=jax_kernels', '--ops'], '--frameworks must include torch'),
     (['--dtypes=float16'], "Unknown dtypes ['float16']"),
     (['--config.model.dtype=bfloat16'], 'Give the dtype as --dtypes'),
     (['--repeats=0'], 'flag --repeats=0: 0 is not a positive integer'),
+    (['--convs=8by512'], "A convolution shape is HxC (e.g. 8x512); got "
+     "'8by512'"),
 ])
 def test_refused_arguments(args, message):
   proc = subprocess.run(

@@ -80,9 +80,15 @@ _OPS = flags.DEFINE_bool(
     'forward / input / kernel gradient, BatchNorm, add+ReLU) in every '
     'framework and print where the step time goes (op_profile; CIFAR '
     'ResNets, float32 only).')
+_CONVS = flags.DEFINE_list(
+    'convs', [], 'Also time the 3x3 stride-1 convolution from C to C '
+    'channels at these HxC shapes (e.g. 8x512,16x256; forward, input '
+    'gradient and kernel gradient, each jitted on its own, batch '
+    '--batch_size) in every framework and dtype.')
 _WORKER = flags.DEFINE_string('worker', None, 'Internal: FRAMEWORK:NETWORK:'
-                              'DTYPE (FRAMEWORK or FRAMEWORK_ops); prints one '
-                              'JSON line.')
+                              'DTYPE (FRAMEWORK, FRAMEWORK_ops or '
+                              'FRAMEWORK_convs, whose NETWORK is the '
+                              '--convs shapes); prints one JSON line.')
 
 # The conv backend of each JAX framework.
 CONV_BACKENDS = {'jax_xla': 'xla', 'jax_kernels': 'cpu_kernels'}
@@ -317,11 +323,39 @@ def torch_ops_worker(framework: str, network: str, dtype: str
   return op_profile.torch_ops(int(network), _BATCH_SIZE.value, dtype)
 
 
+def jax_convs_worker(framework: str, shapes: str, dtype: str
+                     ) -> dict[str, list[float]]:
+  _setup_jax(framework, dtype)
+  return op_profile.conv_shapes(
+      op_profile.jax_conv_timer(_BATCH_SIZE.value, CONV_BACKENDS[framework],
+                                dtype), shapes.split(','))
+
+
+def torch_convs_worker(framework: str, shapes: str, dtype: str
+                       ) -> dict[str, list[float]]:
+  del framework
+  _setup_torch()
+  return op_profile.conv_shapes(
+      op_profile.torch_conv_timer(_BATCH_SIZE.value, dtype),
+      shapes.split(','))
+
+
+_KINDS = {'': (jax_worker, torch_worker),
+          '_ops': (jax_ops_worker, torch_ops_worker),
+          '_convs': (jax_convs_worker, torch_convs_worker)}
+
+
+def _split_kind(framework: str) -> tuple[str, str]:
+  """'jax_kernels_convs' -> ('jax_kernels', '_convs')."""
+  for kind in ('_ops', '_convs'):
+    if framework.endswith(kind):
+      return framework.removesuffix(kind), kind
+  return framework, ''
+
+
 def _worker(framework: str):
-  base = framework.removesuffix('_ops')
-  if base == 'torch':
-    return torch_ops_worker if framework.endswith('_ops') else torch_worker
-  return jax_ops_worker if framework.endswith('_ops') else jax_worker
+  base, kind = _split_kind(framework)
+  return _KINDS[kind][base == 'torch']
 
 
 def run_worker(framework: str, network: str, dtype: str = 'float32'
@@ -395,9 +429,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _WORKER.value:
     framework, network, dtype = _WORKER.value.split(':')
-    result = _worker(framework)(framework.removesuffix('_ops'), network,
-                                dtype)
-    if not framework.endswith('_ops'):
+    result = _worker(framework)(_split_kind(framework)[0], network, dtype)
+    if not _split_kind(framework)[1]:
       import resource  # pylint: disable=g-import-not-at-top
       result['peak_mb'] = resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -418,8 +451,14 @@ def main(argv):
     raise app.UsageError('--ops compares with PyTorch: --frameworks must '
                          'include torch.')
   networks = [d for d in _DEPTHS.value if d] + list(_NETWORKS.value)
-  if not networks:
-    raise app.UsageError('Nothing to measure: give --depths or --networks.')
+  if not networks and not _CONVS.value:
+    raise app.UsageError('Nothing to measure: give --depths, --networks or '
+                         '--convs.')
+  try:
+    for shape in _CONVS.value:
+      op_profile.parse_conv_shape(shape)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   for network in _NETWORKS.value:
     torch_model(network)  # A network without a reference fails now.
   rows = []
@@ -432,7 +471,8 @@ def main(argv):
         print(f'{framework} {row["name"]} {dtype}: '
               f'{json.dumps(row[framework])}', file=sys.stderr, flush=True)
       rows.append(row)
-  print(format_table(rows))
+  if rows:
+    print(format_table(rows))
   if _OPS.value:
     for row in rows:
       if not row['network'].isdigit():
@@ -444,6 +484,12 @@ def main(argv):
       print(op_profile.format_table(
           int(row['network']), row['dtype'], budgets,
           {f: row[f]['step_ms'] for f in _FRAMEWORKS.value}))
+  for dtype in _DTYPES.value if _CONVS.value else ():
+    results = {f: run_worker(f + '_convs', ','.join(_CONVS.value), dtype)
+               for f in _FRAMEWORKS.value}
+    rows.append({'convs': results, 'dtype': dtype})
+    print()
+    print(op_profile.format_conv_table(dtype, _BATCH_SIZE.value, results))
   print(json.dumps(rows))
 
 

@@ -85,20 +85,13 @@ def _budget(depth: int, time_conv, time_norm, time_add_relu,
   return dict(totals)
 
 
-def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
-            dtype: str = 'float32') -> dict:
-  """Per-op budget of the project's JAX step (call after platform setup).
-
-  Convolutions run on ``conv_backend`` (``cpu_kernels.BACKENDS``). With
-  ``dtype='bfloat16'`` activations, gradients and convolution operands are
-  bf16, as under ``model.dtype=bfloat16``; BatchNorm computes in float32.
-  """
+def _jax_setup(conv_backend: str, dtype: str):
+  """(normal, timed, conv_general_dilated, kernels) of the JAX timers."""
   # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
   from jax import lax
   import numpy as np
-  from jax_resnet.ops import batch_norm
   from jax_resnet.ops import cpu_conv
   from jax_resnet.ops import cpu_kernels
   # pylint: enable=g-import-not-at-top
@@ -107,7 +100,6 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
   conv_general_dilated = (cpu_conv.conv_general_dilated if kernels
                           else lax.conv_general_dilated)
   rng = np.random.default_rng(0)
-  dn = ('NHWC', 'HWIO', 'NHWC')
 
   def normal(*shape):
     return jnp.asarray(rng.standard_normal(shape), dtype)
@@ -115,6 +107,18 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
   def timed(fn, *args):
     compiled = jax.jit(fn).lower(*args).compile()
     return _best_ms(lambda: compiled(*args), jax.block_until_ready)
+  return normal, timed, conv_general_dilated, kernels
+
+
+def jax_conv_timer(batch: int, conv_backend: str = 'auto',
+                   dtype: str = 'float32'):
+  """``time_conv(h, cin, cout, stride)``: ms of the forward, input gradient
+  and kernel gradient of a 3x3 convolution (padding 1) of the project's JAX
+  code on ``conv_backend``, each jitted on its own (call after platform
+  setup)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  normal, timed, conv_general_dilated, _ = _jax_setup(conv_backend, dtype)
+  dn = ('NHWC', 'HWIO', 'NHWC')
 
   def time_conv(h, cin, cout, stride):
     x, w = normal(batch, h, h, cin), normal(3, 3, cin, cout) * 0.1
@@ -128,6 +132,25 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
                   w, g),
             timed(lambda x, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
                   x, g))
+  return time_conv
+
+
+def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
+            dtype: str = 'float32') -> dict:
+  """Per-op budget of the project's JAX step (call after platform setup).
+
+  Convolutions run on ``conv_backend`` (``cpu_kernels.BACKENDS``). With
+  ``dtype='bfloat16'`` activations, gradients and convolution operands are
+  bf16, as under ``model.dtype=bfloat16``; BatchNorm computes in float32.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from jax_resnet.ops import batch_norm
+  # pylint: enable=g-import-not-at-top
+  normal, timed, _, kernels = _jax_setup(conv_backend, dtype)
+  dtype = jnp.dtype(dtype)
+  time_conv = jax_conv_timer(batch, conv_backend, dtype)
 
   def time_norm(h, c, relu, residual=False):
     x, g = normal(batch, h, h, c), normal(batch, h, h, c)
@@ -151,19 +174,17 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
                  fused_block_end=kernels)
 
 
-def torch_ops(depth: int, batch: int, dtype: str = 'float32') -> dict:
-  """The same budget for PyTorch (oneDNN, channels_last); with
-  ``dtype='bfloat16'``, under ``torch.autocast`` with bf16 activations, as
-  in its bf16 training step."""
+def _torch_setup(dtype: str):
+  """(torch, normal, autocast, sync) of the PyTorch timers."""
   import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  cl = torch.channels_last
   bf16 = dtype == 'bfloat16'
   activations = torch.bfloat16 if bf16 else torch.float32
 
   def normal(*shape):
-    return torch.randn(*shape).to(dtype=activations, memory_format=cl)
+    return torch.randn(*shape).to(dtype=activations,
+                                  memory_format=torch.channels_last)
 
   def autocast():
     return (torch.autocast('cpu', dtype=torch.bfloat16) if bf16
@@ -171,6 +192,14 @@ def torch_ops(depth: int, batch: int, dtype: str = 'float32') -> dict:
 
   def sync(out):
     del out
+  return torch, normal, autocast, sync
+
+
+def torch_conv_timer(batch: int, dtype: str = 'float32'):
+  """``jax_conv_timer`` for PyTorch (oneDNN, channels_last, bf16 operands
+  for 'bfloat16'): ``aten.convolution`` and its backward, one gradient at a
+  time."""
+  torch, normal, _, sync = _torch_setup(dtype)
 
   def time_conv(h, cin, cout, stride):
     x, w = normal(batch, cin, h, h), normal(cout, cin, 3, 3) * 0.1
@@ -185,6 +214,15 @@ def torch_ops(depth: int, batch: int, dtype: str = 'float32') -> dict:
                      sync)
       return (fwd, _best_ms(grad([True, False, False]), sync),
               _best_ms(grad([False, True, False]), sync))
+  return time_conv
+
+
+def torch_ops(depth: int, batch: int, dtype: str = 'float32') -> dict:
+  """The same budget for PyTorch (oneDNN, channels_last); with
+  ``dtype='bfloat16'``, under ``torch.autocast`` with bf16 activations, as
+  in its bf16 training step."""
+  torch, normal, autocast, sync = _torch_setup(dtype)
+  time_conv = torch_conv_timer(batch, dtype)
 
   def time_norm(h, c, relu):
     bn = torch.nn.BatchNorm2d(c)
@@ -211,6 +249,43 @@ def torch_ops(depth: int, batch: int, dtype: str = 'float32') -> dict:
     return _best_ms(run, sync)
 
   return _budget(depth, time_conv, time_norm, time_add_relu)
+
+
+def parse_conv_shape(text: str) -> tuple[int, int]:
+  """'8x512' -> (8, 512): a HxC shape of ``conv_shapes``."""
+  parts = text.split('x')
+  if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    raise ValueError(f'A convolution shape is HxC (e.g. 8x512); got {text!r}.')
+  return int(parts[0]), int(parts[1])
+
+
+def conv_shapes(time_conv, shapes: list[str]) -> dict[str, list[float]]:
+  """{shape: [forward, input gradient, kernel gradient ms]} of the 3x3
+  stride-1 convolution from C to C channels at each HxC shape."""
+  results = {}
+  for shape in shapes:
+    h, c = parse_conv_shape(shape)
+    results[shape] = [round(ms, 3) for ms in time_conv(h, c, c, 1)]
+  return results
+
+
+def format_conv_table(dtype: str, batch: int,
+                      results: dict[str, dict[str, list[float]]]) -> str:
+  """Markdown: one line per (shape, framework): the three ops' ms, their
+  sum, and the sum's ratio to PyTorch's (where 'torch' was measured)."""
+  lines = [f'3x3 convolutions, stride 1, C to C channels, batch {batch}, '
+           f'{dtype}, ms:', '',
+           '| shape | framework | forward | input gradient | kernel gradient '
+           '| sum | / PyTorch |', '|---|---|---:|---:|---:|---:|---:|']
+  for shape in next(iter(results.values())):
+    torch_sum = sum(results['torch'][shape]) if 'torch' in results else None
+    for framework, by_shape in results.items():
+      ops = by_shape[shape]
+      ratio = (f'{sum(ops) / torch_sum:.2f}' if torch_sum else '-')
+      lines.append(f'| {shape} | {framework} | ' +
+                   ' | '.join(f'{ms:.2f}' for ms in ops) +
+                   f' | {sum(ops):.2f} | {ratio} |')
+  return '\n'.join(lines)
 
 
 def format_table(depth: int, dtype: str, budgets: dict[str, dict],
