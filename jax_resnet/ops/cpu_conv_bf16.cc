@@ -421,7 +421,7 @@ void Product(MicroKernel kernel, int M, i64 N, const Segment* segs, int ns,
         const Segment& g = segs[s];
         shifted[s] = g;
         shifted[s].a += m0 * g.lda;
-        // A panel holds whole column blocks of this width (PanelWidth).
+        // A panel holds whole column blocks of this width (ProductWidth).
         shifted[s].b += g.panel ? n0 / (g.ldb / 2) * g.panel +
                                       2 * (n0 % (g.ldb / 2))
                                 : 2 * n0;
