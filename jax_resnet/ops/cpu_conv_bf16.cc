@@ -139,7 +139,9 @@ template <int R, int NB>
 __attribute__((target("avx512f,avx512bf16"))) inline void Avx512Bf16Rows(
     int m0, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
   __m512 acc[R][NB];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int t = 0; t < NB; ++t)
       acc[r][t] = add ? _mm512_loadu_ps(c + (m0 + r) * ldc + 16 * t)
                       : _mm512_setzero_ps();
@@ -148,47 +150,64 @@ __attribute__((target("avx512f,avx512bf16"))) inline void Avx512Bf16Rows(
     const bf16* a = g.a + m0 * g.lda;
     for (i64 p = 0; p < g.kd / 2; ++p) {
       __m512bh bv[NB];
+#pragma GCC unroll 4
       for (int t = 0; t < NB; ++t) {
         bv[t] = (__m512bh)_mm512_loadu_si512(g.b + p * g.ldb + 32 * t);
       }
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         int32_t pair;
         std::memcpy(&pair, a + r * g.lda + 2 * p, sizeof(pair));
         const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
         for (int t = 0; t < NB; ++t) {
           acc[r][t] = _mm512_dpbf16_ps(acc[r][t], av, bv[t]);
         }
       }
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int t = 0; t < NB; ++t)
       _mm512_storeu_ps(c + (m0 + r) * ldc + 16 * t, acc[r][t]);
 }
 
-template <int R>
-__attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Blocks(
-    int NB, int m0, const Segment* segs, int ns, float* c, i64 ldc,
-    bool add) {
-  switch (NB) {
-    case 1: return Avx512Bf16Rows<R, 1>(m0, segs, ns, c, ldc, add);
-    case 2: return Avx512Bf16Rows<R, 2>(m0, segs, ns, c, ldc, add);
-    case 3: return Avx512Bf16Rows<R, 3>(m0, segs, ns, c, ldc, add);
-    default: return Avx512Bf16Rows<R, 4>(m0, segs, ns, c, ldc, add);
+// Rows per register block: enough accumulators (16 to 24 of the 32 zmm
+// registers) to cover VDPBF16PS's latency at two per cycle, and B's NB
+// loads shared by as many broadcasts as fit.
+template <int NB> constexpr int Avx512Bf16BlockRows() {
+  return NB == 1 ? 16 : NB == 4 ? 4 : 8;
+}
+
+// The last r < Avx512Bf16BlockRows<NB>() rows, from m0 on.
+template <int NB, int R>
+__attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Tail(
+    int r, int m0, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
+  if constexpr (R > 0) {
+    if (r == R) return Avx512Bf16Rows<R, NB>(m0, segs, ns, c, ldc, add);
+    return Avx512Bf16Tail<NB, R - 1>(r, m0, segs, ns, c, ldc, add);
   }
+}
+
+template <int NB>
+__attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Columns(
+    int M, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
+  constexpr int R = Avx512Bf16BlockRows<NB>();
+  int m0 = 0;
+  for (; m0 + R <= M; m0 += R) {
+    Avx512Bf16Rows<R, NB>(m0, segs, ns, c, ldc, add);
+  }
+  Avx512Bf16Tail<NB, R - 1>(M - m0, m0, segs, ns, c, ldc, add);
 }
 
 __attribute__((target("avx512f,avx512bf16"))) void Avx512Bf16Kernel(
     int M, int NB, const Segment* segs, int ns, float* c, i64 ldc, bool add) {
-  int m0 = 0;
-  for (; m0 + 4 <= M; m0 += 4) {
-    Avx512Bf16Blocks<4>(NB, m0, segs, ns, c, ldc, add);
-  }
-  switch (M - m0) {
-    case 1: Avx512Bf16Blocks<1>(NB, m0, segs, ns, c, ldc, add); break;
-    case 2: Avx512Bf16Blocks<2>(NB, m0, segs, ns, c, ldc, add); break;
-    case 3: Avx512Bf16Blocks<3>(NB, m0, segs, ns, c, ldc, add); break;
-    default: break;
+  switch (NB) {
+    case 1: return Avx512Bf16Columns<1>(M, segs, ns, c, ldc, add);
+    case 2: return Avx512Bf16Columns<2>(M, segs, ns, c, ldc, add);
+    case 3: return Avx512Bf16Columns<3>(M, segs, ns, c, ldc, add);
+    default: return Avx512Bf16Columns<4>(M, segs, ns, c, ldc, add);
   }
 }
 
@@ -1008,13 +1027,40 @@ extern "C" int jax_resnet_bf16_round_check() {
 // 1 when Linux lets this process use AMX tile data, 0 otherwise.
 extern "C" int jax_resnet_amx_permitted() { return AmxPermitted(); }
 
-// 1 when micro-kernel `isa` computes what the reference computes (within
-// float32 rounding of a different summation order) on products with every
-// shape feature the convolutions use: M = 16 and M < 16; 64 and 32 rows at
-// once (AMX's full configuration); 4 column blocks plus one or two; kd with
-// a last 16; long reductions split over accumulators; two segments; C
-// overwritten and C accumulated into. Run once per process before `isa` is
-// used.
+// Whether micro-kernel `isa` computes what the reference computes (within
+// float32 rounding of a different summation order) for C[M x N] (+)= two
+// segments of A[M x kd] . B[kd x N].
+bool MatchesReference(i64 isa, int M, int kd, int N, bool add) {
+  std::vector<bf16> a(2 * M * kd), b(2 * kd * N);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = ToBf16(static_cast<float>((i * 37) % 23) / 8.0f - 1.25f);
+  }
+  for (size_t i = 0; i < b.size(); ++i) {
+    b[i] = ToBf16(static_cast<float>((i * 53) % 29) / 16.0f - 0.75f);
+  }
+  const Segment segs[2] = {{a.data(), kd, b.data(), 2 * N, kd},
+                           {a.data() + M * kd, kd, b.data() + kd * N, 2 * N,
+                            kd}};
+  std::vector<float> want(M * N), got(M * N);
+  for (int i = 0; i < M * N; ++i) want[i] = got[i] = 0.5f * (i % 7);
+  Product(ReferenceKernel, M, N, segs, 2, want.data(), N, add);
+  Product(Kernel(isa), M, N, segs, 2, got.data(), N, add);
+  EndWork(isa);
+  for (int i = 0; i < M * N; ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= 1e-4f * (1.0f + std::fabs(want[i])))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// 1 when micro-kernel `isa` computes what the reference computes on
+// products with every shape feature the convolutions use: every M up to 16
+// with one to four column blocks (each register block and each of its
+// tails); 64 and 32 rows at once (AMX's full configuration); 4 column
+// blocks plus one or two; kd with a last 16; long reductions split over
+// accumulators; C overwritten and C accumulated into. Run once per process
+// before `isa` is used.
 extern "C" int jax_resnet_bf16_self_check(long isa) {
   if (CheckIsa(isa).failure()) return 0;
   struct Case {
@@ -1023,28 +1069,14 @@ extern "C" int jax_resnet_bf16_self_check(long isa) {
   };
   constexpr Case kCases[] = {{16, 48, 80, false}, {13, 48, 80, true},
                              {64, 64, 80, false}, {32, 64, 96, true},
-                             {16, 320, 32, true}, {9, 288, 16, false}};
+                             {64, 64, 16, true},  {16, 320, 32, true},
+                             {9, 288, 16, false}};
   for (const Case& t : kCases) {
-    std::vector<bf16> a(2 * t.M * t.kd), b(2 * t.kd * t.N);
-    for (size_t i = 0; i < a.size(); ++i) {
-      a[i] = ToBf16(static_cast<float>((i * 37) % 23) / 8.0f - 1.25f);
-    }
-    for (size_t i = 0; i < b.size(); ++i) {
-      b[i] = ToBf16(static_cast<float>((i * 53) % 29) / 16.0f - 0.75f);
-    }
-    const Segment segs[2] = {{a.data(), t.kd, b.data(), 2 * t.N, t.kd},
-                             {a.data() + t.M * t.kd, t.kd,
-                              b.data() + t.kd * t.N, 2 * t.N, t.kd}};
-    std::vector<float> want(t.M * t.N), got(t.M * t.N);
-    for (int i = 0; i < t.M * t.N; ++i) want[i] = got[i] = 0.5f * (i % 7);
-    Product(ReferenceKernel, t.M, t.N, segs, 2, want.data(), t.N, t.add);
-    Product(Kernel(isa), t.M, t.N, segs, 2, got.data(), t.N, t.add);
-    EndWork(isa);
-    for (int i = 0; i < t.M * t.N; ++i) {
-      if (!(std::fabs(got[i] - want[i]) <=
-            1e-4f * (1.0f + std::fabs(want[i])))) {
-        return 0;
-      }
+    if (!MatchesReference(isa, t.M, t.kd, t.N, t.add)) return 0;
+  }
+  for (int M = 1; M <= 16; ++M) {
+    for (int N = 16; N <= 64; N += 16) {
+      if (!MatchesReference(isa, M, 32, N, M % 2 == 1)) return 0;
     }
   }
   return 1;
