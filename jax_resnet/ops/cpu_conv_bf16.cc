@@ -147,23 +147,37 @@ __attribute__((target("avx512f,avx512bf16"))) inline void Avx512Bf16Rows(
                       : _mm512_setzero_ps();
   for (int s = 0; s < ns; ++s) {
     const Segment& g = segs[s];
-    const bf16* a = g.a + m0 * g.lda;
+    // Row r's pair p lies at base[r / 3] + kScale[r] * L + 4 p bytes: six
+    // pointers and one stride address all 16 rows, so that the rows need no
+    // general registers of their own (16 of them would spill).
+    const i64 L = g.lda * 2;
+    const char* base[6];
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; ++i) {
+      base[i] = reinterpret_cast<const char*>(g.a + m0 * g.lda) + 3 * i * L;
+    }
+    const bf16* b = g.b;
     for (i64 p = 0; p < g.kd / 2; ++p) {
       __m512bh bv[NB];
 #pragma GCC unroll 4
       for (int t = 0; t < NB; ++t) {
-        bv[t] = (__m512bh)_mm512_loadu_si512(g.b + p * g.ldb + 32 * t);
+        bv[t] = (__m512bh)_mm512_loadu_si512(b + 32 * t);
       }
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
+        constexpr int kScale[3] = {0, 1, 2};
+        const char* at = base[r / 3] + kScale[r % 3] * L;
         int32_t pair;
-        std::memcpy(&pair, a + r * g.lda + 2 * p, sizeof(pair));
+        std::memcpy(&pair, at, sizeof(pair));
         const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
 #pragma GCC unroll 4
         for (int t = 0; t < NB; ++t) {
-          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], av, bv[t]);
+          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], bv[t], av);
         }
       }
+#pragma GCC unroll 6
+      for (int i = 0; i < 6; ++i) base[i] += 4;
+      b += g.ldb;
     }
   }
 #pragma GCC unroll 16
@@ -570,12 +584,20 @@ void PackPanels(ffi::ThreadPool& pool, int threads, const bf16* w, i64 rows,
 void Forward(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
              const bf16* x, const bf16* w, bf16* y) {
   const MicroKernel kernel = Kernel(isa);
-  const bool grid = g.sh == 1 && g.sw == 1;
+  // VDPBF16PS takes at most 16 rows at a time anyway: it leaves the grid
+  // where the grid's dropped positions would be more than an eighth of the
+  // outputs (8 x 8 images: 80 positions for 64).
+  const i64 dropped = g.pl + g.pr;
+  const bool grid = g.sh == 1 && g.sw == 1 &&
+                    (isa == kAmx || 8 * dropped <= g.Wo);
   // A kernel row's KW * C values, padded with zero weights to a multiple of
-  // 16, or of 32 on the grid, where products of 16 or 32 output channels
-  // then take 64 or 32 rows at once (Product).
+  // 16, or for AMX on the grid of 32, where products of 16 or 32 output
+  // channels then take 64 or 32 rows at once (Product). VDPBF16PS gains
+  // nothing from whole 32s, and at 16 channels they would be a third more
+  // products (64 for 48).
   const i64 jn = g.KW * g.C;
-  const i64 kd = grid ? (jn + 31) / 32 * 32 : (jn + 15) / 16 * 16;
+  const i64 kd = grid && isa == kAmx ? (jn + 31) / 32 * 32
+                                     : (jn + 15) / 16 * 16;
   const i64 Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, row = Wp * g.C;
   // With the grid, the image's positions rounded up to a 16-row block; else
   // one 16-pixel tile at a time. After the padded input, the zero tail that
