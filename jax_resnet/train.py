@@ -857,9 +857,6 @@ def seed_config(config: ml_collections.ConfigDict, seed: int
   return config
 
 
-# Prints on process 0 only.
-_say = distributed.say
-
 
 class _Member:
   """One seed's run in a training command: its workdir, checkpoints, log
@@ -982,11 +979,12 @@ class _Member:
     final['final_test_accuracy'] = final['test_accuracy']
     chosen_on = ('validation' if self.config.data.validation_examples else
                  'test')
-    _say(f'{self.label}Final test accuracy {final["test_accuracy"]:.2f}%, '
-         f'best {final["best_test_accuracy"]:.2f}%; the best checkpoint '
-         f'(selected on {chosen_on}) has '
-         f'{final["selected_test_accuracy"]:.2f}% '
-         f'({self.config.num_epochs} epochs).')
+    distributed.say(
+        f'{self.label}Final test accuracy {final["test_accuracy"]:.2f}%, '
+        f'best {final["best_test_accuracy"]:.2f}%; the best checkpoint '
+        f'(selected on {chosen_on}) has '
+        f'{final["selected_test_accuracy"]:.2f}% '
+        f'({self.config.num_epochs} epochs).')
     logging.info('Finished: %s', json.dumps(final))
     return final
 
@@ -1027,8 +1025,8 @@ def _resume_epoch(members: list[_Member], trainer: Trainer,
     # A packed group killed during its first saves: all start afresh (the
     # epochs are deterministic; the saved steps are kept as they are).
     if len(members) > 1 and any(r is not None for r in restored):
-      _say('Some seeds of the group have no checkpoint; the group starts '
-           'from epoch 0.')
+      distributed.say('Some seeds of the group have no checkpoint; the group '
+                      'starts from epoch 0.')
     for member in members:
       member.best, member.selected = {}, None
     return None, 0
@@ -1110,28 +1108,29 @@ def train_seeds(config: ml_collections.ConfigDict, workdirs: dict[int, str],
       steps = 'step' if progress.done == 1 else 'steps'
       into = (f', {progress.done} {steps} into epoch {start_epoch + 1}'
               if progress.done else '')
-      _say(f'Resumed from epoch {start_epoch}{into} (step '
-           f'{start_epoch * trainer.steps_per_epoch + progress.done}) in '
-           f'{where}.')
+      step = start_epoch * trainer.steps_per_epoch + progress.done
+      distributed.say(f'Resumed from epoch {start_epoch}{into} (step {step}) '
+                      f'in {where}.')
     mixes = trainer.step_cfg.augment.mixes
     for member in members:
       member.start(start_epoch, mixes)
     packing = (f', seeds {",".join(map(str, seeds))} packed' if packed
                else '')
-    _say(f'{config.dataset} {model.description}: '
-         f'{trainer.num_train} train / {trainer.num_test} test images, '
-         f'{trainer.steps_per_epoch} steps per epoch, '
-         f'{jax.device_count()} device(s){packing}.')
+    distributed.say(f'{config.dataset} {model.description}: '
+                    f'{trainer.num_train} train / {trainer.num_test} test '
+                    f'images, {trainer.steps_per_epoch} steps per epoch, '
+                    f'{jax.device_count()} device(s){packing}.')
     if trainer.teacher is not None:
-      _say(f'Distilling {trainer.teacher.description} '
-           f'({trainer.teacher.workdir}, best checkpoint, step '
-           f'{trainer.teacher.checkpoint_step}): alpha '
-           f'{config.distill.alpha}, temperature '
-           f'{config.distill.temperature}.')
+      distributed.say(f'Distilling {trainer.teacher.description} '
+                      f'({trainer.teacher.workdir}, best checkpoint, step '
+                      f'{trainer.teacher.checkpoint_step}): alpha '
+                      f'{config.distill.alpha}, temperature '
+                      f'{config.distill.temperature}.')
     if mixes:
-      _say('Mixup/CutMix: the train loss is against the mixed targets and '
-           'the train accuracy is lam-weighted (a prediction of the '
-           "mixed-in example's class counts 1 - lam).")
+      distributed.say('Mixup/CutMix: the train loss is against the mixed '
+                      'targets and the train accuracy is lam-weighted (a '
+                      "prediction of the mixed-in example's class counts "
+                      '1 - lam).')
 
     with preemption.training():
       for epoch in range(start_epoch, config.num_epochs):

@@ -116,8 +116,13 @@ def jax_conv_timer(batch: int, conv_backend: str = 'auto',
   and kernel gradient of a 3x3 convolution (padding 1) of the project's JAX
   code on ``conv_backend``, each jitted on its own (call after platform
   setup)."""
+  return _conv_timer(batch, _jax_setup(conv_backend, dtype))
+
+
+def _conv_timer(batch: int, setup):
+  """``jax_conv_timer`` on ``_jax_setup``'s ``setup``."""
   import jax  # pylint: disable=g-import-not-at-top
-  normal, timed, conv_general_dilated, _ = _jax_setup(conv_backend, dtype)
+  normal, timed, conv_general_dilated, _ = setup
   dn = ('NHWC', 'HWIO', 'NHWC')
 
   def time_conv(h, cin, cout, stride):
@@ -148,9 +153,10 @@ def jax_ops(depth: int, batch: int, conv_backend: str = 'auto',
   import jax.numpy as jnp
   from jax_resnet.ops import batch_norm
   # pylint: enable=g-import-not-at-top
-  normal, timed, _, kernels = _jax_setup(conv_backend, dtype)
+  setup = _jax_setup(conv_backend, dtype)
+  normal, timed, _, kernels = setup
   dtype = jnp.dtype(dtype)
-  time_conv = jax_conv_timer(batch, conv_backend, dtype)
+  time_conv = _conv_timer(batch, setup)
 
   def time_norm(h, c, relu, residual=False):
     x, g = normal(batch, h, h, c), normal(batch, h, h, c)

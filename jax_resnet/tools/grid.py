@@ -462,7 +462,7 @@ def _run_grid(runs: Sequence[Run], retry_failed: bool,
     action, line, detail = distributed.from_primary(
         lambda: _decide(run, f'[{position}/{len(runs)}]', retry_failed,
                         pack_seeds, locks))
-    _say(line)
+    distributed.say(line)
     if action == 'done':
       outcome.already_done.append(run)
       continue
@@ -487,7 +487,7 @@ def _run_grid(runs: Sequence[Run], retry_failed: bool,
       groups.setdefault((run.setting, run.block), []).append(run)
     for (setting, block), group in groups.items():
       seeds = ','.join(str(run.seed) for run in group)
-      _say(f'{setting} {block}: seeds {seeds} packed.')
+      distributed.say(f'{setting} {block}: seeds {seeds} packed.')
       finished = execute_packed(group)
       done_with(group)
       if finished:
@@ -528,13 +528,10 @@ def _decide(run: Run, position: str, retry_failed: bool, pack_seeds: bool,
   return 'train', line, ''
 
 
-# Prints on process 0 only.
-_say = distributed.say
-
 
 def _failed(run: Run, outcome: Outcome) -> None:
   detail = distributed.from_primary(lambda: run_state(run).detail)
-  _say(f'{run.name} ({run.workdir}): FAILED: {detail}')
+  distributed.say(f'{run.name} ({run.workdir}): FAILED: {detail}')
   outcome.failed.append((run, detail))
 
 
@@ -620,7 +617,7 @@ def main(argv):
 
   mine = shard_runs(runs, *shard)
   if args['dry-run'].value:
-    _say(format_plan(mine, len(runs), shard))
+    distributed.say(format_plan(mine, len(runs), shard))
     return
   record_grid(args.root, runs)
   with exits.reported(args.root):
@@ -628,12 +625,13 @@ def main(argv):
     # same grid command resumes it.
     outcome = run_grid(mine, retry_failed=args['retry-failed'].value,
                        pack_seeds=args['pack-seeds'].value)
-    _say(f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} '
-         f'finished now, {len(outcome.already_done)} already done, '
-         f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
-         'elsewhere.')
+    distributed.say(
+        f'Grid shard {shard[0]}/{shard[1]}: {len(outcome.finished)} finished '
+        f'now, {len(outcome.already_done)} already done, '
+        f'{len(outcome.failed)} failed, {len(outcome.elsewhere)} running '
+        'elsewhere.')
     for run, detail in outcome.failed:
-      _say(f'  failed: {run.name} ({run.workdir}): {detail}')
+      distributed.say(f'  failed: {run.name} ({run.workdir}): {detail}')
     if outcome.failed:
       sys.exit(exits.ERROR)
 
