@@ -23,7 +23,8 @@
 //   through the HWIO kernel row and through a zero-padded input row, so
 //   consecutive output pixels are the rows of A and the kernel row is B
 //   (kd = KW * C), one segment per kh. At stride 1 the rows run on across
-//   output rows (the padded grid, Forward), so one product takes 64 rows.
+//   output rows (the padded grid, Forward), so one product takes 64 rows
+//   (VDPBF16PS, 16 rows at a time, leaves the grid on small images).
 // * Input gradient, stride 1: the forward on the padded dy with the flipped,
 //   io-swapped kernel. Stride > 1: for each kernel tap, M pixels of dy times
 //   the tap's transposed kernel, added into the padded dx (col2im).
