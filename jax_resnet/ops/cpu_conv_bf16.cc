@@ -708,18 +708,20 @@ bool HasAvx2() {
   return avx2;
 }
 
-// dst[c * ld + p] = src[p * C + c] for p < pixels, c < C (a multiple of 16):
-// a row of NHWC pixels made channel-major.
+// dst[c * ld + p] = src[p * step + c] for p < pixels, c < C (a multiple of
+// 16): a row of NHWC pixels (every pixel, step = C, or every sw-th, step =
+// sw * C) made channel-major.
 __attribute__((target("avx2"))) void ChannelMajorAvx2(const bf16* src,
                                                       i64 pixels, i64 C,
-                                                      bf16* dst, i64 ld) {
+                                                      i64 step, bf16* dst,
+                                                      i64 ld) {
   for (i64 p0 = 0; p0 < pixels; p0 += 16) {
     const i64 n = std::min<i64>(16, pixels - p0);
     for (i64 c0 = 0; c0 < C; c0 += 16) {
       __m256i r[16];
       for (i64 p = 0; p < 16; ++p) {
         r[p] = p < n ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                           src + (p0 + p) * C + c0))
+                           src + (p0 + p) * step + c0))
                      : _mm256_setzero_si256();
       }
       // Pixel pairs: 32-bit lanes (pixel 2j, 2j + 1) of channels 0-3 and
@@ -765,13 +767,14 @@ __attribute__((target("avx2"))) void ChannelMajorAvx2(const bf16* src,
   }
 }
 
-void ChannelMajor(const bf16* src, i64 pixels, i64 C, bf16* dst, i64 ld) {
+void ChannelMajor(const bf16* src, i64 pixels, i64 C, i64 step, bf16* dst,
+                  i64 ld) {
   if (HasAvx2()) {
-    ChannelMajorAvx2(src, pixels, C, dst, ld);
+    ChannelMajorAvx2(src, pixels, C, step, dst, ld);
     return;
   }
   for (i64 p = 0; p < pixels; ++p)
-    for (i64 c = 0; c < C; ++c) dst[c * ld + p] = src[p * C + c];
+    for (i64 c = 0; c < C; ++c) dst[c * ld + p] = src[p * step + c];
 }
 
 // A row of `pixels` NHWC pixels (K channels, a multiple of 16) into the VNNI
@@ -845,7 +848,7 @@ void KernelGradStride1(ffi::ThreadPool& pool, int threads, i64 isa,
           for (i64 i = 0; i < images; ++i) {
             const bf16* xn = x + (n0 + i) * g.H * g.W * C;
             for (i64 h = 0; h < g.H; ++h) {
-              ChannelMajor(xn + h * g.W * C, g.W, C,
+              ChannelMajor(xn + h * g.W * C, g.W, C, C,
                            xt + i * C * lx + (h + g.pt) * Wp + g.pl, lx);
             }
             const bf16* dyn = dy + (n0 + i) * g.Ho * g.Wo * K;
@@ -895,13 +898,10 @@ void KernelGrad(ffi::ThreadPool& pool, int threads, i64 isa, const Geometry& g,
           for (i64 kh = 0; kh < g.KH; ++kh)
             for (i64 kw = 0; kw < g.KW; ++kw) {
               bf16* dst = xt + (kh * g.KW + kw) * C * padded;
-              for (i64 oh = 0; oh < g.Ho; ++oh)
-                for (i64 ow = 0; ow < g.Wo; ++ow) {
-                  const bf16* s =
-                      xp + ((oh * g.sh + kh) * Wp + ow * g.sw + kw) * C;
-                  const i64 p = oh * g.Wo + ow;
-                  for (i64 c = 0; c < C; ++c) dst[c * padded + p] = s[c];
-                }
+              for (i64 oh = 0; oh < g.Ho; ++oh) {
+                ChannelMajor(xp + ((oh * g.sh + kh) * Wp + kw) * C, g.Wo, C,
+                             g.sw * C, dst + oh * g.Wo, padded);
+              }
             }
           PackPairs(dy + n * pixels * K, 1, pixels, K, dyv);
           for (i64 t = 0; t < taps; ++t)
