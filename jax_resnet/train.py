@@ -857,7 +857,6 @@ def seed_config(config: ml_collections.ConfigDict, seed: int
   return config
 
 
-
 class _Member:
   """One seed's run in a training command: its workdir, checkpoints, log
   and best metrics."""

@@ -36,6 +36,7 @@ SHAPES = [
     (2, 32, 32, 16, 3, 16, 1, 1),   # ResNet stage 1: two 16-pixel tiles a row
     (2, 32, 32, 16, 3, 32, 2, 1),   # stage 2 entry: strided, col2im gradient
     (1, 8, 8, 64, 3, 64, 1, 1),     # stage 3: 8-pixel tiles, 4 column blocks
+    (1, 16, 16, 32, 3, 32, 1, 1),   # stage 2: kd 96, 32 rows at once
     (2, 32, 32, 16, 1, 32, 2, 0),   # projection shortcut
     (1, 8, 8, 64, 3, 80, 1, 1),     # 5 column blocks: 64 + 16
     (2, 9, 7, 32, 3, 48, 1, 1),     # odd sizes: 7-pixel tiles, 63 pixels

@@ -528,7 +528,6 @@ def _decide(run: Run, position: str, retry_failed: bool, pack_seeds: bool,
   return 'train', line, ''
 
 
-
 def _failed(run: Run, outcome: Outcome) -> None:
   detail = distributed.from_primary(lambda: run_state(run).detail)
   distributed.say(f'{run.name} ({run.workdir}): FAILED: {detail}')
