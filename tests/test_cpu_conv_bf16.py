@@ -238,8 +238,8 @@ def test_routing(monkeypatch):
   """``cpu_conv`` hands canonical bf16 convolutions with 16 or more input
   channels to the bf16 kernels (output channels padded to multiples of 16;
   the input's only in the gradients), those with fewer (the stem) to the
-  float32 kernels, and the rest (or everything, without bf16 kernels) to
-  XLA."""
+  bf16 forward and the float32 kernels' gradients, and the rest (or
+  everything, without bf16 kernels) to XLA."""
   calls = []
 
   def fallback(*args):
@@ -276,14 +276,26 @@ def test_routing(monkeypatch):
       jnp.pad(x[..., :36], ((0, 0),) * 3 + ((0, 12),)),
       pad(kernel[:, :, :36, :12], 12, 4), (1, 1), same)[..., :12]))
   # 12 input channels, 64 or 12 output channels (like the RGB stem): the
+  # bf16 forward on the 12 channels as they are, and the gradients of the
   # float32 kernels on the widened operands, rounded to bf16 once.
+  f32 = jnp.float32
   for k in (64, 12):
-    y12 = conv(x[..., :12], kernel[:, :, :12, :k])
+    x12, w12 = x[..., :12], kernel[:, :, :12, :k]
+    y12, vjp = jax.vjp(conv, x12, w12)
     assert y12.dtype == jnp.bfloat16 and y12.shape == (1, 8, 8, k)
-    np.testing.assert_array_equal(bits(y12), bits(cpu_conv.conv2d(
-        x[..., :12].astype(jnp.float32),
-        pad(kernel[:, :, :12, :k], 0, -k % 16).astype(jnp.float32), (1, 1),
-        same)[..., :k].astype(jnp.bfloat16)))
+    np.testing.assert_array_equal(bits(y12), bits(cpu_conv_bf16.conv2d(
+        x12, pad(w12, 0, -k % 16), (1, 1), same)[..., :k]))
+    widened = lambda a, b: cpu_conv.conv2d(  # pylint: disable=cell-var-from-loop
+        a.astype(f32), pad(b, 0, -k % 16).astype(f32), (1, 1),
+        same)[..., :k].astype(jnp.bfloat16)
+    for got, want in zip(vjp(y12), jax.vjp(widened, x12, w12)[1](y12)):
+      assert got.dtype == jnp.bfloat16
+      np.testing.assert_array_equal(bits(got), bits(want))
+  # No input padded to 16 channels in the forward or the gradients (at 64
+  # output channels no other tensor has 16).
+  assert 'tensor<1x8x8x16xbf16>' not in jax.jit(
+      lambda a, b: jax.vjp(conv, a, b)[1](conv(a, b))).lower(
+          x[..., :12], kernel[:, :, :12, :]).as_text()
   cpu_conv.conv_general_dilated(          # Dilated: not canonical.
       x, kernel, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
       dimension_numbers=DN, fallback=fallback)
@@ -295,7 +307,7 @@ def test_routing(monkeypatch):
 @pytest.mark.parametrize('shape', [
     (2, 8, 8, 36, 3, 12, 1, 1),    # DenseNet-BC 3x3 layer (growth 12)
     (2, 8, 8, 40, 1, 20, 2, 0),    # odd both ways, strided 1x1
-    (1, 9, 7, 3, 3, 24, 1, 1),     # DenseNet-BC stem: widened, padded K
+    (1, 9, 7, 3, 3, 24, 1, 1),     # DenseNet-BC stem: narrow, padded K
 ], ids=str)
 def test_padded_channels_values_and_gradients(shape, monkeypatch):
   """Channel counts off the lanes: values and both gradients of the padded

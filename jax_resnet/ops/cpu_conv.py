@@ -6,8 +6,9 @@ the AVX-512/AVX2 kernels (forward, input gradient and kernel gradient, as XLA
 FFI custom calls inside the jitted step, with a ``custom_vjp``). A bfloat16
 one runs the bf16 kernels (``cpu_conv_bf16``: AMX or AVX512-BF16) where the
 CPU has them; there, a bf16 convolution with fewer than 16 input channels
-(the RGB stem) runs the float32 kernels on its widened operands, rounded to
-bf16 once.
+(the RGB stem) runs the bf16 forward on its channels as they are, and its
+gradients on the float32 kernels with the operands widened, each rounded to
+bf16 once (no input copy padded to 16 channels).
 
 The kernels work on channels in groups of 16 (``cpu_kernels.LANES``). Other
 channel counts (DenseNet's growth of 12 and its concatenations, PyramidNet's
@@ -140,6 +141,29 @@ def _widened(x, w, strides, padding):
                 padding).astype(jnp.bfloat16)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _narrow_bf16(x, w, strides, padding):
+  """A bf16 convolution with fewer input channels than the lanes (the RGB
+  stem): the bf16 forward, which reads them as they are, and ``_widened``'s
+  gradients, which need no input padded to 16 channels (the bf16 kernel
+  gradient's padding would be five times the work at 3 channels). Both sum
+  the same exact products in float32 and round once."""
+  return cpu_conv_bf16.conv2d(x, w, strides, padding)
+
+
+def _narrow_bf16_fwd(x, w, strides, padding):
+  return _narrow_bf16(x, w, strides, padding), (x, w)
+
+
+def _narrow_bf16_bwd(strides, padding, residuals, g):
+  x, w = residuals
+  _, vjp = jax.vjp(lambda a, b: _widened(a, b, strides, padding), x, w)
+  return vjp(g)
+
+
+_narrow_bf16.defvjp(_narrow_bf16_fwd, _narrow_bf16_bwd)
+
+
 def _route(lhs, rhs, canonical):
   """``(kernels, input channels, output channels)``: which kernels run this
   convolution (canonical arguments, or None), on operands padded to that
@@ -151,13 +175,15 @@ def _route(lhs, rhs, canonical):
   def padded(channels):
     return lhs.shape[:3] + (channels,), rhs.shape[:2] + (channels, k)
   if lhs.dtype == jnp.bfloat16 and cpu_conv_bf16.available():
+    bf16 = cpu_conv_bf16.supported(*padded(cpu_kernels.lanes(c)), *canonical)
     # Any input width: the bf16 gradients pad it themselves.
-    if (c >= cpu_kernels.LANES and
-        cpu_conv_bf16.supported(*padded(cpu_kernels.lanes(c)), *canonical)):
+    if bf16 and c >= cpu_kernels.LANES:
       return cpu_conv_bf16.conv2d, c, k
+    if not supported(*padded(c), *canonical):
+      return None
     # The RGB stem (too few channels to fill the bf16 kernels' lanes), or a
     # shape only the float32 kernels take.
-    return (_widened, c, k) if supported(*padded(c), *canonical) else None
+    return (_narrow_bf16 if bf16 else _widened), c, k
   if lhs.dtype == jnp.float32 and supported(*padded(c), *canonical):
     return conv2d, c, k
   return None
