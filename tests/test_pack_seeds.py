@@ -70,6 +70,21 @@ def test_packed_steps_equal_each_seeds_own(mock_cifar, monkeypatch, vmap):
                          jax.tree.leaves(second.params)[0])
 
 
+def test_seeds_share_one_compiled_init(mock_cifar):
+  del mock_cifar
+  # A network no other test in this process initialises.
+  config = tiny_config(**{**RANDOM, 'model.depth': 14})
+  trainer = _trainer(config, seeds=(0, 1, 2))
+  before = train._init_variables._cache_size()  # pylint: disable=protected-access
+  state = trainer.init_state()
+  assert train._init_variables._cache_size() == before + 1  # pylint: disable=protected-access
+  # Each member still has its own seed's draws.
+  kernels = [jax.tree.leaves(trainer.member_state(state, i).params)[0]
+             for i in range(3)]
+  assert not np.allclose(kernels[0], kernels[1])
+  assert not np.allclose(kernels[1], kernels[2])
+
+
 def test_each_seed_writes_its_own_workdir(mock_cifar, tmp_path):
   del mock_cifar
   config = tiny_config(pack_seeds='0,1', **RANDOM)
