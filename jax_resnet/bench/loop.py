@@ -14,11 +14,13 @@ runs where they are absent).
 For each (network, dtype, steps per dispatch, packed seeds) it reports
 train images/sec in the median of ``--epochs`` timed epochs of ``--steps``
 steps (after one untimed epoch that compiles; ``timing``), the compile time
-of that first epoch, the dispatches per step and the host milliseconds per
-step: the time the Python loop spends inside the dispatch calls, which
-return before the device finishes. With ``--packs=P`` the P seeds train as
-one vmapped program (``config.pack_seeds``) and images/sec counts the
-images of all of them.
+of that first epoch, the seconds the Trainer and its initial state took
+(``init_seconds``, JSON only), the dispatches per step and the host
+milliseconds per step: the time the Python loop spends inside the dispatch
+calls (which return before the device finishes, unless launching the
+program's kernels or a full launch queue holds the host). With
+``--packs=P`` the P seeds train as one program (``config.pack_seeds``) and
+images/sec counts the images of all of them.
 ``--torch_dtypes`` adds the same networks in PyTorch on its best device
 (CUDA when there is one; channels_last, SGD, bfloat16 under autocast) on an
 already normalised batch.
@@ -102,10 +104,13 @@ def time_loop(depth: int, dtype: str, steps_per_dispatch: int,
   config.steps_per_dispatch = steps_per_dispatch
   config.log_every_steps = 50
   model = train.validated_model(config)
+  start = time.perf_counter()
   trainer = train.Trainer(config, model, synthetic_split(batch_size * steps),
                           synthetic_split(batch_size, seed=1),
                           seeds=tuple(range(pack)) if pack > 1 else None)
   state = trainer.init_state()
+  jax.block_until_ready(state)
+  init_seconds = time.perf_counter() - start
   start = time.perf_counter()
   state, _ = trainer.train_epoch(state, 0)
   jax.block_until_ready(state)
@@ -132,6 +137,8 @@ def time_loop(depth: int, dtype: str, steps_per_dispatch: int,
       'dispatches_per_step': counter.calls / timed_steps,
       # The first epoch compiles; its steps at the timed speed are taken off.
       'compile_seconds': max(0.0, first_epoch - epoch_seconds),
+      # The Trainer and its initial state (the init's compile included).
+      'init_seconds': init_seconds,
       'platform': jax.default_backend(),
   }
 
