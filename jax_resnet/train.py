@@ -143,27 +143,28 @@ def initial_averages(config: ml_collections.ConfigDict,
   return averages
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _init_variables(model: Any, rng: jax.Array, dtype: str) -> dict[str, Any]:
-  """``model``'s initial variables from ``rng``. Compiled once per (equal)
-  model and dtype, not once per call: every packed seed, and every run a
-  process starts, reuses it (a ResNet-56's init takes about as long to
-  compile as its train step)."""
-  return model.init(rng, jnp.zeros((2, 32, 32, 3), layers.DTYPES[dtype]),
-                    train=False)
+def compiled_init(model: Any) -> Callable[..., dict[str, Any]]:
+  """``model.init`` (in eval mode), jitted: ``(rng, images) -> variables``.
+  One such function compiles once, however many states it starts (a
+  ResNet-56's init takes about as long to compile as its train step)."""
+  return jax.jit(functools.partial(model.init, train=False))
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
-                       steps_per_epoch: int,
-                       seed: Optional[int] = None) -> TrainState:
+                       steps_per_epoch: int, seed: Optional[int] = None,
+                       init: Optional[Callable[..., dict[str, Any]]] = None
+                       ) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimiser state from
-  ``seed`` (default ``config.seed``).
+  ``seed`` (default ``config.seed``), with ``init`` (default: a fresh
+  ``compiled_init(model)``; pass one to share its compile among states).
 
   Under ``jax.eval_shape`` it gives the state's shapes without computing.
   """
   seed = config.seed if seed is None else seed
   init_rng, state_rng, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
-  variables = _init_variables(model, init_rng, config.model.dtype)
+  init = compiled_init(model) if init is None else init
+  variables = init(init_rng, jnp.zeros((2, 32, 32, 3),
+                                       layers.DTYPES[config.model.dtype]))
   fields = dict(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables['batch_stats'],
@@ -535,9 +536,11 @@ class Trainer:
 
   def init_state(self) -> TrainState:
     """A fresh, replicated train state (stacked, when packed)."""
-    # Computed by every process alike, then placed on its devices once.
+    # Computed by every process alike, then placed on its devices once. The
+    # packed seeds share one compiled init.
+    init = compiled_init(self.model)
     states = [jax.device_get(create_train_state(
-        self.config, self.model, max(self.steps_per_epoch, 1), seed))
+        self.config, self.model, max(self.steps_per_epoch, 1), seed, init))
               for seed in (self.seeds or (self.config.seed,))]
     if not self.packed:
       return distributed.place(states[0], self.replicated)
