@@ -18,9 +18,10 @@
 # process under its own time limit, and all of them under one deadline
 # (TOTAL seconds), the most wanted first (ResNet-20's rows and packing, then
 # ResNet-56's and ResNet-110's rows, then their packing), so that a slow
-# compile costs its own rows only. Every row is merged into device_check.{json,md} as
-# soon as its part ends: a run cut short keeps what it measured. $OUT holds
-# four files: machine.txt, log.txt, device_check.json, device_check.md.
+# compile costs its own rows only. Each part's rows are merged into
+# device_check.{json,md} as soon as it ends: a run cut short keeps what it
+# measured. $OUT holds four files: machine.txt, log.txt, device_check.json
+# and device_check.md.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

@@ -72,13 +72,12 @@ def test_packed_steps_equal_each_seeds_own(mock_cifar, monkeypatch, vmap):
 
 def test_seeds_share_one_compiled_init(mock_cifar, monkeypatch):
   del mock_cifar
-  made = []
+  made, compiled_init = [], train.compiled_init
 
   def recorded(model):
     made.append(compiled_init(model))
     return made[-1]
 
-  compiled_init = train.compiled_init
   monkeypatch.setattr(train, 'compiled_init', recorded)
   trainer = _trainer(tiny_config(**RANDOM), seeds=(0, 1, 2))
   state = trainer.init_state()
